@@ -1,0 +1,8 @@
+"""dockwarden: keeps Docker containers up to date, safely."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("dockwarden")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"

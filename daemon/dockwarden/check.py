@@ -1,0 +1,348 @@
+"""One check cycle: which watched services run an image older than the one their tag points to now.
+
+A plain function of its inputs (services, engine, registry client), so the daemon, `dockwarden check` and
+the upgrade path all run the same code. Cost model: one HEAD per distinct image reference per cycle;
+GETs only when a digest differs from what the container runs, and then at most once per digest for the
+life of the process (digests are content addresses, so what we learn about one never goes stale).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from dockwarden import imageref, registry
+from dockwarden.config import Config, Service
+from dockwarden.engine import Engine, EngineError, Platform, registry_credentials
+from dockwarden.engine import NotFound as ContainerMissing
+from dockwarden.imageref import ImageRef
+
+UP_TO_DATE = "up-to-date"
+UPDATE_AVAILABLE = "update-available"
+ERROR = "error"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    service: str
+    container: str
+    image: str
+    running_digest: str | None
+    registry_digest: str | None
+    status: str
+    error: str | None = None
+    reason: str | None = None  # stable short code for an error, e.g. "unreachable", "rate-limited"
+    duration: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "container": self.container,
+            "image": self.image,
+            "running_digest": self.running_digest,
+            "registry_digest": self.registry_digest,
+            "status": self.status,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class _Running:
+    """What a service runs now, read from the engine."""
+
+    service: Service
+    ref: ImageRef
+    image_id: str
+    digests: frozenset[str]  # RepoDigests of the running image that belong to ref's repository
+
+
+class DigestCache:
+    """What each manifest digest resolves to on this platform: its image config digest (= image ID)."""
+
+    def __init__(self) -> None:
+        self._config_of: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> str | None:
+        with self._lock:
+            return self._config_of.get(digest)
+
+    def put(self, digest: str, config_digest: str) -> None:
+        with self._lock:
+            self._config_of[digest] = config_digest
+
+
+class PlatformMissing(registry.RegistryError):
+    reason = "platform-missing"
+
+
+def select_platform(index: dict[str, Any], platform: Platform) -> str:
+    """The child manifest digest for `platform` in a manifest list / OCI index."""
+    candidates = []
+    for entry in index.get("manifests", []):
+        plat = entry.get("platform") or {}
+        if plat.get("os") != platform.os or plat.get("architecture") != platform.architecture:
+            continue
+        candidates.append((plat.get("variant"), entry["digest"]))
+    for variant, digest in candidates:
+        if variant == platform.variant:
+            return str(digest)
+    if len(candidates) == 1 or (candidates and platform.variant is None):
+        return str(candidates[0][1])
+    raise PlatformMissing(f"the image index has no manifest for {platform}")
+
+
+def _config_digest(
+    client: registry.RegistryClient, ref: ImageRef, digest: str, platform: Platform, cache: DigestCache
+) -> str:
+    """The config digest (image ID) that `digest` means on this platform; GETs only on a cache miss."""
+    known = cache.get(digest)
+    if known:
+        return known
+    manifest = client.get_manifest(ref, digest)
+    if manifest.media_type in registry.INDEX_TYPES or "manifests" in manifest.body:
+        child = select_platform(manifest.body, platform)
+        config = _config_digest(client, ref, child, platform, cache)
+    else:
+        try:
+            config = str(manifest.body["config"]["digest"])
+        except (KeyError, TypeError):
+            raise registry.ProtocolError(f"manifest {digest} of {ref} has no config digest") from None
+    cache.put(digest, config)
+    return config
+
+
+def _resolve(service: Service, engine: Engine) -> _Running:
+    info = engine.container(service.container)
+    if service.image is not None:
+        ref = service.image
+    else:
+        if info.config_image.startswith("sha256:"):
+            raise EngineError(
+                f"container {service.container!r} was created from an image ID, not a tag; "
+                "set `image:` for this service"
+            )
+        try:
+            ref = imageref.parse(info.config_image)
+        except imageref.InvalidReference as exc:
+            raise EngineError(f"container {service.container!r} image {info.config_image!r}: {exc}") from None
+    if ref.tag is None:
+        raise EngineError(f"{ref} is pinned to a digest, so it has no tag to follow; set `image:` with a tag")
+    ref = ImageRef(ref.registry, ref.repository, ref.tag, None)
+    image = engine.image(info.image_id)
+    return _Running(
+        service, ref, info.image_id, frozenset(imageref.digests_for(ref.name, list(image.repo_digests)))
+    )
+
+
+def _check_group(
+    ref: ImageRef,
+    members: list[_Running],
+    client: registry.RegistryClient,
+    platform: Platform,
+    cache: DigestCache,
+) -> list[CheckResult]:
+    started = time.monotonic()
+    try:
+        head = client.head_manifest(ref)
+    except registry.RegistryError as exc:
+        took = time.monotonic() - started
+        return [
+            CheckResult(
+                m.service.name,
+                m.service.container,
+                str(ref),
+                _one(m.digests),
+                None,
+                ERROR,
+                str(exc),
+                exc.reason,
+                took,
+            )
+            for m in members
+        ]
+    results = []
+    for member in members:
+        running = _one(member.digests)
+        if head.digest in member.digests:
+            status, error, reason = UP_TO_DATE, None, None
+            running = head.digest
+        else:
+            try:
+                same = _config_digest(client, ref, head.digest, platform, cache) == member.image_id
+                status, error, reason = (UP_TO_DATE if same else UPDATE_AVAILABLE), None, None
+            except registry.RegistryError as exc:
+                status, error, reason = ERROR, str(exc), exc.reason
+        results.append(
+            CheckResult(
+                member.service.name,
+                member.service.container,
+                str(ref),
+                running,
+                head.digest,
+                status,
+                error,
+                reason,
+                time.monotonic() - started,
+            )
+        )
+    return results
+
+
+def _one(digests: Iterable[str]) -> str | None:
+    ordered = sorted(digests)
+    return ordered[0] if ordered else None
+
+
+def run_checks(
+    services: Iterable[Service],
+    engine: Engine,
+    client: registry.RegistryClient,
+    platform: Platform,
+    cache: DigestCache,
+    concurrency: int,
+    cancel: threading.Event | None = None,
+) -> list[CheckResult]:
+    """Check every service; errors are per service and never stop the others. Results keep config order."""
+    log = structlog.get_logger("dockwarden.check")
+    services = list(services)
+    results: dict[str, CheckResult] = {}
+    groups: dict[ImageRef, list[_Running]] = {}
+    for service in services:
+        started = time.monotonic()
+        try:
+            running = _resolve(service, engine)
+        except ContainerMissing as exc:
+            results[service.name] = _engine_failure(service, exc, "container-not-found", started)
+            continue
+        except EngineError as exc:
+            results[service.name] = _engine_failure(service, exc, "engine-error", started)
+            continue
+        groups.setdefault(running.ref, []).append(running)
+
+    if groups:
+        with ThreadPoolExecutor(
+            max_workers=min(concurrency, len(groups)), thread_name_prefix="check"
+        ) as pool:
+            pending: set[Future[list[CheckResult]]] = {
+                pool.submit(_check_group, ref, members, client, platform, cache)
+                for ref, members in groups.items()
+            }
+            while pending:
+                if cancel is not None and cancel.is_set():
+                    for future in pending:
+                        future.cancel()
+                    break
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for future in done:
+                    for result in future.result():
+                        results[result.service] = result
+
+    ordered = [results[s.name] for s in services if s.name in results]
+    for result in ordered:
+        _log_result(log, result)
+    return ordered
+
+
+def _engine_failure(service: Service, exc: Exception, reason: str, started: float) -> CheckResult:
+    image = str(service.image) if service.image else ""
+    return CheckResult(
+        service.name,
+        service.container,
+        image,
+        None,
+        None,
+        ERROR,
+        str(exc),
+        reason,
+        time.monotonic() - started,
+    )
+
+
+def _log_result(log: Any, result: CheckResult) -> None:
+    fields = {
+        "service": result.service,
+        "container": result.container,
+        "image": result.image,
+        "running_digest": result.running_digest,
+        "registry_digest": result.registry_digest,
+        "status": result.status,
+        "duration_ms": round(result.duration * 1000, 1),
+    }
+    if result.status == ERROR:
+        log.warning("check.failed", reason=result.reason, error=result.error, **fields)
+        return
+    log.info("service.checked", **fields)
+    if result.status == UPDATE_AVAILABLE:
+        log.info(
+            "update.available",
+            service=result.service,
+            image=result.image,
+            from_digest=result.running_digest,
+            to_digest=result.registry_digest,
+        )
+
+
+@dataclass(frozen=True)
+class CycleSummary:
+    results: list[CheckResult]
+    duration: float
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.status == status)
+
+    def describe(self) -> str:
+        return (
+            f"{len(self.results)} checked: {self.count(UP_TO_DATE)} up to date, "
+            f"{self.count(UPDATE_AVAILABLE)} with updates, {self.count(ERROR)} errors"
+        )
+
+
+class Checker:
+    """The long-lived parts a cycle needs: engine, registry client, platform and digest cache."""
+
+    def __init__(self, engine: Engine, client: registry.RegistryClient, platform: Platform) -> None:
+        self.engine = engine
+        self.client = client
+        self.platform = platform
+        self.cache = DigestCache()
+
+    def cycle(
+        self, services: Iterable[Service], concurrency: int, cancel: threading.Event | None = None
+    ) -> CycleSummary:
+        log = structlog.get_logger("dockwarden.check")
+        services = list(services)
+        started = time.monotonic()
+        log.info("cycle.started", services=len(services))
+        results = run_checks(
+            services, self.engine, self.client, self.platform, self.cache, concurrency, cancel
+        )
+        summary = CycleSummary(results, time.monotonic() - started)
+        log.info(
+            "cycle.finished",
+            checked=len(results),
+            up_to_date=summary.count(UP_TO_DATE),
+            update_available=summary.count(UPDATE_AVAILABLE),
+            errors=summary.count(ERROR),
+            cancelled=bool(cancel and cancel.is_set()),
+            duration_ms=round(summary.duration * 1000, 1),
+        )
+        return summary
+
+
+def open_checker(cfg: Config) -> Checker:
+    """Connect to the engine named by the config (or the environment) and build a Checker."""
+    engine = Engine.connect(cfg.docker_host)
+    engine.ping()
+    client = registry.RegistryClient(
+        credentials=registry_credentials,
+        timeout=cfg.registry_timeout.total_seconds(),
+        pool_size=cfg.check_concurrency,
+    )
+    return Checker(engine, client, engine.platform())

@@ -1,0 +1,121 @@
+"""The command line: the only place that turns outcomes into exit codes.
+
+Exit codes: 0 success; 1 the command ran but something failed (a service errored, the engine was
+unreachable); 2 the config or the command line is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from dockwarden import __version__, check, daemon, logs, report
+from dockwarden import config as configuration
+from dockwarden.engine import EngineError
+from dockwarden.notify import Notifier
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse exits 2 on usage errors, which is our code for them too; keep its message short.
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="dockwarden",
+        description="Keep Docker containers up to date, safely.",
+        epilog="Config: -c FILE, else $DOCKWARDEN_CONFIG, else /etc/dockwarden/dockwarden.yaml.",
+    )
+    parser.add_argument("--version", action="version", version=f"dockwarden {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("-c", "--config", metavar="FILE", help="the watched-services YAML file")
+        return sub
+
+    add("validate", "Check the config file; print every problem as FILE:LINE:COL: message.")
+    check_cmd = add("check", "Run one check cycle now and report which services have a newer image.")
+    check_cmd.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    add("run", "Run the daemon: check on the configured schedule until stopped (SIGHUP reloads).")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> configuration.Config | None:
+    try:
+        return configuration.load(configuration.resolve_path(args.config))
+    except configuration.ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_USAGE
+    print(f"{cfg.path}: valid; {len(cfg.services)} services, {cfg.describe_schedule()}")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_USAGE
+    # stdout carries the report; logs go to stderr so `--json` output stays parseable.
+    logs.configure(sys.stderr, level=logging.WARNING if args.json else logging.INFO)
+    try:
+        checker = check.open_checker(cfg)
+    except EngineError as exc:
+        print(f"dockwarden: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        summary = checker.cycle(cfg.services, cfg.check_concurrency)
+    finally:
+        checker.client.close()
+        checker.engine.close()
+    print(report.check_json(summary.results) if args.json else report.check_table(summary.results))
+    return EXIT_FAILED if summary.count(check.ERROR) else EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_USAGE
+    logs.configure(sys.stdout)
+    try:
+        running = daemon.run(cfg, Notifier())
+    except EngineError as exc:
+        print(f"dockwarden: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    running.serve()
+    if not running.stop():
+        # A check still blocked on the network holds a worker thread; it touches nothing, so do not let
+        # it hold up the exit systemd is waiting for.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_OK)
+    return EXIT_OK
+
+
+COMMANDS = {"validate": cmd_validate, "check": cmd_check, "run": cmd_run}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,242 @@
+"""The watched-services file: its schema, its defaults, and errors that point at FILE:LINE:COL.
+
+pydantic does the type checking and collects every problem in one pass; yamlsource supplies where each value
+came from, so a message names the exact line and column a user must edit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from dockwarden import imageref, schedule, yamlsource
+
+DEFAULT_PATH = Path("/etc/dockwarden/dockwarden.yaml")
+DEFAULT_INTERVAL = "5m"
+_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(f"{value!r} is not a valid container name (letters, digits, _ . -; not first)")
+    return value
+
+
+def _check_duration(value: str) -> str:
+    try:
+        schedule.parse_duration(value)
+    except schedule.ScheduleError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+def _check_image(value: str) -> str:
+    try:
+        imageref.parse(value)
+    except imageref.InvalidReference as exc:
+        raise ValueError(f"invalid image reference {value!r}: {exc}") from None
+    return value
+
+
+def _check_cron(value: str) -> str:
+    try:
+        schedule.cron_trigger(value)
+    except schedule.ScheduleError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+Duration = Annotated[str, AfterValidator(_check_duration)]
+ImageText = Annotated[str, AfterValidator(_check_image)]
+CronText = Annotated[str, AfterValidator(_check_cron)]
+
+
+class _Strict(BaseModel):
+    # strict: YAML's `1.10` is a float and `yes` a bool; coercing them to strings would hide the mistake.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ServiceSpec(_Strict):
+    container: Name | None = None
+    image: ImageText | None = None
+    update: Literal["auto", "monitor"] = "auto"
+
+
+class ConfigSpec(_Strict):
+    interval: Duration | None = None
+    schedule: CronText | None = None
+    state_dir: str = "/var/lib/dockwarden"
+    docker_host: str | None = None
+    check_concurrency: int = Field(default=32, ge=1, le=256)
+    registry_timeout: Duration = "10s"
+    services: dict[str, ServiceSpec] = Field(default_factory=dict)
+
+    @field_validator("services")
+    @classmethod
+    def _service_names(cls, value: dict[str, ServiceSpec]) -> dict[str, ServiceSpec]:
+        for name in value:
+            _check_name(name)
+        return value
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute_state_dir(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError(f"state_dir {value!r} must be an absolute path")
+        return value
+
+    @field_validator("interval")
+    @classmethod
+    def _long_enough(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                schedule.interval_trigger(schedule.parse_duration(value))
+            except schedule.ScheduleError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    container: str
+    image: imageref.ImageRef | None
+    update: str
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    interval: timedelta | None
+    schedule: str | None
+    state_dir: Path
+    docker_host: str | None
+    check_concurrency: int
+    registry_timeout: timedelta
+    services: tuple[Service, ...]
+
+    def trigger(self) -> Any:
+        if self.schedule is not None:
+            return schedule.cron_trigger(self.schedule)
+        return schedule.interval_trigger(self.interval or schedule.parse_duration(DEFAULT_INTERVAL))
+
+    def describe_schedule(self) -> str:
+        if self.schedule is not None:
+            return f"cron {self.schedule} (UTC)"
+        return f"every {schedule.format_duration(self.interval or schedule.parse_duration(DEFAULT_INTERVAL))}"
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    path: Path
+    line: int
+    column: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The config file is unusable; `problems` lists every reason with its position."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+def resolve_path(cli_value: str | None) -> Path:
+    """-c/--config wins, then DOCKWARDEN_CONFIG, then the default path."""
+    if cli_value:
+        return Path(cli_value)
+    from_env = os.environ.get("DOCKWARDEN_CONFIG")
+    return Path(from_env) if from_env else DEFAULT_PATH
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    loc = error["loc"]
+    if kind == "extra_forbidden":
+        return f"unknown key {loc[-1]!r}"
+    if kind == "missing":
+        return f"missing required key {loc[-1]!r}"
+    if kind == "literal_error":
+        return f"{error['msg'].replace('Input should be', 'must be')}, not {error['input']!r}"
+    if kind in ("string_type", "int_type", "dict_type", "model_type"):
+        wanted = {
+            "string_type": "a string",
+            "int_type": "a whole number",
+            "dict_type": "a mapping",
+            "model_type": "a mapping",
+        }[kind]
+        found = error["input"]
+        hint = " (quote it)" if isinstance(found, int | float | bool) and kind == "string_type" else ""
+        return f"must be {wanted}, not {type(found).__name__} {found!r}{hint}"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _problems(path: Path, doc: yamlsource.YamlDocument, exc: ValidationError) -> list[ConfigProblem]:
+    problems = []
+    for error in exc.errors():
+        # pydantic adds the validator's name for Annotated/function validators; the file has no such key.
+        loc = tuple(part for part in error["loc"] if not str(part).startswith(("function-", "[key]")))
+        if error["type"] == "extra_forbidden":
+            line, col = doc.locate_key(loc)
+        else:
+            line, col = doc.locate(loc)
+        problems.append(ConfigProblem(path, line, col, _message(error)))
+    return sorted(problems, key=lambda p: (p.line, p.column))
+
+
+def load(path: Path) -> Config:
+    """Read and validate the config file; raise ConfigError with every problem found."""
+    try:
+        doc = yamlsource.load(path)
+    except yamlsource.YamlSourceError as exc:
+        raise ConfigError([ConfigProblem(path, e.line, e.column, e.message) for e in exc.errors]) from None
+    if not isinstance(doc.data, dict):
+        raise ConfigError([ConfigProblem(path, 1, 1, "the file must be a mapping with a `services:` key")])
+    problems: list[ConfigProblem] = []
+    if "interval" in doc.data and "schedule" in doc.data:
+        line, col = doc.locate_key(("schedule",))
+        problems.append(ConfigProblem(path, line, col, "set either `interval` or `schedule`, not both"))
+    try:
+        spec = ConfigSpec.model_validate(doc.data)
+    except ValidationError as exc:
+        problems.extend(_problems(path, doc, exc))
+    if problems:
+        raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column)))
+    services = tuple(
+        Service(
+            name=name,
+            container=item.container or name,
+            image=imageref.parse(item.image) if item.image else None,
+            update=item.update,
+        )
+        for name, item in spec.services.items()
+    )
+    return Config(
+        path=path,
+        interval=schedule.parse_duration(spec.interval) if spec.interval else None,
+        schedule=spec.schedule,
+        state_dir=Path(spec.state_dir),
+        docker_host=spec.docker_host,
+        check_concurrency=spec.check_concurrency,
+        registry_timeout=schedule.parse_duration(spec.registry_timeout),
+        services=services,
+    )

@@ -1,0 +1,166 @@
+"""`dockwarden run`: the check cycle on a schedule, under systemd's eye.
+
+The main thread only waits for signals and feeds the watchdog; APScheduler's thread runs the cycle. A
+signal handler just records what was asked, because doing real work inside a handler can deadlock on a
+lock the interrupted code holds.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+import structlog
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.schedulers.base import STATE_RUNNING
+
+from dockwarden import config as configuration
+from dockwarden.check import Checker, open_checker
+from dockwarden.notify import Notifier
+
+JOB_ID = "check-cycle"
+STOP_GRACE = 8.0  # seconds a running cycle gets to finish after SIGTERM; systemd waits 10 s by default
+TICK = 0.2
+
+
+class Daemon:
+    def __init__(self, cfg: configuration.Config, checker: Checker, notifier: Notifier) -> None:
+        self.config = cfg
+        self.checker = checker
+        self.notifier = notifier
+        self.log = structlog.get_logger("dockwarden.daemon")
+        self.cancel = threading.Event()
+        self.cycle_done = threading.Event()
+        self.cycle_done.set()
+        self.requested: str | None = None
+        self.scheduler = BackgroundScheduler(
+            timezone=UTC,
+            job_defaults={
+                # A late run still runs (None = no grace limit); several missed runs collapse into one;
+                # a cycle never overlaps the previous one.
+                "misfire_grace_time": None,
+                "coalesce": True,
+                "max_instances": 1,
+            },
+        )
+
+    # -- the job ---------------------------------------------------------------------------------
+
+    def _cycle(self) -> None:
+        self.cycle_done.clear()
+        try:
+            cfg = self.config
+            summary = self.checker.cycle(cfg.services, cfg.check_concurrency, self.cancel)
+            stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+            self.notifier.status(f"last cycle {stamp}: {summary.describe()}")
+        finally:
+            self.cycle_done.set()
+
+    def _on_job_event(self, event: JobExecutionEvent) -> None:
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            self.log.warning("cycle.skipped", reason="the previous cycle is still running")
+        elif event.code == EVENT_JOB_MISSED:
+            self.log.warning(
+                "cycle.skipped", reason="missed its scheduled time", scheduled=str(event.scheduled_run_time)
+            )
+        elif event.code == EVENT_JOB_ERROR:
+            self.log.error("cycle.crashed", error=repr(event.exception), exc_info=event.exception)
+
+    # -- signals ---------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            self.requested = self.requested or "reload"
+        else:
+            self.requested = "stop"
+
+    def install_signal_handlers(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def scheduler_alive(self) -> bool:
+        thread: Any = getattr(self.scheduler, "_thread", None)
+        return bool(self.scheduler.state == STATE_RUNNING and thread is not None and thread.is_alive())
+
+    def start(self) -> None:
+        self.scheduler.add_listener(
+            self._on_job_event, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED | EVENT_JOB_ERROR
+        )
+        self.scheduler.add_job(
+            self._cycle,
+            trigger=self.config.trigger(),
+            id=JOB_ID,
+            name="check cycle",
+            next_run_time=datetime.now(UTC),
+        )
+        self.scheduler.start()
+        self.log.info(
+            "daemon.started",
+            config=str(self.config.path),
+            services=len(self.config.services),
+            schedule=self.config.describe_schedule(),
+            engine_api=self.checker.engine.api_version,
+            platform=str(self.checker.platform),
+        )
+        self.notifier.ready(
+            f"watching {len(self.config.services)} services, {self.config.describe_schedule()}"
+        )
+
+    def reload(self) -> None:
+        try:
+            new = configuration.load(self.config.path)
+        except configuration.ConfigError as exc:
+            self.log.error(
+                "config.reload_failed", problems=[str(p) for p in exc.problems], kept="previous config"
+            )
+            self.notifier.status("config reload failed; still running the previous config")
+            return
+        if new.docker_host != self.config.docker_host:
+            self.log.warning("config.restart_needed", key="docker_host", kept=self.config.docker_host)
+        self.config = new
+        self.scheduler.reschedule_job(JOB_ID, trigger=new.trigger())
+        self.log.info("config.reloaded", services=len(new.services), schedule=new.describe_schedule())
+        self.notifier.status(f"config reloaded: watching {len(new.services)} services")
+
+    def serve(self) -> None:
+        """Wait for signals until asked to stop, feeding the watchdog while the scheduler lives."""
+        interval = self.notifier.watchdog_interval
+        next_ping = 0.0
+        while True:
+            request, self.requested = self.requested, None
+            if request == "stop":
+                return
+            if request == "reload":
+                self.reload()
+            if interval and time.monotonic() >= next_ping and self.scheduler_alive():
+                self.notifier.watchdog()
+                next_ping = time.monotonic() + interval / 3
+            time.sleep(TICK)
+
+    def stop(self) -> bool:
+        """Stop scheduling, ask a running cycle to finish early; True if it finished within the grace."""
+        self.notifier.stopping()
+        self.log.info("daemon.stopping")
+        self.cancel.set()
+        if self.scheduler.state == STATE_RUNNING:
+            self.scheduler.shutdown(wait=False)
+        finished = self.cycle_done.wait(STOP_GRACE)
+        self.checker.client.close()
+        self.checker.engine.close()
+        self.log.info("daemon.stopped", cycle_abandoned=not finished)
+        return finished
+
+
+def run(cfg: configuration.Config, notifier: Notifier) -> Daemon:
+    """Connect and start; the caller serves and stops. Raises EngineError if the engine cannot be used."""
+    daemon = Daemon(cfg, open_checker(cfg), notifier)
+    daemon.install_signal_handlers()
+    daemon.start()
+    return daemon

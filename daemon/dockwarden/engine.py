@@ -1,0 +1,163 @@
+"""The only module that talks to the Docker Engine (and the only one that imports docker-py).
+
+It negotiates the API version instead of pinning one (pinning broke Watchtower and Ouroboros on newer
+engines), gives every call a timeout, and turns docker-py's and requests' exceptions into EngineError with
+a message fit for a log line. It also reads registry credentials from the Docker config, because docker-py
+already implements `auths`, `credsStore` and `credHelpers` faithfully.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import docker.auth
+import docker.errors
+import requests
+
+DEFAULT_TIMEOUT = 60.0
+
+
+class EngineError(Exception):
+    """The engine could not do what was asked; the message is safe to log."""
+
+
+class NotFound(EngineError):
+    """The named container or image does not exist."""
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str | None = None
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    image_id: str
+    config_image: str  # the reference the container was created from, as the user wrote it
+    status: str
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: str
+    repo_digests: tuple[str, ...]
+    repo_tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str | None
+    password: str | None
+    identity_token: str | None = None
+
+    def __repr__(self) -> str:  # never let a secret reach a log through repr()
+        return f"Credentials(username={self.username!r}, password=***)"
+
+
+def _explain(exc: Exception) -> str:
+    if isinstance(exc, docker.errors.APIError):
+        return str(exc.explanation or exc)
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return "cannot connect to the Docker engine (is dockerd running, and may we use its socket?)"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "the Docker engine did not answer in time"
+    return str(exc) or type(exc).__name__
+
+
+class Engine:
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    @classmethod
+    def connect(cls, base_url: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> Engine:
+        """Connect to `base_url`, else DOCKER_HOST, else the local socket, negotiating the API version."""
+        try:
+            if base_url:
+                client = docker.DockerClient(base_url=base_url, version="auto", timeout=int(timeout))
+            else:
+                client = docker.from_env(version="auto", timeout=int(timeout))
+        except docker.errors.DockerException as exc:
+            raise EngineError(_explain(exc.__cause__ or exc)) from None
+        except requests.exceptions.RequestException as exc:
+            raise EngineError(_explain(exc)) from None
+        return cls(client)
+
+    @property
+    def api_version(self) -> str:
+        return str(self._client.api.api_version)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def platform(self) -> Platform:
+        """The OS and architecture images are pulled for, as the engine reports them."""
+        try:
+            version = self._client.version()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise EngineError(_explain(exc)) from None
+        arch = str(version.get("Arch", "amd64"))
+        # The engine says arm for 32-bit ARM; manifests name the variant separately (v7 is Docker's default).
+        variant = "v7" if arch == "arm" else ("v8" if arch == "arm64" else None)
+        return Platform(str(version.get("Os", "linux")), arch, variant)
+
+    def container(self, name: str) -> ContainerInfo:
+        try:
+            data = self._client.api.inspect_container(name)
+        except docker.errors.NotFound:
+            raise NotFound(f"container {name!r} does not exist") from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise EngineError(f"inspecting container {name!r}: {_explain(exc)}") from None
+        return ContainerInfo(
+            id=data["Id"],
+            name=data["Name"].lstrip("/"),
+            image_id=data["Image"],
+            config_image=data["Config"]["Image"],
+            status=data["State"]["Status"],
+        )
+
+    def image(self, image_id: str) -> ImageInfo:
+        try:
+            data = self._client.api.inspect_image(image_id)
+        except docker.errors.NotFound:
+            raise NotFound(f"image {image_id} does not exist") from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise EngineError(f"inspecting image {image_id}: {_explain(exc)}") from None
+        return ImageInfo(
+            id=data["Id"],
+            repo_digests=tuple(data.get("RepoDigests") or ()),
+            repo_tags=tuple(data.get("RepoTags") or ()),
+        )
+
+    def ping(self) -> None:
+        try:
+            self._client.ping()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise EngineError(_explain(exc)) from None
+
+
+def registry_credentials(registry: str) -> Credentials | None:
+    """Credentials for `registry` from the Docker config ($DOCKER_CONFIG or ~/.docker/config.json).
+
+    Looks at `credHelpers` for this registry, then `credsStore`, then `auths`, as the docker CLI does.
+    """
+    try:
+        config = docker.auth.load_config()
+        entry = docker.auth.resolve_authconfig(config, registry)
+    except (docker.errors.DockerException, OSError, ValueError) as exc:
+        raise EngineError(f"reading Docker credentials for {registry}: {exc}") from None
+    if not entry:
+        return None
+    return Credentials(
+        username=entry.get("Username") or entry.get("username"),
+        password=entry.get("Password") or entry.get("password"),
+        identity_token=entry.get("IdentityToken"),
+    )

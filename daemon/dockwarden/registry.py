@@ -1,0 +1,332 @@
+"""The only module that speaks HTTP to registries.
+
+Detection must not spend pull quota: a HEAD of a manifest is free on Docker Hub, a GET counts. So the
+common path is one HEAD per distinct image; GETs happen only when a digest changed. This module owns
+timeouts, the bearer-token cache (one token per registry and scope, reused until it expires), per-registry
+back-off after a 429, and masking: no credential or token ever appears in an error message.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import requests
+import requests.adapters
+
+from dockwarden.engine import Credentials
+from dockwarden.imageref import ImageRef
+
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
+MANIFEST_LIST_V2 = "application/vnd.docker.distribution.manifest.list.v2+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+ACCEPT = ", ".join((MANIFEST_V2, MANIFEST_LIST_V2, OCI_MANIFEST, OCI_INDEX))
+INDEX_TYPES = frozenset((MANIFEST_LIST_V2, OCI_INDEX))
+
+DEFAULT_BACKOFF = 60.0  # seconds, when a 429 comes without a usable Retry-After
+TOKEN_MARGIN = 10.0  # renew a token this long before it expires
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+
+class RegistryError(Exception):
+    """A registry request failed; `reason` is a stable short code for logs and JSON."""
+
+    reason = "registry-error"
+
+
+class Unreachable(RegistryError):
+    reason = "unreachable"
+
+
+class Timeout(RegistryError):
+    reason = "timeout"
+
+
+class Unauthorized(RegistryError):
+    reason = "unauthorized"
+
+
+class NotFound(RegistryError):
+    reason = "not-found"
+
+
+class RateLimited(RegistryError):
+    reason = "rate-limited"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ProtocolError(RegistryError):
+    reason = "protocol-error"
+
+
+@dataclass(frozen=True)
+class ManifestHead:
+    digest: str
+    media_type: str
+    ratelimit_remaining: str | None = None
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in INDEX_TYPES
+
+
+@dataclass(frozen=True)
+class Manifest:
+    digest: str
+    media_type: str
+    body: dict[str, Any]
+
+
+@dataclass
+class _Token:
+    value: str
+    expires_at: float
+
+
+@dataclass
+class _RegistryState:
+    scheme: str
+    auth_kind: str | None = None  # None until challenged; then "bearer" or "basic"
+    challenge: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, _Token] = field(default_factory=dict)
+    blocked_until: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+CredentialLookup = Callable[[str], Credentials | None]
+
+
+def default_scheme(host: str) -> str:
+    """Docker talks plain HTTP to loopback registries by default and HTTPS to every other one."""
+    hostname = host.rsplit(":", 1)[0].strip("[]") if not host.startswith("[") else host[1 : host.index("]")]
+    if hostname == "localhost":
+        return "http"
+    try:
+        return "http" if ipaddress.ip_address(hostname).is_loopback else "https"
+    except ValueError:
+        return "https"
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), else the default."""
+    if not value:
+        return DEFAULT_BACKOFF
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return DEFAULT_BACKOFF
+    return max(0.0, when - (now if now is not None else time.time()))
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, rest = header.strip().partition(" ")
+    return scheme.lower(), dict(_CHALLENGE_PARAM.findall(rest))
+
+
+def _mask(text: str) -> str:
+    # requests puts URLs in its messages; a token endpoint URL can carry an account name, never a secret,
+    # but userinfo in a URL could be one.
+    return re.sub(r"//[^/@\s]+@", "//***@", text)
+
+
+class RegistryClient:
+    def __init__(
+        self,
+        credentials: CredentialLookup,
+        timeout: float = 10.0,
+        pool_size: int = 32,
+        clock: Callable[[], float] = time.monotonic,
+        user_agent: str = "dockwarden",
+    ) -> None:
+        self._credentials = credentials
+        self._timeout = timeout
+        self._clock = clock
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = user_agent
+        # Keep-alive connections for every concurrent check; requests' default pool of 10 would serialize.
+        adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=pool_size, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        # Credentials must come from the Docker config only, never from ~/.netrc.
+        self._session.trust_env = False
+        self._states: dict[str, _RegistryState] = {}
+        self._states_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._session.close()
+
+    def _state(self, host: str) -> _RegistryState:
+        with self._states_lock:
+            if host not in self._states:
+                self._states[host] = _RegistryState(scheme=default_scheme(host))
+            return self._states[host]
+
+    def backoff_remaining(self, ref: ImageRef) -> float:
+        return max(0.0, self._state(ref.api_host).blocked_until - self._clock())
+
+    # -- public operations -------------------------------------------------------------------------
+
+    def head_manifest(self, ref: ImageRef) -> ManifestHead:
+        """The digest the registry serves for the tag, by HEAD: free of pull quota."""
+        response = self._request("HEAD", ref, ref.manifest_reference)
+        digest = response.headers.get("Docker-Content-Digest")
+        if not digest:
+            raise ProtocolError(f"{ref.api_host} sent no Docker-Content-Digest header for {ref}")
+        media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        return ManifestHead(digest, media_type, response.headers.get("ratelimit-remaining"))
+
+    def get_manifest(self, ref: ImageRef, digest: str) -> Manifest:
+        """GET a manifest by digest and verify that its bytes hash to that digest."""
+        response = self._request("GET", ref, digest)
+        actual = "sha256:" + hashlib.sha256(response.content).hexdigest()
+        if actual != digest:
+            raise ProtocolError(f"{ref.api_host} served manifest {actual} when asked for {digest}")
+        try:
+            body = json.loads(response.content)
+        except ValueError:
+            raise ProtocolError(f"{ref.api_host} served a manifest that is not JSON") from None
+        media_type = body.get("mediaType") or response.headers.get("Content-Type", "").split(";")[0]
+        return Manifest(digest, str(media_type), body)
+
+    # -- transport ---------------------------------------------------------------------------------
+
+    def _url(self, state: _RegistryState, ref: ImageRef, reference: str) -> str:
+        return f"{state.scheme}://{ref.api_host}/v2/{ref.repository}/manifests/{reference}"
+
+    def _request(self, method: str, ref: ImageRef, reference: str) -> requests.Response:
+        state = self._state(ref.api_host)
+        wait = state.blocked_until - self._clock()
+        if wait > 0:
+            raise RateLimited(f"{ref.api_host} asked us to back off; {wait:.0f}s left", wait)
+        scope = f"repository:{ref.repository}:pull"
+        headers = {"Accept": ACCEPT, **self._auth_header(state, ref, scope)}
+        response = self._send(method, self._url(state, ref, reference), headers, ref)
+        if response.status_code == 401 and "WWW-Authenticate" in response.headers:
+            self._on_challenge(state, ref, scope, response.headers["WWW-Authenticate"])
+            headers = {"Accept": ACCEPT, **self._auth_header(state, ref, scope)}
+            response = self._send(method, self._url(state, ref, reference), headers, ref)
+        return self._check(state, ref, response)
+
+    def _send(self, method: str, url: str, headers: dict[str, str], ref: ImageRef) -> requests.Response:
+        try:
+            return self._session.request(
+                method, url, headers=headers, timeout=self._timeout, allow_redirects=True
+            )
+        except requests.exceptions.Timeout:
+            raise Timeout(f"{ref.api_host} did not answer within {self._timeout:g}s") from None
+        except requests.exceptions.ConnectionError as exc:
+            raise Unreachable(f"cannot connect to {ref.api_host}: {_mask(_root_cause(exc))}") from None
+        except requests.exceptions.RequestException as exc:
+            raise RegistryError(f"request to {ref.api_host} failed: {_mask(_root_cause(exc))}") from None
+
+    def _check(self, state: _RegistryState, ref: ImageRef, response: requests.Response) -> requests.Response:
+        status = response.status_code
+        if status == 200:
+            return response
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            with state.lock:
+                state.blocked_until = max(state.blocked_until, self._clock() + retry_after)
+            raise RateLimited(
+                f"{ref.api_host} answered 429 Too Many Requests; backing off for {retry_after:.0f}s",
+                retry_after,
+            )
+        if status == 401:
+            raise Unauthorized(f"{ref.api_host} refused our credentials for {ref.repository} (401)")
+        if status == 403:
+            raise Unauthorized(f"{ref.api_host} denied access to {ref.repository} (403)")
+        if status == 404:
+            raise NotFound(f"{ref} not found in the registry (404)")
+        raise RegistryError(f"{ref.api_host} answered {status} for {ref}")
+
+    # -- authentication ----------------------------------------------------------------------------
+
+    def _auth_header(self, state: _RegistryState, ref: ImageRef, scope: str) -> dict[str, str]:
+        if state.auth_kind == "basic":
+            creds = self._credentials(ref.registry)
+            if creds and creds.username and creds.password:
+                return {"Authorization": _basic(creds)}
+        elif state.auth_kind == "bearer":
+            token = state.tokens.get(scope)
+            if token is None or token.expires_at <= self._clock():
+                token = self._fetch_token(state, ref, scope)
+            return {"Authorization": f"Bearer {token.value}"}
+        return {}
+
+    def _on_challenge(self, state: _RegistryState, ref: ImageRef, scope: str, header: str) -> None:
+        kind, params = parse_challenge(header)
+        with state.lock:
+            state.auth_kind = kind if kind in ("basic", "bearer") else None
+            state.challenge = params
+            state.tokens.pop(scope, None)
+        if state.auth_kind is None:
+            raise Unauthorized(f"{ref.api_host} asked for unsupported authentication {kind!r}")
+
+    def _fetch_token(self, state: _RegistryState, ref: ImageRef, scope: str) -> _Token:
+        realm = state.challenge.get("realm")
+        if not realm:
+            raise ProtocolError(f"{ref.api_host} sent a Bearer challenge without a realm")
+        params = {"scope": scope}
+        if "service" in state.challenge:
+            params["service"] = state.challenge["service"]
+        creds = self._credentials(ref.registry)
+        headers = {}
+        if creds and creds.username and creds.password:
+            headers["Authorization"] = _basic(creds)
+            params["account"] = creds.username
+        try:
+            response = self._session.get(realm, params=params, headers=headers, timeout=self._timeout)
+        except requests.exceptions.Timeout:
+            raise Timeout(f"token service for {ref.api_host} did not answer in time") from None
+        except requests.exceptions.RequestException as exc:
+            raise Unreachable(
+                f"cannot reach token service for {ref.api_host}: {_mask(_root_cause(exc))}"
+            ) from None
+        if response.status_code == 429:
+            self._check(state, ref, response)
+        if response.status_code != 200:
+            raise Unauthorized(f"token service for {ref.api_host} answered {response.status_code}")
+        try:
+            body = response.json()
+            value = body.get("token") or body["access_token"]
+            # The distribution spec: tokens without expires_in last 60 seconds.
+            lifetime = float(body.get("expires_in") or 60)
+        except (ValueError, KeyError, TypeError):
+            raise ProtocolError(f"token service for {ref.api_host} sent an unreadable answer") from None
+        token = _Token(str(value), self._clock() + max(0.0, lifetime - TOKEN_MARGIN))
+        with state.lock:
+            state.tokens[scope] = token
+        return token
+
+
+def _basic(creds: Credentials) -> str:
+    raw = f"{creds.username}:{creds.password}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None or (exc.args and isinstance(exc.args[0], BaseException)):
+        nxt = exc.__cause__ or exc.args[0]
+        if not isinstance(nxt, BaseException):
+            break
+        exc = nxt
+    text = str(exc)
+    # urllib3 wraps the useful part ("Connection refused") at the end of a long repr.
+    found = re.search(r"\[Errno -?\d+\] ([^')]+)", text)
+    return found.group(1) if found else text[:200]
