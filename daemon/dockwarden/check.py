@@ -19,7 +19,7 @@ import structlog
 
 from dockwarden import imageref, registry
 from dockwarden.config import Config, Service
-from dockwarden.engine import Engine, EngineError, Platform, registry_credentials
+from dockwarden.engine import Engine, EngineError, Platform, Snapshot, registry_credentials
 from dockwarden.engine import NotFound as ContainerMissing
 from dockwarden.imageref import ImageRef
 
@@ -118,11 +118,15 @@ def _config_digest(
     return config
 
 
-def _resolve(service: Service, engine: Engine) -> _Running:
-    info = engine.container(service.container)
+def _resolve(service: Service, engine: Engine, snapshot: Snapshot) -> _Running:
+    info = snapshot.containers.get(service.container)
+    if info is None:
+        raise ContainerMissing(f"container {service.container!r} does not exist")
     if service.image is not None:
         ref = service.image
     else:
+        # The list API shows an image ID once the tag has moved on; only inspect has the original reference.
+        info = engine.container(info.id)
         if info.config_image.startswith("sha256:"):
             raise EngineError(
                 f"container {service.container!r} was created from an image ID, not a tag; "
@@ -214,10 +218,17 @@ def run_checks(
     services = list(services)
     results: dict[str, CheckResult] = {}
     groups: dict[ImageRef, list[_Running]] = {}
+    try:
+        snapshot = engine.snapshot()
+    except EngineError as exc:
+        failed = [_engine_failure(s, exc, "engine-error", time.monotonic()) for s in services]
+        for result in failed:
+            _log_result(log, result)
+        return failed
     for service in services:
         started = time.monotonic()
         try:
-            running = _resolve(service, engine)
+            running = _resolve(service, engine, snapshot)
         except ContainerMissing as exc:
             results[service.name] = _engine_failure(service, exc, "container-not-found", started)
             continue

@@ -54,6 +54,14 @@ class ImageInfo:
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """Every container and image at one moment, from two list calls whatever the number of services."""
+
+    containers: dict[str, ContainerInfo]  # by name; config_image is "" here (the list API lacks it)
+    repo_digests: dict[str, tuple[str, ...]]  # image ID -> RepoDigests
+
+
+@dataclass(frozen=True)
 class Credentials:
     username: str | None
     password: str | None
@@ -136,6 +144,25 @@ class Engine:
             repo_digests=tuple(data.get("RepoDigests") or ()),
             repo_tags=tuple(data.get("RepoTags") or ()),
         )
+
+    def snapshot(self) -> Snapshot:
+        try:
+            containers = self._client.api.containers(all=True)
+            images = self._client.api.images()
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise EngineError(f"listing containers and images: {_explain(exc)}") from None
+        by_name = {}
+        for item in containers:
+            for name in item.get("Names") or ():
+                by_name[name.lstrip("/")] = ContainerInfo(
+                    id=item["Id"],
+                    name=name.lstrip("/"),
+                    image_id=item["ImageID"],
+                    config_image="",
+                    status=item.get("State", ""),
+                )
+        digests = {item["Id"]: tuple(item.get("RepoDigests") or ()) for item in images}
+        return Snapshot(by_name, digests)
 
     def ping(self) -> None:
         try:

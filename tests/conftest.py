@@ -1,0 +1,69 @@
+"""Shared fixtures: the lab (real engine + registries), test images, and leak checks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.support.images import LABEL, ImageFactory, leftovers, remove_labelled
+from tests.support.registry import Registry, start_registry
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def lab() -> None:
+    """The engine and the shared registry are up (scripts/lab.sh is idempotent and cheap when they are)."""
+    subprocess.run([str(ROOT / "scripts" / "lab.sh"), "up"], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def run_label() -> str:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    return f"{uuid.uuid4().hex[:8]}-{worker}"
+
+
+@pytest.fixture(scope="session")
+def docker_client(lab: None, run_label: str) -> Iterator[docker.DockerClient]:
+    client = docker.from_env(version="auto", timeout=120)
+    yield client
+    remove_labelled(client, run_label)
+    left = leftovers(client, run_label)
+    client.close()
+    assert not left, f"tests leaked: {left}"
+
+
+@pytest.fixture(scope="session")
+def images(docker_client: docker.DockerClient, run_label: str) -> Iterator[ImageFactory]:
+    factory = ImageFactory(docker_client, run_label)
+    yield factory
+    factory.cleanup()
+
+
+@pytest.fixture
+def registry(tmp_path: Path, lab: None) -> Iterator[Registry]:
+    reg = start_registry(tmp_path / "registry")
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture
+def containers(docker_client: docker.DockerClient, run_label: str) -> Iterator[list[str]]:
+    """Names of containers a test created; they are removed when the test ends."""
+    created: list[str] = []
+    yield created
+    for name in created:
+        try:
+            docker_client.containers.get(name).remove(force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+
+
+def labels(run_label: str) -> dict[str, str]:
+    return {LABEL: run_label}

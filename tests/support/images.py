@@ -1,0 +1,93 @@
+"""Test images built FROM scratch with busybox, labelled so that every one is found and removed."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+BUSYBOX = Path("/bin/busybox")
+APPLETS = ("sh", "sleep", "httpd", "wget", "cat", "echo", "true", "false", "ls", "test")
+LABEL = "dockwarden.test"
+
+
+class ImageFactory:
+    """Builds small distinct images; each build differs by a marker file, so each has a new digest."""
+
+    def __init__(self, client: docker.DockerClient, run_label: str) -> None:
+        self.client = client
+        self.run_label = run_label
+        self._dir = Path(tempfile.mkdtemp(prefix="dockwarden-img-"))
+        rootfs = self._dir / "rootfs" / "bin"
+        rootfs.mkdir(parents=True)
+        shutil.copy2(BUSYBOX, rootfs / "busybox")
+        for applet in APPLETS:
+            (rootfs / applet).symlink_to("busybox")
+        (self._dir / "rootfs" / "www").mkdir()
+
+    def build(self, tag: str, marker: str, cmd: list[str] | None = None, healthcheck: str | None = None) -> str:
+        """Build `tag` and return its image ID."""
+        (self._dir / "rootfs" / "www" / "index.html").write_text(marker + "\n")
+        lines = [
+            "FROM scratch",
+            "COPY rootfs/ /",
+            f'LABEL {LABEL}="{self.run_label}" marker="{marker}"',
+            "ENV APP_MARKER=" + marker,
+            "CMD " + _json_list(cmd or ["sleep", "3600"]),
+        ]
+        if healthcheck:
+            lines.append(f"HEALTHCHECK --interval=1s --timeout=2s --retries=3 CMD {healthcheck}")
+        (self._dir / "Dockerfile").write_text("\n".join(lines) + "\n")
+        image, _ = self.client.images.build(path=str(self._dir), tag=tag, rm=True, forcerm=True)
+        return str(image.id)
+
+    def push(self, tag: str) -> str:
+        """Push `tag` and return the digest the registry stored."""
+        repo, _, name_tag = tag.rpartition(":")
+        digest = ""
+        for line in self.client.api.push(repo, tag=name_tag, stream=True, decode=True):
+            if "error" in line:
+                raise RuntimeError(f"push of {tag} failed: {line['error']}")
+            aux = line.get("aux") or {}
+            digest = aux.get("Digest", digest)
+        return digest
+
+    def build_and_push(self, tag: str, marker: str, **kwargs: Any) -> tuple[str, str]:
+        image_id = self.build(tag, marker, **kwargs)
+        return image_id, self.push(tag)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _json_list(items: list[str]) -> str:
+    import json
+
+    return json.dumps(items)
+
+
+def remove_labelled(client: docker.DockerClient, value: str) -> None:
+    """Remove every container, then every image, carrying dockwarden.test=value."""
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL}={value}"}):
+        container.remove(force=True, v=True)
+    # Removing the top-level images prunes their untagged build parents; a parent still shared by a
+    # later build goes in a later pass.
+    for _ in range(5):
+        found = client.images.list(all=True, filters={"label": f"{LABEL}={value}"})
+        if not found:
+            return
+        for image in client.images.list(filters={"label": f"{LABEL}={value}"}) or found:
+            try:
+                client.images.remove(image.id, force=True)
+            except (docker.errors.NotFound, docker.errors.APIError):
+                pass
+
+
+def leftovers(client: docker.DockerClient, value: str) -> list[str]:
+    found = [f"container {c.name}" for c in client.containers.list(all=True, filters={"label": f"{LABEL}={value}"})]
+    found += [f"image {i.id}" for i in client.images.list(all=True, filters={"label": f"{LABEL}={value}"})]
+    return found

@@ -1,0 +1,87 @@
+"""A small HTTP proxy on 127.0.0.1 in front of a test registry: adds latency, or answers with faults.
+
+It only ever forwards to the one upstream it was given (a loopback registry).
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+
+@dataclass
+class FaultPlan:
+    delay: float = 0.0  # added to every response: the round-trip latency of a distant registry
+    status: int | None = None  # answer every request with this status instead of forwarding
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+
+class FaultProxy:
+    def __init__(self, upstream: str, plan: FaultPlan | None = None) -> None:
+        self.upstream = urlsplit(upstream).netloc
+        self.plan = plan or FaultPlan()
+        self.count = 0
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+            def _handle(self) -> None:
+                with proxy._lock:
+                    proxy.count += 1
+                plan = proxy.plan
+                if plan.delay:
+                    time.sleep(plan.delay)
+                if plan.status is not None:
+                    self.send_response(plan.status)
+                    for key, value in plan.headers.items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                upstream = conn.getresponse()
+                data = upstream.read()
+                self.send_response(upstream.status)
+                for key, value in upstream.getheaders():
+                    if key.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle  # noqa: N815
+
+        self._server = _Server(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
