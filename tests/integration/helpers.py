@@ -48,15 +48,22 @@ def check(cfg_path: Path, checker_: Checker | None = None) -> dict[str, CheckRes
     return {r.service: r for r in summary.results}
 
 
-def run_container(client: docker.DockerClient, run_label: str, name: str, image: str,
-                  created: list[str], **kwargs: Any) -> Any:
+def run_container(
+    client: docker.DockerClient, run_label: str, name: str, image: str, created: list[str], **kwargs: Any
+) -> Any:
     created.append(name)
     return client.containers.run(image, name=name, detach=True, labels={LABEL: run_label}, **kwargs)
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "dockwarden", *args], capture_output=True, text=True, env=full_env,
-        timeout=timeout, check=False,
+        [sys.executable, "-m", "dockwarden", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        check=False,
     )

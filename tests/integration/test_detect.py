@@ -20,8 +20,14 @@ def unique(prefix: str) -> str:
     return f"dw-{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def test_up_to_date_costs_one_head(registry: Registry, images: ImageFactory, docker_client: docker.DockerClient,
-                                   run_label: str, containers: list[str], tmp_path: Path) -> None:
+def test_up_to_date_costs_one_head(
+    registry: Registry,
+    images: ImageFactory,
+    docker_client: docker.DockerClient,
+    run_label: str,
+    containers: list[str],
+    tmp_path: Path,
+) -> None:
     """A container running the image its tag points to is up to date, at the cost of one HEAD and no GET."""
     tag = f"{registry.host}/sample:latest"
     _, digest = images.build_and_push(tag, unique("m"))
@@ -31,13 +37,22 @@ def test_up_to_date_costs_one_head(registry: Registry, images: ImageFactory, doc
     mark = registry.mark()
     result = check(cfg)["web"]
     assert (result.status, result.running_digest, result.registry_digest, result.error) == (
-        "up-to-date", digest, digest, None)
+        "up-to-date",
+        digest,
+        digest,
+        None,
+    )
     assert registry.manifest_requests(mark) == {"HEAD": 1}
 
 
-def test_new_push_is_an_update_and_learned_once(registry: Registry, images: ImageFactory,
-                                                docker_client: docker.DockerClient, run_label: str,
-                                                containers: list[str], tmp_path: Path) -> None:
+def test_new_push_is_an_update_and_learned_once(
+    registry: Registry,
+    images: ImageFactory,
+    docker_client: docker.DockerClient,
+    run_label: str,
+    containers: list[str],
+    tmp_path: Path,
+) -> None:
     """Pushing a new image to the watched tag is reported as an update; a second cycle spends no GET on it."""
     tag = f"{registry.host}/sample:stable"
     _, old = images.build_and_push(tag, unique("old"))
@@ -57,9 +72,14 @@ def test_new_push_is_an_update_and_learned_once(registry: Registry, images: Imag
     assert registry.manifest_requests(mark) == {"HEAD": 1}
 
 
-def test_shared_image_is_requested_once(registry: Registry, images: ImageFactory,
-                                        docker_client: docker.DockerClient, run_label: str,
-                                        containers: list[str], tmp_path: Path) -> None:
+def test_shared_image_is_requested_once(
+    registry: Registry,
+    images: ImageFactory,
+    docker_client: docker.DockerClient,
+    run_label: str,
+    containers: list[str],
+    tmp_path: Path,
+) -> None:
     """Three services on one image cost one HEAD per cycle, not three."""
     tag = f"{registry.host}/shared:1.0"
     _, digest = images.build_and_push(tag, unique("s"))
@@ -76,29 +96,48 @@ def test_shared_image_is_requested_once(registry: Registry, images: ImageFactory
     assert registry.manifest_requests(mark) == {"HEAD": 1}
 
 
-def test_missing_container_does_not_stop_the_others(registry: Registry, images: ImageFactory,
-                                                    docker_client: docker.DockerClient, run_label: str,
-                                                    containers: list[str], tmp_path: Path) -> None:
+def test_missing_container_does_not_stop_the_others(
+    registry: Registry,
+    images: ImageFactory,
+    docker_client: docker.DockerClient,
+    run_label: str,
+    containers: list[str],
+    tmp_path: Path,
+) -> None:
     """A service whose container does not exist gets a clear error naming it; the rest are still checked."""
     tag = f"{registry.host}/sample:latest"
     images.build_and_push(tag, unique("m"))
     name = unique("web")
     run_container(docker_client, run_label, name, tag, containers)
-    cfg = write_config(tmp_path / "dw.yaml", {"web": {"container": name}, "ghost": {"container": "dw-no-such"}})
+    cfg = write_config(
+        tmp_path / "dw.yaml", {"web": {"container": name}, "ghost": {"container": "dw-no-such"}}
+    )
     proc = cli("check", "-c", str(cfg), "--json")
     assert proc.returncode == 1, proc.stderr
     rows = {row["service"]: row for row in json.loads(proc.stdout)}
-    assert set(rows["web"]) == {"service", "container", "image", "running_digest", "registry_digest", "status",
-                                "error"}
+    assert set(rows["web"]) == {
+        "service",
+        "container",
+        "image",
+        "running_digest",
+        "registry_digest",
+        "status",
+        "error",
+    }
     assert rows["web"]["status"] == "up-to-date"
     assert rows["ghost"]["status"] == "error"
     assert rows["ghost"]["error"] == "container 'dw-no-such' does not exist"
     assert "Traceback" not in proc.stderr
 
 
-def test_tag_not_found_and_registry_down(registry: Registry, images: ImageFactory,
-                                         docker_client: docker.DockerClient, run_label: str,
-                                         containers: list[str], tmp_path: Path) -> None:
+def test_tag_not_found_and_registry_down(
+    registry: Registry,
+    images: ImageFactory,
+    docker_client: docker.DockerClient,
+    run_label: str,
+    containers: list[str],
+    tmp_path: Path,
+) -> None:
     """A missing tag and an unreachable registry are per-service errors with their own reasons."""
     tag = f"{registry.host}/sample:latest"
     images.build_and_push(tag, unique("m"))
@@ -107,11 +146,14 @@ def test_tag_not_found_and_registry_down(registry: Registry, images: ImageFactor
     from tests.support.registry import free_port
 
     dead = f"127.0.0.1:{free_port()}"
-    cfg = write_config(tmp_path / "dw.yaml", {
-        "ok": {"container": name},
-        "gone": {"container": name, "image": f"{registry.host}/sample:no-such-tag"},
-        "down": {"container": name, "image": f"{dead}/sample:latest"},
-    })
+    cfg = write_config(
+        tmp_path / "dw.yaml",
+        {
+            "ok": {"container": name},
+            "gone": {"container": name, "image": f"{registry.host}/sample:no-such-tag"},
+            "down": {"container": name, "image": f"{dead}/sample:latest"},
+        },
+    )
     results = check(cfg)
     assert results["ok"].status == "up-to-date"
     assert (results["gone"].status, results["gone"].reason) == ("error", "not-found")

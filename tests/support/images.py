@@ -29,7 +29,9 @@ class ImageFactory:
             (rootfs / applet).symlink_to("busybox")
         (self._dir / "rootfs" / "www").mkdir()
 
-    def build(self, tag: str, marker: str, cmd: list[str] | None = None, healthcheck: str | None = None) -> str:
+    def build(
+        self, tag: str, marker: str, cmd: list[str] | None = None, healthcheck: str | None = None
+    ) -> str:
         """Build `tag` and return its image ID."""
         (self._dir / "rootfs" / "www" / "index.html").write_text(marker + "\n")
         lines = [
@@ -45,11 +47,14 @@ class ImageFactory:
         image, _ = self.client.images.build(path=str(self._dir), tag=tag, rm=True, forcerm=True)
         return str(image.id)
 
-    def push(self, tag: str) -> str:
+    def push(self, tag: str, auth: tuple[str, str] | None = None) -> str:
         """Push `tag` and return the digest the registry stored."""
         repo, _, name_tag = tag.rpartition(":")
         digest = ""
-        for line in self.client.api.push(repo, tag=name_tag, stream=True, decode=True):
+        auth_config = {"username": auth[0], "password": auth[1]} if auth else None
+        for line in self.client.api.push(
+            repo, tag=name_tag, stream=True, decode=True, auth_config=auth_config
+        ):
             if "error" in line:
                 raise RuntimeError(f"push of {tag} failed: {line['error']}")
             aux = line.get("aux") or {}
@@ -88,6 +93,8 @@ def remove_labelled(client: docker.DockerClient, value: str) -> None:
 
 
 def leftovers(client: docker.DockerClient, value: str) -> list[str]:
-    found = [f"container {c.name}" for c in client.containers.list(all=True, filters={"label": f"{LABEL}={value}"})]
+    found = [
+        f"container {c.name}" for c in client.containers.list(all=True, filters={"label": f"{LABEL}={value}"})
+    ]
     found += [f"image {i.id}" for i in client.images.list(all=True, filters={"label": f"{LABEL}={value}"})]
     return found

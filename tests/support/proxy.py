@@ -69,7 +69,7 @@ class FaultProxy:
                     self.wfile.write(data)
                 conn.close()
 
-            do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle  # noqa: N815
+            do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle
 
         self._server = _Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

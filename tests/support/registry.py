@@ -122,8 +122,12 @@ class Registry:
         if location.startswith("/"):
             location = self.url + location
         sep = "&" if "?" in location else "?"
-        done = session.put(f"{location}{sep}digest={digest}", data=data,
-                           headers={"Content-Type": "application/octet-stream"}, timeout=10)
+        done = session.put(
+            f"{location}{sep}digest={digest}",
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+            timeout=10,
+        )
         done.raise_for_status()
         return digest
 
@@ -134,12 +138,16 @@ class Registry:
         if response.status_code != 201:
             raise RuntimeError(f"blob mount failed: {response.status_code} {response.text}")
 
-    def put_manifest(self, repo: str, reference: str | None, body: dict[str, Any] | bytes, media_type: str) -> str:
+    def put_manifest(
+        self, repo: str, reference: str | None, body: dict[str, Any] | bytes, media_type: str
+    ) -> str:
         data = body if isinstance(body, bytes) else json.dumps(body, indent=3).encode()
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         response = self._session().put(
             f"{self.url}/v2/{repo}/manifests/{reference or digest}",
-            data=data, headers={"Content-Type": media_type}, timeout=10,
+            data=data,
+            headers={"Content-Type": media_type},
+            timeout=10,
         )
         if response.status_code != 201:
             raise RuntimeError(f"manifest push failed: {response.status_code} {response.text}")
@@ -148,30 +156,44 @@ class Registry:
     def get_manifest(self, repo: str, reference: str) -> tuple[bytes, str]:
         response = self._session().get(
             f"{self.url}/v2/{repo}/manifests/{reference}",
-            headers={"Accept": f"{MANIFEST_V2}, {MANIFEST_LIST_V2}"}, timeout=10,
+            headers={"Accept": f"{MANIFEST_V2}, {MANIFEST_LIST_V2}"},
+            timeout=10,
         )
         response.raise_for_status()
         return response.content, response.headers["Docker-Content-Digest"]
 
-    def push_fake_platform_image(self, repo: str, architecture: str, layer_from: str, layer: dict[str, Any],
-                                 marker: str) -> dict[str, Any]:
+    def push_fake_platform_image(
+        self, repo: str, architecture: str, layer_from: str, layer: dict[str, Any], marker: str
+    ) -> dict[str, Any]:
         """A manifest for another architecture: a config blob naming it, and an existing layer reused."""
         self.mount_blob(repo, layer["digest"], layer_from)
-        config = json.dumps({
-            "architecture": architecture, "os": "linux", "config": {"Labels": {"marker": marker}},
-            "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]},
-        }).encode()
+        config = json.dumps(
+            {
+                "architecture": architecture,
+                "os": "linux",
+                "config": {"Labels": {"marker": marker}},
+                "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]},
+            }
+        ).encode()
         config_digest = self.put_blob(repo, config)
         manifest = {
-            "schemaVersion": 2, "mediaType": MANIFEST_V2,
-            "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
-                       "size": len(config), "digest": config_digest},
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_V2,
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "size": len(config),
+                "digest": config_digest,
+            },
             "layers": [layer],
         }
         data = json.dumps(manifest, indent=3).encode()
         digest = self.put_manifest(repo, None, data, MANIFEST_V2)
-        return {"mediaType": MANIFEST_V2, "size": len(data), "digest": digest,
-                "platform": {"architecture": architecture, "os": "linux"}}
+        return {
+            "mediaType": MANIFEST_V2,
+            "size": len(data),
+            "digest": digest,
+            "platform": {"architecture": architecture, "os": "linux"},
+        }
 
 
 def start_registry(root: Path, users: dict[str, str] | None = None) -> Registry:
@@ -181,7 +203,9 @@ def start_registry(root: Path, users: dict[str, str] | None = None) -> Registry:
         root.mkdir(parents=True, exist_ok=True)
         htpasswd.touch()
         for user, password in users.items():
-            subprocess.run(["htpasswd", "-bB", str(htpasswd), user, password], check=True, capture_output=True)
+            subprocess.run(
+                ["htpasswd", "-bB", str(htpasswd), user, password], check=True, capture_output=True
+            )
     registry = Registry(root, free_port(), htpasswd)
     if users:
         registry.auth = next(iter(users.items()))

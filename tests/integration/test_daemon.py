@@ -1,0 +1,145 @@
+"""`dockwarden run` as systemd runs it: notify socket, watchdog, reload on SIGHUP, stop on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.integration.helpers import run_container, write_config
+from tests.support.images import ImageFactory
+from tests.support.registry import Registry
+
+pytestmark = pytest.mark.engine
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _events(log: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_daemon_under_systemd_protocol(
+    stop_signal: signal.Signals,
+    registry: Registry,
+    images: ImageFactory,
+    docker_client: docker.DockerClient,
+    run_label: str,
+    containers: list[str],
+    tmp_path: Path,
+) -> None:
+    """The daemon says READY=1 after connecting, reports each cycle in STATUS=, pings the watchdog, keeps its
+    config when a reload finds the file invalid, applies a valid one, and exits 0 within 10 s of a stop signal."""
+    tag = f"{registry.host}/sample:latest"
+    images.build_and_push(tag, f"m-{uuid.uuid4().hex[:6]}")
+    name = f"dw-daemon-{uuid.uuid4().hex[:8]}"
+    run_container(docker_client, run_label, name, tag, containers)
+    cfg = write_config(tmp_path / "dw.yaml", {"web": {"container": name}})
+
+    notify_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify_path))
+    sock.settimeout(0.2)
+    messages: list[str] = []
+
+    def drain() -> None:
+        try:
+            while True:
+                messages.append(sock.recv(4096).decode())
+        except TimeoutError:
+            pass
+
+    log = tmp_path / "daemon.log"
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "600000"}
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dockwarden", "run", "-c", str(cfg)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+
+        def seen(text: str) -> bool:
+            drain()
+            return any(text in m for m in messages)
+
+        _wait_for(lambda: seen("READY=1"), 30, "READY=1")
+        _wait_for(lambda: seen("STATUS=last cycle"), 30, "a cycle summary in STATUS=")
+        assert any("1 checked: 1 up to date" in m for m in messages), messages
+        _wait_for(lambda: sum("WATCHDOG=1" in m for m in messages) >= 3, 10, "three watchdog pings")
+
+        good = cfg.read_text()
+        cfg.write_text(good + "  extra:\n    update: never\n")
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(
+            lambda: any(e["event"] == "config.reload_failed" for e in _events(log)), 10, "reload failure"
+        )
+        failed = next(e for e in _events(log) if e["event"] == "config.reload_failed")
+        assert any(":" in p and "must be 'auto' or 'monitor'" in p for p in failed["problems"])  # type: ignore[attr-defined]
+        assert proc.poll() is None
+
+        cfg.write_text(good + f"  again:\n    container: {name}\n")
+        proc.send_signal(signal.SIGHUP)
+        _wait_for(lambda: any(e["event"] == "config.reloaded" for e in _events(log)), 10, "reload")
+        reloaded = next(e for e in _events(log) if e["event"] == "config.reloaded")
+        assert reloaded["services"] == 2
+
+        stop_at = time.monotonic()
+        proc.send_signal(stop_signal)
+        assert proc.wait(10) == 0
+        assert time.monotonic() - stop_at < 10
+        drain()
+        assert any("STOPPING=1" in m for m in messages)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sock.close()
+
+    events = _events(log)  # every line is JSON: json.loads above would have failed otherwise
+    names = [e["event"] for e in events]
+    for expected in (
+        "daemon.started",
+        "cycle.started",
+        "service.checked",
+        "cycle.finished",
+        "daemon.stopped",
+    ):
+        assert expected in names
+    checked = next(e for e in events if e["event"] == "service.checked")
+    assert {"service", "running_digest", "registry_digest", "status", "duration_ms", "timestamp"} <= set(
+        checked
+    )
+
+
+def test_run_exits_1_with_a_clear_message_when_the_engine_is_unreachable(tmp_path: Path) -> None:
+    """`run` against an engine that does not answer says so on stderr and exits 1, without a traceback."""
+    cfg = write_config(tmp_path / "dw.yaml", {"web": {}}, extra=f"docker_host: unix://{tmp_path}/no.sock")
+    proc = subprocess.run(
+        [sys.executable, "-m", "dockwarden", "run", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "cannot start" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,206 @@
+"""Detection through authentication, rate limiting and multi-platform indexes, on real registries."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.integration.helpers import check, checker, cli, run_container, write_config
+from tests.support.images import ImageFactory
+from tests.support.proxy import FaultPlan, FaultProxy
+from tests.support.registry import MANIFEST_LIST_V2, Registry, start_registry
+
+pytestmark = pytest.mark.engine
+USER, PASSWORD = "alice", "s3cret-Pa55word"
+
+
+def unique(prefix: str) -> str:
+    return f"dw-{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def private_registry(tmp_path: Path) -> Registry:
+    reg = start_registry(tmp_path / "private", users={USER: PASSWORD})
+    yield reg
+    reg.stop()
+
+
+def _private_service(
+    private_registry: Registry,
+    images: ImageFactory,
+    docker_client: docker.DockerClient,
+    run_label: str,
+    containers: list[str],
+) -> tuple[str, str]:
+    tag = f"{private_registry.host}/team/app:1"
+    images.build(tag, unique("p"))
+    digest = images.push(tag, auth=(USER, PASSWORD))
+    name = unique("priv")
+    run_container(docker_client, run_label, name, tag, containers)
+    return name, digest
+
+
+@pytest.mark.parametrize("style", ["auths", "credsStore", "credHelpers"])
+def test_private_registry_with_docker_config(
+    style: str,
+    private_registry: Registry,
+    images: ImageFactory,
+    docker_client: docker.DockerClient,
+    run_label: str,
+    containers: list[str],
+    tmp_path: Path,
+) -> None:
+    """Credentials from a Docker config (auths, a credsStore or a per-registry credHelper) open a private
+    registry, and the password never appears in the output or the logs."""
+    name, digest = _private_service(private_registry, images, docker_client, run_label, containers)
+    docker_dir = tmp_path / "docker-config"
+    docker_dir.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    helper = bin_dir / "docker-credential-dwtest"
+    helper.write_text(
+        "#!/bin/sh\nread server\n"
+        f'printf \'{{"ServerURL":"%s","Username":"{USER}","Secret":"{PASSWORD}"}}\' "$server"\n'
+    )
+    helper.chmod(0o755)
+    host = private_registry.host
+    settings = {
+        "auths": {"auths": {host: {"auth": base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}}},
+        "credsStore": {"credsStore": "dwtest"},
+        "credHelpers": {"credHelpers": {host: "dwtest"}},
+    }[style]
+    (docker_dir / "config.json").write_text(json.dumps(settings))
+    cfg = write_config(tmp_path / "dw.yaml", {"app": {"container": name}})
+    import os
+
+    env = {"DOCKER_CONFIG": str(docker_dir), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = cli("check", "-c", str(cfg), "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)[0]
+    assert (row["status"], row["registry_digest"]) == ("up-to-date", digest)
+    encoded = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    assert PASSWORD not in proc.stdout + proc.stderr
+    assert encoded not in proc.stdout + proc.stderr
+
+
+def test_private_registry_without_credentials_is_unauthorized(
+    private_registry: Registry,
+    images: ImageFactory,
+    docker_client: docker.DockerClient,
+    run_label: str,
+    containers: list[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without credentials a private registry's 401 is a per-service `unauthorized` error, not a crash."""
+    name, _ = _private_service(private_registry, images, docker_client, run_label, containers)
+    empty = tmp_path / "empty-docker"
+    empty.mkdir()
+    monkeypatch.setenv("DOCKER_CONFIG", str(empty))
+    result = check(write_config(tmp_path / "dw.yaml", {"app": {"container": name}}))["app"]
+    assert (result.status, result.reason) == ("error", "unauthorized")
+
+
+def test_429_backs_off_that_registry(
+    registry: Registry,
+    images: ImageFactory,
+    docker_client: docker.DockerClient,
+    run_label: str,
+    containers: list[str],
+    tmp_path: Path,
+) -> None:
+    """A 429 with Retry-After is a per-service error and the registry is left alone until the delay passes."""
+    tag = f"{registry.host}/sample:latest"
+    image_id, _ = images.build_and_push(tag, unique("m"))
+    name = unique("web")
+    run_container(docker_client, run_label, name, tag, containers)
+    proxy = FaultProxy(registry.url, FaultPlan(status=429, headers={"Retry-After": "2"})).start()
+    try:
+        cfg = write_config(
+            tmp_path / "dw.yaml", {"web": {"container": name, "image": f"{proxy.host}/sample:latest"}}
+        )
+        own = checker()
+        limited_at = time.monotonic()
+        first = check(cfg, own)["web"]
+        assert (first.status, first.reason) == ("error", "rate-limited")
+        assert "429" in (first.error or "")
+        assert proxy.count == 1
+        second = check(cfg, own)["web"]
+        assert second.reason == "rate-limited"
+        assert proxy.count == 1, "the registry was asked again during its back-off"
+        proxy.plan = FaultPlan()
+        time.sleep(max(0.0, limited_at + 2.2 - time.monotonic()))
+        third = check(cfg, own)["web"]
+        assert third.status == "up-to-date", third.error
+        assert proxy.count > 1
+    finally:
+        proxy.stop()
+    assert docker_client.containers.get(name).image.id == image_id
+
+
+def test_other_platform_rebuild_is_not_an_update(
+    registry: Registry,
+    images: ImageFactory,
+    docker_client: docker.DockerClient,
+    run_label: str,
+    containers: list[str],
+    tmp_path: Path,
+) -> None:
+    """When only another architecture of a multi-arch tag changes, the index digest moves but no update is
+    reported; when this platform's image changes, it is."""
+    base = f"{registry.host}/base:amd64"
+    image_id, _ = images.build_and_push(base, unique("amd"))
+    raw, child = registry.get_manifest("base", "amd64")
+    manifest = json.loads(raw)
+    for blob in [manifest["config"], *manifest["layers"]]:
+        registry.mount_blob("multi", blob["digest"], "base")
+    registry.put_manifest("multi", None, raw, manifest["mediaType"])
+    ours = {
+        "mediaType": manifest["mediaType"],
+        "size": len(raw),
+        "digest": child,
+        "platform": {"architecture": "amd64", "os": "linux"},
+    }
+
+    def push_index(arm_marker: str, amd64_entry: dict[str, object]) -> str:
+        arm = registry.push_fake_platform_image("multi", "arm64", "multi", manifest["layers"][0], arm_marker)
+        index = {"schemaVersion": 2, "mediaType": MANIFEST_LIST_V2, "manifests": [amd64_entry, arm]}
+        return registry.put_manifest("multi", "latest", index, MANIFEST_LIST_V2)
+
+    first_index = push_index(unique("arm1"), ours)
+    tag = f"{registry.host}/multi:latest"
+    docker_client.images.pull(tag)
+    name = unique("multi")
+    run_container(docker_client, run_label, name, tag, containers)
+    assert docker_client.containers.get(name).image.id == image_id
+    cfg = write_config(tmp_path / "dw.yaml", {"app": {"container": name}})
+    own = checker()
+    assert check(cfg, own)["app"].status == "up-to-date"
+
+    second_index = push_index(unique("arm2"), ours)
+    mark = registry.mark()
+    result = check(cfg, own)["app"]
+    assert (result.status, result.running_digest, result.registry_digest) == (
+        "up-to-date",
+        first_index,
+        second_index,
+    )
+    assert registry.manifest_requests(mark) == {"HEAD": 1, "GET": 2}  # the index once, our child once
+    mark = registry.mark()
+    assert check(cfg, own)["app"].status == "up-to-date"
+    assert registry.manifest_requests(mark) == {"HEAD": 1}
+
+    new_base = f"{registry.host}/base:amd64-v2"
+    images.build_and_push(new_base, unique("amd2"))
+    raw2, child2 = registry.get_manifest("base", "amd64-v2")
+    for blob in [json.loads(raw2)["config"], *json.loads(raw2)["layers"]]:
+        registry.mount_blob("multi", blob["digest"], "base")
+    registry.put_manifest("multi", None, raw2, manifest["mediaType"])
+    push_index(unique("arm3"), {**ours, "size": len(raw2), "digest": child2})
+    assert check(cfg, own)["app"].status == "update-available"
