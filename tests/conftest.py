@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import uuid
@@ -59,10 +60,8 @@ def containers(docker_client: docker.DockerClient, run_label: str) -> Iterator[l
     created: list[str] = []
     yield created
     for name in created:
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             docker_client.containers.get(name).remove(force=True, v=True)
-        except docker.errors.NotFound:
-            pass
 
 
 def labels(run_label: str) -> dict[str, str]:

@@ -46,7 +46,8 @@ def test_daemon_under_systemd_protocol(
     tmp_path: Path,
 ) -> None:
     """The daemon says READY=1 after connecting, reports each cycle in STATUS=, pings the watchdog, keeps its
-    config when a reload finds the file invalid, applies a valid one, and exits 0 within 10 s of a stop signal."""
+    config when a reload finds the file invalid, applies a valid one, and exits 0 within 10 s of a stop
+    signal."""
     tag = f"{registry.host}/sample:latest"
     images.build_and_push(tag, f"m-{uuid.uuid4().hex[:6]}")
     name = f"dw-daemon-{uuid.uuid4().hex[:8]}"
@@ -93,7 +94,9 @@ def test_daemon_under_systemd_protocol(
             lambda: any(e["event"] == "config.reload_failed" for e in _events(log)), 10, "reload failure"
         )
         failed = next(e for e in _events(log) if e["event"] == "config.reload_failed")
-        assert any(":" in p and "must be 'auto' or 'monitor'" in p for p in failed["problems"])  # type: ignore[attr-defined]
+        problems = failed["problems"]
+        assert isinstance(problems, list)
+        assert any(f"{cfg}:" in p and "must be 'auto' or 'monitor'" in p for p in problems)
         assert proc.poll() is None
 
         cfg.write_text(good + f"  again:\n    container: {name}\n")

@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration.helpers import check, checker, cli, run_container, write_config
 from tests.support.images import ImageFactory
-from tests.support.registry import Registry
+from tests.support.registry import Registry, free_port
 
 pytestmark = pytest.mark.engine
 
@@ -143,8 +143,6 @@ def test_tag_not_found_and_registry_down(
     images.build_and_push(tag, unique("m"))
     name = unique("web")
     run_container(docker_client, run_label, name, tag, containers)
-    from tests.support.registry import free_port
-
     dead = f"127.0.0.1:{free_port()}"
     cfg = write_config(
         tmp_path / "dw.yaml",

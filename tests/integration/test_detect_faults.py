@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -25,7 +27,7 @@ def unique(prefix: str) -> str:
 
 
 @pytest.fixture
-def private_registry(tmp_path: Path) -> Registry:
+def private_registry(tmp_path: Path) -> Iterator[Registry]:
     reg = start_registry(tmp_path / "private", users={USER: PASSWORD})
     yield reg
     reg.stop()
@@ -77,8 +79,6 @@ def test_private_registry_with_docker_config(
     }[style]
     (docker_dir / "config.json").write_text(json.dumps(settings))
     cfg = write_config(tmp_path / "dw.yaml", {"app": {"container": name}})
-    import os
-
     env = {"DOCKER_CONFIG": str(docker_dir), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     proc = cli("check", "-c", str(cfg), "--json", env=env)
     assert proc.returncode == 0, proc.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -70,8 +72,6 @@ class ImageFactory:
 
 
 def _json_list(items: list[str]) -> str:
-    import json
-
     return json.dumps(items)
 
 
@@ -86,10 +86,8 @@ def remove_labelled(client: docker.DockerClient, value: str) -> None:
         if not found:
             return
         for image in client.images.list(filters={"label": f"{LABEL}={value}"}) or found:
-            try:
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 client.images.remove(image.id, force=True)
-            except (docker.errors.NotFound, docker.errors.APIError):
-                pass
 
 
 def leftovers(client: docker.DockerClient, value: str) -> list[str]:
