@@ -83,14 +83,7 @@ class ConfigSpec(_Strict):
     docker_host: str | None = None
     check_concurrency: int = Field(default=32, ge=1, le=256)
     registry_timeout: Duration = "10s"
-    services: dict[str, ServiceSpec] = Field(default_factory=dict)
-
-    @field_validator("services")
-    @classmethod
-    def _service_names(cls, value: dict[str, ServiceSpec]) -> dict[str, ServiceSpec]:
-        for name in value:
-            _check_name(name)
-        return value
+    services: dict[Name, ServiceSpec] = Field(default_factory=dict)
 
     @field_validator("state_dir")
     @classmethod
@@ -148,7 +141,8 @@ class ConfigProblem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}:{self.column}: {self.message}"
+        # One line per problem, whatever the message: tools read these like compiler errors.
+        return f"{self.path}:{self.line}:{self.column}: {' '.join(self.message.split())}"
 
 
 class ConfigError(Exception):
@@ -194,8 +188,9 @@ def _problems(path: Path, doc: yamlsource.YamlDocument, exc: ValidationError) ->
     problems = []
     for error in exc.errors():
         # pydantic adds the validator's name for Annotated/function validators; the file has no such key.
+        is_key = "[key]" in error["loc"]
         loc = tuple(part for part in error["loc"] if not str(part).startswith(("function-", "[key]")))
-        if error["type"] == "extra_forbidden":
+        if error["type"] == "extra_forbidden" or is_key:
             line, col = doc.locate_key(loc)
         else:
             line, col = doc.locate(loc)

@@ -106,10 +106,17 @@ def loads(text: str) -> YamlDocument:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = exc.problem or exc.context or "invalid YAML"
+        problem = " ".join((exc.problem or exc.context or "invalid YAML").split())
         raise YamlSourceError([SourceError(line, col, f"YAML syntax error: {problem}")]) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise YamlSourceError(
+            [SourceError(line, col, f"character {exc.character!r} is not allowed in YAML ({exc.reason})")]
+        ) from None
     except yaml.YAMLError as exc:
-        raise YamlSourceError([SourceError(1, 1, f"YAML error: {exc}")]) from None
+        message = " ".join(str(exc).split())
+        raise YamlSourceError([SourceError(1, 1, f"YAML error: {message}")]) from None
     if len(documents) > 1 and documents[1] is not None:
         line, col = _where(documents[1])
         raise YamlSourceError([SourceError(line, col, "the file must hold one YAML document, not several")])

@@ -1,0 +1,169 @@
+"""Config validation: every problem reported as FILE:LINE:COL, nothing coerced, defaults applied."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from dockwarden import config as configuration
+from dockwarden import imageref
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def problems_for(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "dw.yaml"
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    with pytest.raises(configuration.ConfigError) as caught:
+        configuration.load(path)
+    return [str(p).removeprefix(f"{path}:") for p in caught.value.problems]
+
+
+def test_issue_example_loads_with_defaults(tmp_path: Path) -> None:
+    """The example from the issue loads, and a service's container defaults to its name."""
+    path = tmp_path / "dw.yaml"
+    path.write_text(
+        textwrap.dedent("""
+        interval: 5m
+        state_dir: /var/lib/dockwarden
+        services:
+          web:
+            container: web
+            image: 127.0.0.1:5000/sample:latest
+            update: auto
+          api: {}
+    """)
+    )
+    cfg = configuration.load(path)
+    assert cfg.interval == timedelta(minutes=5)
+    web, api = cfg.services
+    assert (web.container, web.image, web.update) == (
+        "web",
+        imageref.parse("127.0.0.1:5000/sample:latest"),
+        "auto",
+    )
+    assert (api.container, api.image, api.update) == ("api", None, "auto")
+    assert cfg.check_concurrency == 32
+    assert cfg.registry_timeout == timedelta(seconds=10)
+
+
+def test_shipped_example_is_valid() -> None:
+    """config/dockwarden.yaml, the documented example, validates."""
+    cfg = configuration.load(ROOT / "config" / "dockwarden.yaml")
+    assert [s.name for s in cfg.services] == ["web", "worker"]
+
+
+def test_every_problem_is_located(tmp_path: Path) -> None:
+    """Unknown keys, wrong types, bad durations, cron, names and references each point at their own line."""
+    found = problems_for(
+        tmp_path,
+        """
+        interval: 5x
+        state_dir: relative
+        check_concurrency: "8"
+        services:
+          web:
+            image: 127.0.0.1:5000/Sample:latest
+            update: sometimes
+            colour: blue
+          api:
+            image: 1.10
+          bad name!:
+            container: x
+    """,
+    )
+    assert found == [
+        "1:11: '5x' is not a duration: write a number with a unit, like 30s, 5m, 1h or 1h30m",
+        "2:12: state_dir 'relative' must be an absolute path",
+        "3:20: must be a whole number, not str '8'",
+        "6:12: invalid image reference '127.0.0.1:5000/Sample:latest': repository component 'Sample' is not "
+        "valid (lowercase letters and digits, separated by . _ __ or -)",
+        "7:13: must be 'auto' or 'monitor', not 'sometimes'",
+        "8:5: unknown key 'colour'",
+        "10:12: must be a string, not float 1.1 (quote it)",
+        "11:3: 'bad name!' is not a valid container name (letters, digits, _ . -; not first)",
+    ]
+
+
+def test_duplicate_keys_are_rejected(tmp_path: Path) -> None:
+    """A duplicated service name is an error at the second occurrence, not a silent overwrite."""
+    assert problems_for(
+        tmp_path,
+        """
+        services:
+          web: {}
+          web:
+            update: monitor
+    """,
+    ) == ["3:3: duplicate key 'web' (first defined at line 2)"]
+
+
+def test_interval_and_schedule_together(tmp_path: Path) -> None:
+    """Setting both `interval` and `schedule` points at `schedule`."""
+    assert problems_for(
+        tmp_path,
+        """
+        interval: 5m
+        schedule: "*/5 * * * *"
+        services: {}
+    """,
+    ) == ["2:1: set either `interval` or `schedule`, not both"]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (
+            'schedule: "61 * * * *"',
+            "1:11: cron expression '61 * * * *': Error validating expression '61': "
+            "the last value (61) is higher than the maximum value (59)",
+        ),
+        (
+            'schedule: "* * *"',
+            "1:11: cron expression '* * *' has 3 fields; it needs 5 "
+            "(minute hour day-of-month month day-of-week)",
+        ),
+        ('schedule: "0 4 * * 8"', "1:11: day-of-week '8' is not 0-7 or a day name (sun..sat)"),
+        ("interval: 5s", "1:11: interval 5s is shorter than the minimum of 10s"),
+        ("interval: 300", "1:11: must be a string, not int 300 (quote it)"),
+        ("services: [web]", "1:11: must be a mapping, not list ['web']"),
+        ("1: {}", "1:1: key 1 must be a string (quote it if it is a name)"),
+        (
+            "services:\n  web: [",
+            "3:1: YAML syntax error: expected the node content, but found '<stream end>'",
+        ),
+        ("- a\n- b", "1:1: the file must be a mapping with a `services:` key"),
+        ("", "1:1: the file is empty; it must be a mapping with `services:`"),
+    ],
+)
+def test_single_problem_messages(tmp_path: Path, line: str, message: str) -> None:
+    """Each kind of mistake gets one precise, located message."""
+    assert problems_for(tmp_path, line + "\n") == [message]
+
+
+def test_missing_file_is_a_located_problem(tmp_path: Path) -> None:
+    """A file that cannot be read is reported as FILE:1:1 with the OS reason."""
+    with pytest.raises(configuration.ConfigError) as caught:
+        configuration.load(tmp_path / "absent.yaml")
+    assert str(caught.value) == f"{tmp_path / 'absent.yaml'}:1:1: cannot read file: No such file or directory"
+
+
+def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    """-c wins over DOCKWARDEN_CONFIG, which wins over the default path."""
+    monkeypatch.delenv("DOCKWARDEN_CONFIG", raising=False)
+    assert configuration.resolve_path(None) == Path("/etc/dockwarden/dockwarden.yaml")
+    monkeypatch.setenv("DOCKWARDEN_CONFIG", "/srv/dw.yaml")
+    assert configuration.resolve_path(None) == Path("/srv/dw.yaml")
+    assert configuration.resolve_path("/x.yaml") == Path("/x.yaml")
+
+
+def test_cron_schedule_is_described_in_utc(tmp_path: Path) -> None:
+    """A cron schedule builds a UTC trigger and says so."""
+    path = tmp_path / "dw.yaml"
+    path.write_text('schedule: "0 4 * * 0"\nservices: {}\n')
+    cfg = configuration.load(path)
+    assert cfg.describe_schedule() == "cron 0 4 * * 0 (UTC)"
+    assert str(cfg.trigger().timezone) == "UTC"
