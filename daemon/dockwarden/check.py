@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,9 +139,11 @@ def _resolve(service: Service, engine: Engine, snapshot: Snapshot) -> _Running:
     if ref.tag is None:
         raise EngineError(f"{ref} is pinned to a digest, so it has no tag to follow; set `image:` with a tag")
     ref = ImageRef(ref.registry, ref.repository, ref.tag, None)
-    image = engine.image(info.image_id)
+    repo_digests = snapshot.repo_digests.get(info.image_id)
+    if repo_digests is None:  # created after the snapshot was taken
+        repo_digests = engine.image(info.image_id).repo_digests
     return _Running(
-        service, ref, info.image_id, frozenset(imageref.digests_for(ref.name, list(image.repo_digests)))
+        service, ref, info.image_id, frozenset(imageref.digests_for(ref.name, list(repo_digests)))
     )
 
 
@@ -210,7 +212,7 @@ def run_checks(
     client: registry.RegistryClient,
     platform: Platform,
     cache: DigestCache,
-    concurrency: int,
+    pool: Executor,
     cancel: threading.Event | None = None,
 ) -> list[CheckResult]:
     """Check every service; errors are per service and never stop the others. Results keep config order."""
@@ -237,23 +239,19 @@ def run_checks(
             continue
         groups.setdefault(running.ref, []).append(running)
 
-    if groups:
-        with ThreadPoolExecutor(
-            max_workers=min(concurrency, len(groups)), thread_name_prefix="check"
-        ) as pool:
-            pending: set[Future[list[CheckResult]]] = {
-                pool.submit(_check_group, ref, members, client, platform, cache)
-                for ref, members in groups.items()
-            }
-            while pending:
-                if cancel is not None and cancel.is_set():
-                    for future in pending:
-                        future.cancel()
-                    break
-                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                for future in done:
-                    for result in future.result():
-                        results[result.service] = result
+    # The pool's size is the concurrency bound: at most that many registry requests are in flight.
+    pending: set[Future[list[CheckResult]]] = {
+        pool.submit(_check_group, ref, members, client, platform, cache) for ref, members in groups.items()
+    }
+    while pending:
+        if cancel is not None and cancel.is_set():
+            for future in pending:
+                future.cancel()
+            break
+        done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+        for future in done:
+            for result in future.result():
+                results[result.service] = result
 
     ordered = [results[s.name] for s in services if s.name in results]
     for result in ordered:
@@ -323,6 +321,23 @@ class Checker:
         self.client = client
         self.platform = platform
         self.cache = DigestCache()
+        # Kept across cycles: starting dozens of threads every cycle costs more than the checks themselves.
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
+
+    def _executor(self, concurrency: int) -> ThreadPoolExecutor:
+        if self._pool is None or self._pool_size != concurrency:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="check")
+            self._pool_size = concurrency
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+        self.engine.close()
 
     def cycle(
         self, services: Iterable[Service], concurrency: int, cancel: threading.Event | None = None
@@ -332,7 +347,7 @@ class Checker:
         started = time.monotonic()
         log.info("cycle.started", services=len(services))
         results = run_checks(
-            services, self.engine, self.client, self.platform, self.cache, concurrency, cancel
+            services, self.engine, self.client, self.platform, self.cache, self._executor(concurrency), cancel
         )
         summary = CycleSummary(results, time.monotonic() - started)
         log.info(

@@ -81,8 +81,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         summary = checker.cycle(cfg.services, cfg.check_concurrency)
     finally:
-        checker.client.close()
-        checker.engine.close()
+        checker.close()
     print(report.check_json(summary.results) if args.json else report.check_table(summary.results))
     return EXIT_FAILED if summary.count(check.ERROR) else EXIT_OK
 

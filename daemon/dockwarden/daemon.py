@@ -152,8 +152,7 @@ class Daemon:
         if self.scheduler.state == STATE_RUNNING:
             self.scheduler.shutdown(wait=False)
         finished = self.cycle_done.wait(STOP_GRACE)
-        self.checker.client.close()
-        self.checker.engine.close()
+        self.checker.close()
         self.log.info("daemon.stopped", cycle_abandoned=not finished)
         return finished
 

@@ -54,11 +54,8 @@ class FaultProxy:
                     return
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                conn = http.client.HTTPConnection(proxy.upstream, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
-                conn.request(self.command, self.path, body=body, headers=headers)
-                upstream = conn.getresponse()
-                data = upstream.read()
+                upstream, data = proxy.forward(self.command, self.path, body, headers)
                 self.send_response(upstream.status)
                 for key, value in upstream.getheaders():
                     if key.lower() not in ("connection", "transfer-encoding", "content-length"):
@@ -67,12 +64,31 @@ class FaultProxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
-                conn.close()
 
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _handle
 
+        self._local = threading.local()
         self._server = _Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def forward(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[http.client.HTTPResponse, bytes]:
+        """Send upstream over this thread's keep-alive connection (one per client connection)."""
+        for attempt in (1, 2):
+            conn = getattr(self._local, "conn", None)
+            if conn is None:
+                conn = self._local.conn = http.client.HTTPConnection(self.upstream, timeout=30)
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                response = conn.getresponse()
+                return response, response.read()
+            except (http.client.HTTPException, OSError):
+                conn.close()
+                self._local.conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     @property
     def host(self) -> str:
@@ -85,3 +101,24 @@ class FaultProxy:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def main() -> None:
+    """Run a delaying proxy in its own process (so it does not share a GIL with what is measured)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--upstream", required=True, help="a loopback registry URL, http://127.0.0.1:PORT")
+    parser.add_argument("--delay", type=float, default=0.0)
+    args = parser.parse_args()
+    if urlsplit(args.upstream).hostname not in ("127.0.0.1", "localhost"):
+        raise SystemExit("the proxy forwards to loopback registries only")
+    proxy = FaultProxy(args.upstream, FaultPlan(delay=args.delay)).start()
+    print(proxy.host, flush=True)
+    sys.stdin.read()  # runs until the parent closes our stdin
+    proxy.stop()
+
+
+if __name__ == "__main__":
+    main()

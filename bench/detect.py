@@ -1,0 +1,202 @@
+"""Detection benchmarks (issue 2), on the real engine and a real registry on 127.0.0.1.
+
+(a) Registry requests per unchanged image per cycle, counted in the registry's access log: dockwarden's
+    check side by side with docker-py's `images.get_registry_data`.
+(b) Cycle wall time for 10, 100 and 1000 distinct images behind 50 ms of added round-trip latency (a
+    delaying proxy on 127.0.0.1): dockwarden's bounded-concurrency cycle side by side with the same checks
+    one after another (the same code with a bound of 1), plus services sharing images.
+
+Run as root from the repository root:  .venv/bin/python -m bench.detect [--sizes 10,100,1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import docker
+from tests.support.images import LABEL, ImageFactory, remove_labelled
+from tests.support.registry import MANIFEST_V2, Registry, start_registry
+
+from dockwarden.check import Checker
+from dockwarden.config import Service
+from dockwarden.engine import Engine, registry_credentials
+from dockwarden.imageref import parse
+from dockwarden.registry import RegistryClient
+
+RTT = 0.050
+
+
+def _counts(registry: Registry, mark: int) -> Counter[str]:
+    time.sleep(0.1)
+    seen = registry.requests_seen()[mark:]
+    counts: Counter[str] = Counter()
+    for method, path, _ in seen:
+        kind = "manifest" if "/manifests/" in path else "blob" if "/blobs/" in path else "other"
+        counts[f"{method} {kind}"] += 1
+    return counts
+
+
+def bench_requests(
+    registry: Registry, client: docker.DockerClient, tag: str, container: str, cycles: int
+) -> dict:
+    engine = Engine.connect()
+    checker = Checker(engine, RegistryClient(registry_credentials), engine.platform())
+    service = Service("web", container, None, "monitor")
+    checker.cycle([service], 8)  # warm-up: the first contact may pay for a token or a 401
+    mark = registry.mark()
+    for _ in range(cycles):
+        (result,) = checker.cycle([service], 8).results
+        assert result.status == "up-to-date", result
+    ours = _counts(registry, mark)
+    mark = registry.mark()
+    for _ in range(cycles):
+        client.images.get_registry_data(tag)
+    theirs = _counts(registry, mark)
+    return {
+        "cycles": cycles,
+        "dockwarden_per_cycle": {k: v / cycles for k, v in sorted(ours.items())},
+        "get_registry_data_per_call": {k: v / cycles for k, v in sorted(theirs.items())},
+    }
+
+
+def make_repos(registry: Registry, base_repo: str, count: int) -> list[str]:
+    """`count` repositories holding distinct manifests of one image (cheap: blobs are mounted, not copied)."""
+    raw, _ = registry.get_manifest(base_repo, "latest")
+    manifest = json.loads(raw)
+    names = []
+    for i in range(count):
+        repo = f"bench/img{i:04d}"
+        for blob in [manifest["config"], *manifest["layers"]]:
+            registry.mount_blob(repo, blob["digest"], base_repo)
+        # An annotation makes each manifest, and so each digest, distinct; the image stays the same.
+        registry.put_manifest(
+            repo, "latest", {**manifest, "annotations": {"bench.index": str(i)}}, MANIFEST_V2
+        )
+        names.append(repo)
+    return names
+
+
+class ProxyProcess:
+    """The delaying proxy in a separate process, so its threads do not compete for our GIL."""
+
+    def __init__(self, upstream: str, delay: float) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.proxy", "--upstream", upstream, "--delay", str(delay)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.host = self.proc.stdout.readline().strip()
+
+    def stop(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(10)
+
+
+def bench_latency(
+    registry: Registry,
+    proxy: ProxyProcess,
+    repos: list[str],
+    container: str,
+    concurrency: int,
+    rounds: int,
+    services_per_image: int = 1,
+) -> dict:
+    engine = Engine.connect()
+    client = RegistryClient(registry_credentials, timeout=30, pool_size=max(concurrency, 1))
+    checker = Checker(engine, client, engine.platform())
+    services = [
+        Service(f"s{i}-{k}", container, parse(f"{proxy.host}/{repo}:latest"), "monitor")
+        for i, repo in enumerate(repos)
+        for k in range(services_per_image)
+    ]
+    first = checker.cycle(services, concurrency)  # learns each digest once (GET), as a daemon would
+    assert all(r.status == "up-to-date" for r in first.results), [r for r in first.results if r.error][:3]
+    before = registry.mark()
+    times, cpu = [], []
+    for _ in range(rounds):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        summary = checker.cycle(services, concurrency)
+        times.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - cpu_started)
+        assert summary.count("up-to-date") == len(services)
+    requests_per_cycle = sum(_counts(registry, before).values()) / rounds
+    client.close()
+    engine.close()
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "checker_cpu_s": statistics.median(cpu),  # our process only; the registry and proxy use the rest
+        "requests_per_cycle": requests_per_cycle,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="10,100,1000")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--out", default="bench/results/detect.json")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    import logging
+
+    from dockwarden import logs
+
+    logs.configure(open("/dev/null", "w"), level=logging.WARNING)  # noqa: SIM115 -- lives for the run
+    label = f"bench-{uuid.uuid4().hex[:8]}"
+    client = docker.from_env(version="auto", timeout=300)
+    workdir = Path(tempfile.mkdtemp(prefix="dockwarden-bench-"))
+    registry = start_registry(workdir / "registry")
+    factory = ImageFactory(client, label)
+    results: dict = {"rtt_ms": RTT * 1000, "concurrency": args.concurrency}
+    try:
+        tag = f"{registry.host}/bench/base:latest"
+        factory.build_and_push(tag, label)
+        name = f"dw-bench-{label}"
+        client.containers.run(tag, name=name, detach=True, labels={LABEL: label})
+        results["requests"] = bench_requests(registry, client, tag, name, cycles=10)
+        print("requests per unchanged image per cycle:", json.dumps(results["requests"], indent=1))
+
+        repos = make_repos(registry, "bench/base", max(sizes))
+        proxy = ProxyProcess(registry.url, RTT)
+        results["latency"] = []
+        for size in sizes:
+            rounds = 3 if size <= 100 else 1
+            ours = bench_latency(registry, proxy, repos[:size], name, args.concurrency, rounds)
+            one_by_one = bench_latency(registry, proxy, repos[:size], name, 1, 1)
+            row = {
+                "images": size,
+                "dockwarden": ours,
+                "sequential": one_by_one,
+                "speedup": one_by_one["median_s"] / ours["median_s"],
+            }
+            results["latency"].append(row)
+            print(json.dumps(row))
+        shared = bench_latency(registry, proxy, repos[:10], name, args.concurrency, 3, services_per_image=10)
+        results["shared"] = {"services": 100, "images": 10, **shared}
+        print("100 services on 10 images:", json.dumps(results["shared"]))
+        proxy.stop()
+    finally:
+        registry.stop()
+        remove_labelled(client, label)
+        factory.cleanup()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
