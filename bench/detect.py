@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import docker
 from tests.support.images import LABEL, ImageFactory, remove_labelled
 from tests.support.registry import MANIFEST_V2, Registry, start_registry
 
+from dockwarden import logs
 from dockwarden.check import Checker
 from dockwarden.config import Service
 from dockwarden.engine import Engine, registry_credentials
@@ -149,10 +151,6 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/detect.json")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-
-    import logging
-
-    from dockwarden import logs
 
     logs.configure(open("/dev/null", "w"), level=logging.WARNING)  # noqa: SIM115 -- lives for the run
     label = f"bench-{uuid.uuid4().hex[:8]}"

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -23,6 +23,7 @@ from dockwarden.engine import Engine, EngineError, Platform, Snapshot, registry_
 from dockwarden.engine import NotFound as ContainerMissing
 from dockwarden.imageref import ImageRef
 
+T = TypeVar("T")
 UP_TO_DATE = "up-to-date"
 UPDATE_AVAILABLE = "update-available"
 ERROR = "error"
@@ -39,6 +40,7 @@ class CheckResult:
     error: str | None = None
     reason: str | None = None  # stable short code for an error, e.g. "unreachable", "rate-limited"
     duration: float = 0.0
+    ratelimit_remaining: str | None = None  # Docker Hub's pull budget, as its header says it
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -196,6 +198,7 @@ def _check_group(
                 error,
                 reason,
                 time.monotonic() - started,
+                head.ratelimit_remaining,
             )
         )
     return results
@@ -284,6 +287,8 @@ def _log_result(log: Any, result: CheckResult) -> None:
         "status": result.status,
         "duration_ms": round(result.duration * 1000, 1),
     }
+    if result.ratelimit_remaining is not None:
+        fields["ratelimit_remaining"] = result.ratelimit_remaining
     if result.status == ERROR:
         log.warning("check.failed", reason=result.reason, error=result.error, **fields)
         return
@@ -313,6 +318,35 @@ class CycleSummary:
         )
 
 
+class _TrackedPool(Executor):
+    """A thread pool that knows whether any of its tasks is still running, so a stop can wait for them."""
+
+    def __init__(self, size: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="check")
+        self._busy = 0
+        self._idle = threading.Condition()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        def tracked() -> T:
+            with self._idle:
+                self._busy += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._idle:
+                    self._busy -= 1
+                    self._idle.notify_all()
+
+        return self._pool.submit(tracked)
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
 class Checker:
     """The long-lived parts a cycle needs: engine, registry client, platform and digest cache."""
 
@@ -322,16 +356,20 @@ class Checker:
         self.platform = platform
         self.cache = DigestCache()
         # Kept across cycles: starting dozens of threads every cycle costs more than the checks themselves.
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: _TrackedPool | None = None
         self._pool_size = 0
 
-    def _executor(self, concurrency: int) -> ThreadPoolExecutor:
+    def _executor(self, concurrency: int) -> _TrackedPool:
         if self._pool is None or self._pool_size != concurrency:
             if self._pool is not None:
                 self._pool.shutdown(wait=False)
-            self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="check")
+            self._pool = _TrackedPool(concurrency)
             self._pool_size = concurrency
         return self._pool
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once no check runs; a cancelled cycle can leave requests in flight until they time out."""
+        return self._pool is None or self._pool.wait_idle(timeout)
 
     def close(self) -> None:
         if self._pool is not None:

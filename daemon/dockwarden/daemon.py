@@ -24,7 +24,7 @@ from dockwarden.check import Checker, open_checker
 from dockwarden.notify import Notifier
 
 JOB_ID = "check-cycle"
-STOP_GRACE = 8.0  # seconds a running cycle gets to finish after SIGTERM; systemd waits 10 s by default
+STOP_GRACE = 6.0  # seconds a running cycle gets to finish after SIGTERM; we promise to stop within 10 s
 TICK = 0.2
 
 
@@ -151,7 +151,9 @@ class Daemon:
         self.cancel.set()
         if self.scheduler.state == STATE_RUNNING:
             self.scheduler.shutdown(wait=False)
+        deadline = time.monotonic() + STOP_GRACE
         finished = self.cycle_done.wait(STOP_GRACE)
+        finished = self.checker.wait_idle(max(0.0, deadline - time.monotonic())) and finished
         self.checker.close()
         self.log.info("daemon.stopped", cycle_abandoned=not finished)
         return finished

@@ -17,6 +17,7 @@ import pytest
 
 from tests.integration.helpers import run_container, write_config
 from tests.support.images import ImageFactory
+from tests.support.proxy import FaultPlan, FaultProxy
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.engine
@@ -146,3 +147,46 @@ def test_run_exits_1_with_a_clear_message_when_the_engine_is_unreachable(tmp_pat
     assert proc.returncode == 1
     assert "cannot start" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_sigterm_during_a_stuck_check_still_stops_within_10_seconds(
+    registry: Registry,
+    images: ImageFactory,
+    docker_client: docker.DockerClient,
+    run_label: str,
+    containers: list[str],
+    tmp_path: Path,
+) -> None:
+    """A cycle blocked on a registry that never answers does not hold the daemon past 10 s after SIGTERM."""
+    tag = f"{registry.host}/sample:latest"
+    images.build_and_push(tag, f"m-{uuid.uuid4().hex[:6]}")
+    name = f"dw-stuck-{uuid.uuid4().hex[:8]}"
+    run_container(docker_client, run_label, name, tag, containers)
+    proxy = FaultProxy(registry.url, FaultPlan(delay=60)).start()
+    try:
+        cfg = write_config(
+            tmp_path / "dw.yaml",
+            {"web": {"container": name, "image": f"{proxy.host}/sample:latest"}},
+            extra="registry_timeout: 60s",
+        )
+        log = tmp_path / "daemon.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "dockwarden", "run", "-c", str(cfg)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            _wait_for(lambda: proxy.count >= 1, 30, "the check to reach the registry")
+            stop_at = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 0
+            assert time.monotonic() - stop_at < 10
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        stopped = next(e for e in _events(log) if e["event"] == "daemon.stopped")
+        assert stopped["cycle_abandoned"] is True
+    finally:
+        proxy.stop()

@@ -17,6 +17,7 @@ from tests.integration.helpers import check, checker, cli, run_container, write_
 from tests.support.images import ImageFactory
 from tests.support.proxy import FaultPlan, FaultProxy
 from tests.support.registry import MANIFEST_LIST_V2, Registry, start_registry
+from tests.support.tokenserver import TokenServer
 
 pytestmark = pytest.mark.engine
 USER, PASSWORD = "alice", "s3cret-Pa55word"
@@ -204,3 +205,78 @@ def test_other_platform_rebuild_is_not_an_update(
     registry.put_manifest("multi", None, raw2, manifest["mediaType"])
     push_index(unique("arm3"), {**ours, "size": len(raw2), "digest": child2})
     assert check(cfg, own)["app"].status == "update-available"
+
+
+def test_bearer_token_is_reused_until_it_expires(
+    images: ImageFactory,
+    docker_client: docker.DockerClient,
+    run_label: str,
+    containers: list[str],
+    tmp_path: Path,
+) -> None:
+    """Against a token-auth registry, one token serves every cycle until it expires; then exactly one new
+    token is fetched, before the request rather than after a 401."""
+    tokens = TokenServer(tmp_path / "tokens", lifetime=12)  # cached for 12 s minus the 10 s safety margin
+    reg = start_registry(tmp_path / "token-registry", auth_yaml=tokens.registry_auth_yaml())
+    try:
+        tag = f"{reg.host}/team/app:1"
+        images.build_and_push(tag, unique("tok"))
+        name = unique("tok")
+        run_container(docker_client, run_label, name, tag, containers)
+        cfg = write_config(tmp_path / "dw.yaml", {"app": {"container": name}})
+        own = checker()
+        mark = reg.mark()
+        for _ in range(3):
+            assert check(cfg, own)["app"].status == "up-to-date"
+        assert tokens.ours() == 1
+        statuses = [s for m, p, s in reg.requests_seen()[mark:] if "/manifests/" in p]
+        assert statuses == [401, 200, 200, 200]  # one challenge, then the cached token every time
+        time.sleep(2.2)
+        mark = reg.mark()
+        assert check(cfg, own)["app"].status == "up-to-date"
+        assert tokens.ours() == 2
+        assert [s for m, p, s in reg.requests_seen()[mark:] if "/manifests/" in p] == [200]
+    finally:
+        reg.stop()
+        tokens.stop()
+
+
+def test_slow_registry_is_a_timeout(
+    registry: Registry,
+    images: ImageFactory,
+    docker_client: docker.DockerClient,
+    run_label: str,
+    containers: list[str],
+    tmp_path: Path,
+) -> None:
+    """A registry slower than registry_timeout is a per-service `timeout`, reported within that time."""
+    tag = f"{registry.host}/sample:latest"
+    images.build_and_push(tag, unique("m"))
+    name = unique("web")
+    run_container(docker_client, run_label, name, tag, containers)
+    proxy = FaultProxy(registry.url, FaultPlan(delay=5)).start()
+    try:
+        cfg = write_config(
+            tmp_path / "dw.yaml",
+            {
+                "slow": {"container": name, "image": f"{proxy.host}/sample:latest"},
+                "fast": {"container": name},
+            },
+        )
+        started = time.monotonic()
+        results = check(cfg, checker(timeout=0.5))
+        assert time.monotonic() - started < 3
+        assert (results["slow"].status, results["slow"].reason) == ("error", "timeout")
+        assert "0.5s" in (results["slow"].error or "")
+        assert results["fast"].status == "up-to-date"
+    finally:
+        proxy.stop()
+
+
+def test_check_without_engine_exits_1(tmp_path: Path) -> None:
+    """`check` against an engine that does not answer explains it on stderr and exits 1."""
+    cfg = write_config(tmp_path / "dw.yaml", {"web": {}}, extra=f"docker_host: unix://{tmp_path}/none.sock")
+    proc = cli("check", "-c", str(cfg))
+    assert proc.returncode == 1
+    assert "cannot connect to the Docker engine" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -5,7 +5,9 @@ It only ever forwards to the one upstream it was given (a loopback registry).
 
 from __future__ import annotations
 
+import argparse
 import http.client
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -105,9 +107,6 @@ class FaultProxy:
 
 def main() -> None:
     """Run a delaying proxy in its own process (so it does not share a GIL with what is measured)."""
-    import argparse
-    import sys
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--upstream", required=True, help="a loopback registry URL, http://127.0.0.1:PORT")
     parser.add_argument("--delay", type=float, default=0.0)

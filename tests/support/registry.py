@@ -31,6 +31,7 @@ class Registry:
     root: Path
     port: int
     htpasswd: Path | None = None
+    auth_yaml: str = ""
     process: subprocess.Popen[bytes] | None = None
     auth: tuple[str, str] | None = None
     log_path: Path = field(init=False)
@@ -48,7 +49,7 @@ class Registry:
 
     def start(self) -> Registry:
         (self.root / "data").mkdir(parents=True, exist_ok=True)
-        auth = ""
+        auth = self.auth_yaml
         if self.htpasswd:
             auth = f"auth:\n  htpasswd:\n    realm: dockwarden-test\n    path: {self.htpasswd}\n"
         config = self.root / "config.yml"
@@ -197,7 +198,7 @@ class Registry:
         }
 
 
-def start_registry(root: Path, users: dict[str, str] | None = None) -> Registry:
+def start_registry(root: Path, users: dict[str, str] | None = None, auth_yaml: str = "") -> Registry:
     htpasswd = None
     if users:
         htpasswd = root / "htpasswd"
@@ -207,7 +208,7 @@ def start_registry(root: Path, users: dict[str, str] | None = None) -> Registry:
             subprocess.run(
                 ["htpasswd", "-bB", str(htpasswd), user, password], check=True, capture_output=True
             )
-    registry = Registry(root, free_port(), htpasswd)
+    registry = Registry(root, free_port(), htpasswd, auth_yaml)
     if users:
         registry.auth = next(iter(users.items()))
     return registry.start()
