@@ -171,7 +171,9 @@ class RegistryClient:
         self._http = urllib3.PoolManager(
             num_pools=64,
             maxsize=pool_size,
-            retries=False,
+            # No retries (the next cycle is the retry), but follow redirects: some registries send manifest
+            # requests elsewhere. urllib3 drops Authorization when a redirect changes host.
+            retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5),
             timeout=urllib3.Timeout(total=timeout),
             cert_reqs="CERT_REQUIRED",
             ca_certs=certifi.where(),
@@ -239,9 +241,12 @@ class RegistryClient:
 
     def _http_call(self, method: str, url: str, headers: dict[str, str], what: str) -> _Response:
         try:
-            raw = self._http.request(
-                method, url, headers={"User-Agent": self._user_agent, **headers}, redirect=True
-            )
+            try:
+                raw = self._http.request(
+                    method, url, headers={"User-Agent": self._user_agent, **headers}, redirect=True
+                )
+            except urllib3.exceptions.MaxRetryError as exc:
+                raise exc.reason or exc from None
         except urllib3.exceptions.NewConnectionError as exc:
             # Checked first: urllib3 2 makes a refused connection a subclass of its connect timeout.
             raise Unreachable(f"cannot connect to {what}: {_mask(_root_cause(exc))}") from None

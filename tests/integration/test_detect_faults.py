@@ -280,3 +280,29 @@ def test_check_without_engine_exits_1(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "cannot connect to the Docker engine" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_redirected_manifest_request_is_followed(
+    registry: Registry,
+    images: ImageFactory,
+    docker_client: docker.DockerClient,
+    run_label: str,
+    containers: list[str],
+    tmp_path: Path,
+) -> None:
+    """A registry that answers the manifest HEAD with a redirect is followed to the real answer."""
+    tag = f"{registry.host}/sample:latest"
+    _, digest = images.build_and_push(tag, unique("m"))
+    name = unique("web")
+    run_container(docker_client, run_label, name, tag, containers)
+    target = f"{registry.url}/v2/sample/manifests/latest"
+    proxy = FaultProxy(registry.url, FaultPlan(status=307, headers={"Location": target})).start()
+    try:
+        cfg = write_config(
+            tmp_path / "dw.yaml", {"web": {"container": name, "image": f"{proxy.host}/sample:latest"}}
+        )
+        result = check(cfg)["web"]
+        assert (result.status, result.registry_digest, result.error) == ("up-to-date", digest, None)
+        assert proxy.count == 2  # the HEAD, and the GET comparing config digests (the name differs)
+    finally:
+        proxy.stop()
