@@ -6,7 +6,7 @@ import contextlib
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
@@ -66,3 +66,28 @@ def containers(docker_client: docker.DockerClient, run_label: str) -> Iterator[l
 
 def labels(run_label: str) -> dict[str, str]:
     return {LABEL: run_label}
+
+
+Deploy = Callable[..., tuple[str, str, str, str]]
+
+
+@pytest.fixture
+def deploy(
+    images: ImageFactory, docker_client: docker.DockerClient, run_label: str, containers: list[str]
+) -> Deploy:
+    """Build a new image, push it to `registry` as `ref`, and run a container from it.
+
+    Returns (container name, full tag, image ID, pushed digest); the container is removed after the test.
+    """
+
+    def _deploy(
+        registry: Registry, ref: str = "sample:latest", prefix: str = "web"
+    ) -> tuple[str, str, str, str]:
+        tag = f"{registry.host}/{ref}"
+        image_id, digest = images.build_and_push(tag, f"m-{uuid.uuid4().hex[:8]}")
+        name = f"dw-{prefix}-{uuid.uuid4().hex[:8]}"
+        containers.append(name)
+        docker_client.containers.run(tag, name=name, detach=True, labels={LABEL: run_label})
+        return name, tag, image_id, digest
+
+    return _deploy

@@ -9,14 +9,12 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
-import docker
 import pytest
 
-from tests.integration.helpers import run_container, write_config
-from tests.support.images import ImageFactory
+from tests.conftest import Deploy
+from tests.integration.helpers import write_config
 from tests.support.proxy import FaultPlan, FaultProxy
 from tests.support.registry import Registry
 
@@ -38,21 +36,15 @@ def _events(log: Path) -> list[dict[str, object]]:
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_daemon_under_systemd_protocol(
+    deploy: Deploy,
     stop_signal: signal.Signals,
     registry: Registry,
-    images: ImageFactory,
-    docker_client: docker.DockerClient,
-    run_label: str,
-    containers: list[str],
     tmp_path: Path,
 ) -> None:
     """The daemon says READY=1 after connecting, reports each cycle in STATUS=, pings the watchdog, keeps its
     config when a reload finds the file invalid, applies a valid one, and exits 0 within 10 s of a stop
     signal."""
-    tag = f"{registry.host}/sample:latest"
-    images.build_and_push(tag, f"m-{uuid.uuid4().hex[:6]}")
-    name = f"dw-daemon-{uuid.uuid4().hex[:8]}"
-    run_container(docker_client, run_label, name, tag, containers)
+    name, _tag, _image_id, _digest = deploy(registry)
     cfg = write_config(tmp_path / "dw.yaml", {"web": {"container": name}})
 
     notify_path = tmp_path / "notify.sock"
@@ -150,18 +142,12 @@ def test_run_exits_1_with_a_clear_message_when_the_engine_is_unreachable(tmp_pat
 
 
 def test_sigterm_during_a_stuck_check_still_stops_within_10_seconds(
+    deploy: Deploy,
     registry: Registry,
-    images: ImageFactory,
-    docker_client: docker.DockerClient,
-    run_label: str,
-    containers: list[str],
     tmp_path: Path,
 ) -> None:
     """A cycle blocked on a registry that never answers does not hold the daemon past 10 s after SIGTERM."""
-    tag = f"{registry.host}/sample:latest"
-    images.build_and_push(tag, f"m-{uuid.uuid4().hex[:6]}")
-    name = f"dw-stuck-{uuid.uuid4().hex[:8]}"
-    run_container(docker_client, run_label, name, tag, containers)
+    name, _tag, _image_id, _digest = deploy(registry)
     proxy = FaultProxy(registry.url, FaultPlan(delay=60)).start()
     try:
         cfg = write_config(

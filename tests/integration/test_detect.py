@@ -9,6 +9,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from tests.conftest import Deploy
 from tests.integration.helpers import check, checker, cli, run_container, write_config
 from tests.support.images import ImageFactory
 from tests.support.registry import Registry, free_port
@@ -21,18 +22,12 @@ def unique(prefix: str) -> str:
 
 
 def test_up_to_date_costs_one_head(
+    deploy: Deploy,
     registry: Registry,
-    images: ImageFactory,
-    docker_client: docker.DockerClient,
-    run_label: str,
-    containers: list[str],
     tmp_path: Path,
 ) -> None:
     """A container running the image its tag points to is up to date, at the cost of one HEAD and no GET."""
-    tag = f"{registry.host}/sample:latest"
-    _, digest = images.build_and_push(tag, unique("m"))
-    name = unique("web")
-    run_container(docker_client, run_label, name, tag, containers)
+    name, _tag, _image_id, digest = deploy(registry)
     cfg = write_config(tmp_path / "dw.yaml", {"web": {"container": name}})
     mark = registry.mark()
     result = check(cfg)["web"]
@@ -46,18 +41,13 @@ def test_up_to_date_costs_one_head(
 
 
 def test_new_push_is_an_update_and_learned_once(
+    deploy: Deploy,
     registry: Registry,
     images: ImageFactory,
-    docker_client: docker.DockerClient,
-    run_label: str,
-    containers: list[str],
     tmp_path: Path,
 ) -> None:
     """Pushing a new image to the watched tag is reported as an update; a second cycle spends no GET on it."""
-    tag = f"{registry.host}/sample:stable"
-    _, old = images.build_and_push(tag, unique("old"))
-    name = unique("web")
-    run_container(docker_client, run_label, name, tag, containers)
+    name, tag, _image_id, old = deploy(registry, "sample:stable")
     _, new = images.build_and_push(tag, unique("new"))
     assert new != old
     cfg = write_config(tmp_path / "dw.yaml", {"web": {"container": name}})
@@ -97,18 +87,12 @@ def test_shared_image_is_requested_once(
 
 
 def test_missing_container_does_not_stop_the_others(
+    deploy: Deploy,
     registry: Registry,
-    images: ImageFactory,
-    docker_client: docker.DockerClient,
-    run_label: str,
-    containers: list[str],
     tmp_path: Path,
 ) -> None:
     """A service whose container does not exist gets a clear error naming it; the rest are still checked."""
-    tag = f"{registry.host}/sample:latest"
-    images.build_and_push(tag, unique("m"))
-    name = unique("web")
-    run_container(docker_client, run_label, name, tag, containers)
+    name, _tag, _image_id, _digest = deploy(registry)
     cfg = write_config(
         tmp_path / "dw.yaml", {"web": {"container": name}, "ghost": {"container": "dw-no-such"}}
     )
@@ -131,18 +115,14 @@ def test_missing_container_does_not_stop_the_others(
 
 
 def test_tag_not_found_and_registry_down(
+    deploy: Deploy,
     registry: Registry,
-    images: ImageFactory,
     docker_client: docker.DockerClient,
-    run_label: str,
     containers: list[str],
     tmp_path: Path,
 ) -> None:
     """A missing tag and an unreachable registry are per-service errors with their own reasons."""
-    tag = f"{registry.host}/sample:latest"
-    images.build_and_push(tag, unique("m"))
-    name = unique("web")
-    run_container(docker_client, run_label, name, tag, containers)
+    name, _tag, _image_id, _digest = deploy(registry)
     dead = f"127.0.0.1:{free_port()}"
     cfg = write_config(
         tmp_path / "dw.yaml",

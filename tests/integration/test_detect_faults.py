@@ -13,6 +13,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from tests.conftest import Deploy
 from tests.integration.helpers import check, checker, cli, run_container, write_config
 from tests.support.images import ImageFactory
 from tests.support.proxy import FaultPlan, FaultProxy
@@ -109,18 +110,14 @@ def test_private_registry_without_credentials_is_unauthorized(
 
 
 def test_429_backs_off_that_registry(
+    deploy: Deploy,
     registry: Registry,
-    images: ImageFactory,
     docker_client: docker.DockerClient,
-    run_label: str,
     containers: list[str],
     tmp_path: Path,
 ) -> None:
     """A 429 with Retry-After is a per-service error and the registry is left alone until the delay passes."""
-    tag = f"{registry.host}/sample:latest"
-    image_id, _ = images.build_and_push(tag, unique("m"))
-    name = unique("web")
-    run_container(docker_client, run_label, name, tag, containers)
+    name, _tag, image_id, _digest = deploy(registry)
     proxy = FaultProxy(registry.url, FaultPlan(status=429, headers={"Retry-After": "2"})).start()
     try:
         cfg = write_config(
@@ -242,18 +239,12 @@ def test_bearer_token_is_reused_until_it_expires(
 
 
 def test_slow_registry_is_a_timeout(
+    deploy: Deploy,
     registry: Registry,
-    images: ImageFactory,
-    docker_client: docker.DockerClient,
-    run_label: str,
-    containers: list[str],
     tmp_path: Path,
 ) -> None:
     """A registry slower than registry_timeout is a per-service `timeout`, reported within that time."""
-    tag = f"{registry.host}/sample:latest"
-    images.build_and_push(tag, unique("m"))
-    name = unique("web")
-    run_container(docker_client, run_label, name, tag, containers)
+    name, _tag, _image_id, _digest = deploy(registry)
     proxy = FaultProxy(registry.url, FaultPlan(delay=5)).start()
     try:
         cfg = write_config(
@@ -283,18 +274,12 @@ def test_check_without_engine_exits_1(tmp_path: Path) -> None:
 
 
 def test_redirected_manifest_request_is_followed(
+    deploy: Deploy,
     registry: Registry,
-    images: ImageFactory,
-    docker_client: docker.DockerClient,
-    run_label: str,
-    containers: list[str],
     tmp_path: Path,
 ) -> None:
     """A registry that answers the manifest HEAD with a redirect is followed to the real answer."""
-    tag = f"{registry.host}/sample:latest"
-    _, digest = images.build_and_push(tag, unique("m"))
-    name = unique("web")
-    run_container(docker_client, run_label, name, tag, containers)
+    name, _tag, _image_id, digest = deploy(registry)
     target = f"{registry.url}/v2/sample/manifests/latest"
     proxy = FaultProxy(registry.url, FaultPlan(status=307, headers={"Location": target})).start()
     try:
