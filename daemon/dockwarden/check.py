@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 
 import structlog
 
-from dockwarden import imageref, registry
+from dockwarden import digests, imageref, registry
 from dockwarden.config import Config, Service
+from dockwarden.digests import DigestCache
 from dockwarden.engine import Engine, EngineError, Platform, Snapshot, registry_credentials
 from dockwarden.engine import NotFound as ContainerMissing
 from dockwarden.imageref import ImageRef
@@ -62,22 +63,6 @@ class _Running:
     ref: ImageRef
     image_id: str
     digests: frozenset[str]  # RepoDigests of the running image that belong to ref's repository
-
-
-class DigestCache:
-    """What each manifest digest resolves to on this platform: its image config digest (= image ID)."""
-
-    def __init__(self) -> None:
-        self._config_of: dict[str, str] = {}
-        self._lock = threading.Lock()
-
-    def get(self, digest: str) -> str | None:
-        with self._lock:
-            return self._config_of.get(digest)
-
-    def put(self, digest: str, config_digest: str) -> None:
-        with self._lock:
-            self._config_of[digest] = config_digest
 
 
 class PlatformMissing(registry.RegistryError):
@@ -350,11 +335,17 @@ class _TrackedPool(Executor):
 class Checker:
     """The long-lived parts a cycle needs: engine, registry client, platform and digest cache."""
 
-    def __init__(self, engine: Engine, client: registry.RegistryClient, platform: Platform) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        client: registry.RegistryClient,
+        platform: Platform,
+        cache: DigestCache | None = None,
+    ) -> None:
         self.engine = engine
         self.client = client
         self.platform = platform
-        self.cache = DigestCache()
+        self.cache = cache if cache is not None else DigestCache()
         # Kept across cycles: starting dozens of threads every cycle costs more than the checks themselves.
         self._pool: _TrackedPool | None = None
         self._pool_size = 0
@@ -387,6 +378,7 @@ class Checker:
         results = run_checks(
             services, self.engine, self.client, self.platform, self.cache, self._executor(concurrency), cancel
         )
+        self.cache.save()
         summary = CycleSummary(results, time.monotonic() - started)
         log.info(
             "cycle.finished",
@@ -409,4 +401,6 @@ def open_checker(cfg: Config) -> Checker:
         timeout=cfg.registry_timeout.total_seconds(),
         pool_size=cfg.check_concurrency,
     )
-    return Checker(engine, client, engine.platform())
+    platform = engine.platform()
+    cache = DigestCache(cfg.state_dir / digests.FILE_NAME, str(platform))
+    return Checker(engine, client, platform, cache)

@@ -139,3 +139,21 @@ def test_tag_not_found_and_registry_down(
     assert (results["down"].status, results["down"].reason) == ("error", "unreachable")
     assert dead in (results["down"].error or "")
     assert docker_client.containers.get(name).status == "running"
+
+
+def test_one_shot_checks_remember_digests_in_state_dir(
+    registry: Registry, images: ImageFactory, deploy: Deploy, tmp_path: Path
+) -> None:
+    """A second `dockwarden check` process reuses what the first learned: one HEAD, no GET."""
+    name, tag, _image_id, _old = deploy(registry)
+    images.build_and_push(tag, unique("newer"))
+    cfg = write_config(tmp_path / "dw.yaml", {"web": {"container": name}})
+    mark = registry.mark()
+    first = cli("check", "-c", str(cfg), "--json")
+    assert json.loads(first.stdout)[0]["status"] == "update-available"
+    assert registry.manifest_requests(mark) == {"HEAD": 1, "GET": 1}
+    assert (tmp_path / "state" / "digests.json").exists()
+    mark = registry.mark()
+    second = cli("check", "-c", str(cfg), "--json")
+    assert json.loads(second.stdout)[0]["status"] == "update-available"
+    assert registry.manifest_requests(mark) == {"HEAD": 1}

@@ -1,0 +1,94 @@
+"""What each manifest digest means on this platform, remembered across cycles and restarts.
+
+A digest is a content address, so the image config digest a manifest (or, for this platform, an index)
+resolves to can never change: an entry never goes stale. Keeping them in `state_dir` lets a one-shot
+`dockwarden check` from cron, or a restarted daemon, skip the GETs it already paid for. The file is a
+cache: if it is missing, unreadable or from another platform it is ignored (with a warning) and rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import threading
+from pathlib import Path
+
+import structlog
+
+FILE_NAME = "digests.json"
+MAX_ENTRIES = 10_000
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
+
+
+class DigestCache:
+    def __init__(self, path: Path | None = None, platform: str = "") -> None:
+        self._path = path
+        self._platform = platform
+        self._config_of: dict[str, str] = {}
+        self._dirty = False
+        self._lock = threading.Lock()
+        self._warned = False
+        if path is not None:
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        log = structlog.get_logger("dockwarden.state")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("state.ignored", file=str(path), reason=f"unreadable: {exc}")
+            return
+        if not isinstance(data, dict) or data.get("version") != 1 or data.get("platform") != self._platform:
+            log.warning("state.ignored", file=str(path), reason="another version or platform")
+            return
+        entries = data.get("config_of")
+        if isinstance(entries, dict):
+            self._config_of = {
+                k: v
+                for k, v in entries.items()
+                if isinstance(v, str) and _DIGEST.match(k) and _DIGEST.match(v)
+            }
+
+    def __len__(self) -> int:
+        return len(self._config_of)
+
+    def get(self, digest: str) -> str | None:
+        with self._lock:
+            return self._config_of.get(digest)
+
+    def put(self, digest: str, config_digest: str) -> None:
+        with self._lock:
+            if self._config_of.get(digest) == config_digest:
+                return
+            self._config_of[digest] = config_digest
+            while len(self._config_of) > MAX_ENTRIES:  # oldest first: dicts keep insertion order
+                del self._config_of[next(iter(self._config_of))]
+            self._dirty = True
+
+    def save(self) -> None:
+        """Write the file if anything was learned; a failure is a warning, never an error."""
+        with self._lock:
+            if not self._dirty or self._path is None:
+                return
+            payload = json.dumps({"version": 1, "platform": self._platform, "config_of": self._config_of})
+            self._dirty = False
+        try:
+            self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # Write then rename, so a crash mid-write never leaves a torn file behind.
+            fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".digests-", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(payload)
+            os.replace(tmp, self._path)
+        except OSError as exc:
+            if not self._warned:
+                structlog.get_logger("dockwarden.state").warning(
+                    "state.unwritable",
+                    file=str(self._path),
+                    reason=str(exc),
+                    effect="digests kept in memory only",
+                )
+                self._warned = True
