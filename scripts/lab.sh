@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The lab: a real Docker Engine and a CNCF distribution registry on 127.0.0.1, for the demo,
 # the tests, the benchmarks and CI. Idempotent: every step first checks whether it is already done.
+# Beside Debian 12's Engine 20.10 (API 1.41) it runs Debian 13's Engine 26.1 (API 1.45) for compatibility
+# tests, with its own socket, data root, exec root, pidfile and bridge.
 #   scripts/lab.sh up      install what is missing, start dockerd and the registry (default)
 #   scripts/lab.sh status  say what answers
 #   scripts/lab.sh down    stop what `up` started
@@ -10,7 +12,12 @@ LAB_DIR=${DWLAB_DIR:-/var/lib/dwlab}
 LOG_DIR=${DWLAB_LOG_DIR:-/var/log/dwlab}
 REGISTRY_ADDR=${DWLAB_REGISTRY:-127.0.0.1:5000}
 DOCKER_SOCK=/var/run/docker.sock
-PACKAGES=(docker.io docker-registry busybox-static apache2-utils)
+PACKAGES=(docker.io docker-registry busybox-static apache2-utils iproute2 curl)
+ENGINE26_DIR=${DWLAB_ENGINE26_DIR:-/opt/dwlab/engine26}
+ENGINE26_SOCK=/var/run/dwlab-docker26.sock
+ENGINE26_BRIDGE=dwbr26
+# The second engine's bridge; nothing is ever sent to it except through ports published on 127.0.0.1.
+ENGINE26_BRIDGE_ADDR=172.30.0.1/24
 
 say() { printf 'lab: %s\n' "$*" >&2; }
 
@@ -26,6 +33,8 @@ install_missing() {
     for pkg in "${PACKAGES[@]}"; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
     done
+    # Debian 13's runc needs a newer glibc; the second engine uses this one.
+    command -v runc >/dev/null || missing+=(runc)
     if ((${#missing[@]})); then
         say "installing ${missing[*]}"
         apt-get update -qq
@@ -83,8 +92,54 @@ YAML
     wait_for registry registry_answers 30
 }
 
+install_engine26() {
+    [[ -x $ENGINE26_DIR/usr/sbin/dockerd ]] && return 0
+    say "fetching Debian 13's docker.io 26.1 into $ENGINE26_DIR (not installed system-wide)"
+    local apt_dir
+    apt_dir=$(mktemp -d)
+    mkdir -p "$apt_dir"/{etc,lists/partial,cache/archives/partial}
+    cat >"$apt_dir/etc/trixie.sources" <<SOURCES
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SOURCES
+    local opts=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$apt_dir/etc"
+        -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache")
+    apt-get "${opts[@]}" -o APT::Sandbox::User=root update -qq
+    (cd "$apt_dir" && apt-get "${opts[@]}" -o APT::Sandbox::User=root download docker.io containerd tini >/dev/null)
+    mkdir -p "$ENGINE26_DIR.tmp"
+    for deb in "$apt_dir"/*.deb; do dpkg -x "$deb" "$ENGINE26_DIR.tmp"; done
+    rm -rf "$apt_dir" "$ENGINE26_DIR"
+    mv "$ENGINE26_DIR.tmp" "$ENGINE26_DIR"
+}
+
+engine26_answers() {
+    curl -fsS --max-time 3 --unix-socket "$ENGINE26_SOCK" http://engine/_ping >/dev/null 2>&1
+}
+
+start_engine26() {
+    if engine26_answers; then return 0; fi
+    say "starting dockerd 26.1 on $ENGINE26_SOCK"
+    if ! ip link show "$ENGINE26_BRIDGE" >/dev/null 2>&1; then
+        ip link add "$ENGINE26_BRIDGE" type bridge
+        ip addr add "$ENGINE26_BRIDGE_ADDR" dev "$ENGINE26_BRIDGE"
+    fi
+    ip link set "$ENGINE26_BRIDGE" up
+    rm -f /var/run/dwlab-docker26.pid
+    # Its own containerd comes from the same tree; runc stays Debian 12's (Debian 13's needs glibc 2.38).
+    PATH="$ENGINE26_DIR/usr/bin:$ENGINE26_DIR/usr/sbin:$PATH" setsid nohup "$ENGINE26_DIR/usr/sbin/dockerd" \
+        --host "unix://$ENGINE26_SOCK" --data-root "$LAB_DIR/engine26/data" \
+        --exec-root /var/run/dwlab-docker26 --pidfile /var/run/dwlab-docker26.pid \
+        --bridge "$ENGINE26_BRIDGE" --iptables=false --ip-masq=false \
+        >>"$LOG_DIR/dockerd26.log" 2>&1 </dev/null &
+    wait_for "dockerd 26.1" engine26_answers 60
+}
+
 status() {
     engine_answers && say "engine: up ($DOCKER_SOCK)" || say "engine: down"
+    engine26_answers && say "engine 26.1: up ($ENGINE26_SOCK)" || say "engine 26.1: down"
     registry_answers && say "registry: up ($REGISTRY_ADDR)" || say "registry: down"
 }
 
@@ -93,9 +148,11 @@ down() {
         kill "$(cat "$LAB_DIR/registry.pid")" 2>/dev/null || true
         rm -f "$LAB_DIR/registry.pid"
     fi
-    if [[ -f /var/run/docker.pid ]]; then
-        kill "$(cat /var/run/docker.pid)" 2>/dev/null || true
-    fi
+    for pidfile in /var/run/docker.pid /var/run/dwlab-docker26.pid; do
+        if [[ -f $pidfile ]]; then
+            kill "$(cat "$pidfile")" 2>/dev/null || true
+        fi
+    done
 }
 
 main() {
@@ -106,6 +163,8 @@ main() {
         install_missing
         start_engine
         start_registry
+        install_engine26
+        start_engine26
         status
         ;;
     status) status ;;
