@@ -176,3 +176,40 @@ def test_sigterm_during_a_stuck_check_still_stops_within_10_seconds(
         assert stopped["cycle_abandoned"] is True
     finally:
         proxy.stop()
+
+
+def test_a_cycle_longer_than_the_interval_is_logged_not_dropped_silently(
+    registry: Registry, deploy: Deploy, tmp_path: Path
+) -> None:
+    """When a cycle outlasts the interval the next start is skipped with a `cycle.skipped` warning, and the
+    cycles do not overlap."""
+    name, _tag, _image_id, _digest = deploy(registry)
+    proxy = FaultProxy(registry.url, FaultPlan(delay=12)).start()
+    try:
+        cfg = write_config(
+            tmp_path / "dw.yaml",
+            {"web": {"container": name, "image": f"{proxy.host}/sample:latest"}},
+            extra="registry_timeout: 30s",
+        )
+        cfg.write_text(cfg.read_text().replace("interval: 1m", "interval: 10s"))
+        log = tmp_path / "daemon.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "dockwarden", "run", "-c", str(cfg)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            _wait_for(lambda: any(e["event"] == "cycle.skipped" for e in _events(log)), 25, "cycle.skipped")
+            _wait_for(lambda: any(e["event"] == "cycle.finished" for e in _events(log)), 30, "the slow cycle")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+        events = [e["event"] for e in _events(log)]
+        skipped = next(e for e in _events(log) if e["event"] == "cycle.skipped")
+        assert skipped["reason"] == "the previous cycle is still running"
+        assert skipped["level"] == "warning"
+        first_finish = events.index("cycle.finished")
+        assert events[:first_finish].count("cycle.started") == 1  # no overlap
+    finally:
+        proxy.stop()

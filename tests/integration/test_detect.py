@@ -112,6 +112,13 @@ def test_missing_container_does_not_stop_the_others(
     assert rows["ghost"]["status"] == "error"
     assert rows["ghost"]["error"] == "container 'dw-no-such' does not exist"
     assert "Traceback" not in proc.stderr
+    table = cli("check", "-c", str(cfg))
+    assert table.returncode == 1
+    header, web, ghost = table.stdout.splitlines()
+    assert header.split() == ["SERVICE", "CONTAINER", "IMAGE", "RUNNING", "REGISTRY", "STATUS"]
+    assert web.split()[0] == "web"
+    assert web.endswith("up-to-date")
+    assert ghost.endswith("error: container 'dw-no-such' does not exist")
 
 
 def test_tag_not_found_and_registry_down(
