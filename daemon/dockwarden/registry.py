@@ -36,6 +36,7 @@ INDEX_TYPES = frozenset((MANIFEST_LIST_V2, OCI_INDEX))
 
 DEFAULT_BACKOFF = 60.0  # seconds, when a 429 comes without a usable Retry-After
 TOKEN_MARGIN = 10.0  # renew a token this long before it expires
+CREDENTIALS_TTL = 300.0  # seconds a Docker-config lookup is reused
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -111,6 +112,8 @@ class _RegistryState:
     challenge: dict[str, str] = field(default_factory=dict)
     tokens: dict[str, _Token] = field(default_factory=dict)
     blocked_until: float = 0.0
+    creds: Credentials | None = None
+    creds_until: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -190,8 +193,14 @@ class RegistryClient:
                 self._states[host] = _RegistryState(scheme=default_scheme(host))
             return self._states[host]
 
-    def backoff_remaining(self, ref: ImageRef) -> float:
-        return max(0.0, self._state(ref.api_host).blocked_until - self._clock())
+    def _creds(self, state: _RegistryState, registry: str) -> Credentials | None:
+        # A credential helper is a process per lookup; remember the answer for a while. A 401 forgets it,
+        # so rotated credentials are picked up on the next request.
+        now = self._clock()
+        if state.creds_until <= now:
+            state.creds = self._credentials(registry)
+            state.creds_until = now + CREDENTIALS_TTL
+        return state.creds
 
     # -- public operations -------------------------------------------------------------------------
 
@@ -280,7 +289,7 @@ class RegistryClient:
 
     def _auth_header(self, state: _RegistryState, ref: ImageRef, scope: str) -> dict[str, str]:
         if state.auth_kind == "basic":
-            creds = self._credentials(ref.registry)
+            creds = self._creds(state, ref.registry)
             if creds and creds.username and creds.password:
                 return {"Authorization": _basic(creds)}
         elif state.auth_kind == "bearer":
@@ -296,6 +305,7 @@ class RegistryClient:
             state.auth_kind = kind if kind in ("basic", "bearer") else None
             state.challenge = params
             state.tokens.pop(scope, None)
+            state.creds_until = 0.0
         if state.auth_kind is None:
             raise Unauthorized(f"{ref.api_host} asked for unsupported authentication {kind!r}")
 
@@ -306,7 +316,7 @@ class RegistryClient:
         params = {"scope": scope}
         if "service" in state.challenge:
             params["service"] = state.challenge["service"]
-        creds = self._credentials(ref.registry)
+        creds = self._creds(state, ref.registry)
         headers = {}
         if creds and creds.username and creds.password:
             headers["Authorization"] = _basic(creds)
