@@ -78,3 +78,11 @@ def test_every_hardening_line_is_commented() -> None:
             while j > start and hardening.match(lines[j]):
                 j -= 1
             assert lines[j].startswith("#"), f"no comment for {lines[i]!r}"
+
+
+def test_quickstart_commands_exist_and_ci_uses_the_test_command() -> None:
+    """The README's two quickstart commands are executable scripts, and .ci/run runs the test one."""
+    for script in ("scripts/demo.sh", "scripts/test.sh"):
+        assert f"{script}" in README
+        assert (ROOT / script).stat().st_mode & 0o111, f"{script} is not executable"
+    assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
