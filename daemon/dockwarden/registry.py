@@ -248,11 +248,13 @@ class RegistryClient:
     def _send(self, method: str, url: str, headers: dict[str, str], ref: ImageRef) -> _Response:
         return self._http_call(method, url, headers, f"{ref.api_host}")
 
-    def _http_call(self, method: str, url: str, headers: dict[str, str], what: str) -> _Response:
+    def _http_call(
+        self, method: str, url: str, headers: dict[str, str], what: str, body: bytes | None = None
+    ) -> _Response:
         try:
             try:
                 raw = self._http.request(
-                    method, url, headers={"User-Agent": self._user_agent, **headers}, redirect=True
+                    method, url, body=body, headers={"User-Agent": self._user_agent, **headers}, redirect=True
                 )
             except urllib3.exceptions.MaxRetryError as exc:
                 raise exc.reason or exc from None
@@ -317,12 +319,27 @@ class RegistryClient:
         if "service" in state.challenge:
             params["service"] = state.challenge["service"]
         creds = self._creds(state, ref.registry)
-        headers = {}
-        if creds and creds.username and creds.password:
-            headers["Authorization"] = _basic(creds)
-            params["account"] = creds.username
-        url = f"{realm}{'&' if '?' in realm else '?'}{urlencode(params)}"
-        response = self._http_call("GET", url, headers, f"the token service for {ref.api_host}")
+        what = f"the token service for {ref.api_host}"
+        response = None
+        if creds and creds.identity_token:
+            # `docker login` against an OAuth2 registry stores a refresh token, not a password.
+            form = {
+                **params,
+                "grant_type": "refresh_token",
+                "refresh_token": creds.identity_token,
+                "client_id": "dockwarden",
+            }
+            headers = {"Content-Type": "application/x-www-form-urlencoded"}
+            response = self._http_call("POST", realm, headers, what, body=urlencode(form).encode())
+            if response.status_code == 404:  # a token service without OAuth2: fall back, as docker does
+                response = None
+        if response is None:
+            headers = {}
+            if creds and creds.username and creds.password:
+                headers["Authorization"] = _basic(creds)
+                params["account"] = creds.username
+            url = f"{realm}{'&' if '?' in realm else '?'}{urlencode(params)}"
+            response = self._http_call("GET", url, headers, what)
         if response.status_code == 429:
             self._check(state, ref, response)
         if response.status_code != 200:

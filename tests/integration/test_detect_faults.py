@@ -291,3 +291,31 @@ def test_redirected_manifest_request_is_followed(
         assert proxy.count == 2  # the HEAD, and the GET comparing config digests (the name differs)
     finally:
         proxy.stop()
+
+
+def test_identity_token_from_docker_login_is_used(
+    registry: Registry, deploy: Deploy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An `identitytoken` saved by `docker login` is exchanged for a bearer token by an OAuth2 POST."""
+    tokens = TokenServer(tmp_path / "tokens", refresh_token="rt-dockwarden-test")
+    reg = start_registry(tmp_path / "oauth-registry", auth_yaml=tokens.registry_auth_yaml())
+    try:
+        name, _tag, _image_id, digest = deploy(reg, "team/oauth:1")
+        docker_dir = tmp_path / "docker-config"
+        docker_dir.mkdir()
+        (docker_dir / "config.json").write_text(
+            json.dumps({"auths": {reg.host: {"identitytoken": "rt-dockwarden-test"}}})
+        )
+        monkeypatch.setenv("DOCKER_CONFIG", str(docker_dir))
+        result = check(write_config(tmp_path / "dw.yaml", {"app": {"container": name}}))["app"]
+        assert (result.status, result.registry_digest) == ("up-to-date", digest)
+        assert tokens.oauth_grants == 1
+
+        (docker_dir / "config.json").write_text(
+            json.dumps({"auths": {reg.host: {"identitytoken": "revoked"}}})
+        )
+        refused = check(write_config(tmp_path / "dw.yaml", {"app": {"container": name}}))["app"]
+        assert (refused.status, refused.reason) == ("error", "unauthorized")
+    finally:
+        reg.stop()
+        tokens.stop()

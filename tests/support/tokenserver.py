@@ -31,9 +31,11 @@ def _b64(data: bytes) -> str:
 
 
 class TokenServer:
-    def __init__(self, directory: Path, lifetime: int = 300) -> None:
+    def __init__(self, directory: Path, lifetime: int = 300, refresh_token: str | None = None) -> None:
         self.lifetime = lifetime
+        self.refresh_token = refresh_token  # when set, OAuth2 POSTs must present it
         self.requests: Counter[str] = Counter()
+        self.oauth_grants = 0
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dockwarden test token signer")])
         now = dt.datetime.now(dt.UTC)
@@ -67,6 +69,26 @@ class TokenServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                form = parse_qs(self.rfile.read(length).decode())
+                granted = (
+                    form.get("grant_type") == ["refresh_token"]
+                    and server.refresh_token is not None
+                    and form.get("refresh_token") == [server.refresh_token]
+                )
+                with server._lock:
+                    server.requests[self.headers.get("User-Agent", "")] += 1
+                    server.oauth_grants += int(granted)
+                body = json.dumps(
+                    server.issue(form.get("scope", [])) if granted else {"error": "invalid_grant"}
+                )
+                self.send_response(200 if granted else 401)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
 
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
