@@ -241,7 +241,19 @@ def run_checks(
             for result in future.result():
                 results[result.service] = result
 
-    ordered = [results[s.name] for s in services if s.name in results]
+    for service in services:
+        if service.name not in results:  # only when cancelled: report it, do not drop it from the counts
+            results[service.name] = CheckResult(
+                service.name,
+                service.container,
+                str(service.image or ""),
+                None,
+                None,
+                ERROR,
+                "not checked: dockwarden is stopping",
+                "cancelled",
+            )
+    ordered = [results[s.name] for s in services]
     for result in ordered:
         _log_result(log, result)
     return ordered

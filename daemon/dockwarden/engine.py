@@ -8,6 +8,7 @@ already implements `auths`, `credsStore` and `credHelpers` faithfully.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,11 +89,10 @@ class Engine:
     @classmethod
     def connect(cls, base_url: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> Engine:
         """Connect to `base_url`, else DOCKER_HOST, else the local socket, negotiating the API version."""
+        # from_env either way, so DOCKER_TLS_VERIFY and DOCKER_CERT_PATH still apply to a configured host.
+        environment = {**os.environ, "DOCKER_HOST": base_url} if base_url else None
         try:
-            if base_url:
-                client = docker.DockerClient(base_url=base_url, version="auto", timeout=int(timeout))
-            else:
-                client = docker.from_env(version="auto", timeout=int(timeout))
+            client = docker.from_env(version="auto", timeout=int(timeout), environment=environment)
         except docker.errors.DockerException as exc:
             raise EngineError(_explain(exc.__cause__ or exc)) from None
         except requests.exceptions.RequestException as exc:

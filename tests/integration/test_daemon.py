@@ -174,6 +174,10 @@ def test_sigterm_during_a_stuck_check_still_stops_within_10_seconds(
                 proc.wait()
         stopped = next(e for e in _events(log) if e["event"] == "daemon.stopped")
         assert stopped["cycle_abandoned"] is True
+        failed = next(e for e in _events(log) if e["event"] == "check.failed")
+        assert (failed["service"], failed["reason"]) == ("web", "cancelled")
+        finished = next(e for e in _events(log) if e["event"] == "cycle.finished")
+        assert (finished["checked"], finished["errors"], finished["cancelled"]) == (1, 1, True)
     finally:
         proxy.stop()
 
