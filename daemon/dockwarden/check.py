@@ -194,6 +194,39 @@ def _one(digests: Iterable[str]) -> str | None:
     return ordered[0] if ordered else None
 
 
+def _group_by_image(
+    services: list[Service], engine: Engine, snapshot: Snapshot, results: dict[str, CheckResult]
+) -> dict[ImageRef, list[_Running]]:
+    """Services by the image reference they follow; those that cannot be resolved go to `results`."""
+    groups: dict[ImageRef, list[_Running]] = {}
+    for service in services:
+        started = time.monotonic()
+        try:
+            running = _resolve(service, engine, snapshot)
+        except ContainerMissing as exc:
+            results[service.name] = _engine_failure(service, exc, "container-not-found", started)
+            continue
+        except EngineError as exc:
+            results[service.name] = _engine_failure(service, exc, "engine-error", started)
+            continue
+        groups.setdefault(running.ref, []).append(running)
+    return groups
+
+
+def _collect(
+    pending: set[Future[list[CheckResult]]], results: dict[str, CheckResult], cancel: threading.Event | None
+) -> None:
+    while pending:
+        if cancel is not None and cancel.is_set():
+            for future in pending:
+                future.cancel()
+            return
+        done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+        for future in done:
+            for result in future.result():
+                results[result.service] = result
+
+
 def run_checks(
     services: Iterable[Service],
     engine: Engine,
@@ -207,40 +240,22 @@ def run_checks(
     log = structlog.get_logger("dockwarden.check")
     services = list(services)
     results: dict[str, CheckResult] = {}
-    groups: dict[ImageRef, list[_Running]] = {}
     try:
         snapshot = engine.snapshot()
     except EngineError as exc:
-        failed = [_engine_failure(s, exc, "engine-error", time.monotonic()) for s in services]
-        for result in failed:
-            _log_result(log, result)
-        return failed
-    for service in services:
-        started = time.monotonic()
-        try:
-            running = _resolve(service, engine, snapshot)
-        except ContainerMissing as exc:
-            results[service.name] = _engine_failure(service, exc, "container-not-found", started)
-            continue
-        except EngineError as exc:
-            results[service.name] = _engine_failure(service, exc, "engine-error", started)
-            continue
-        groups.setdefault(running.ref, []).append(running)
-
-    # The pool's size is the concurrency bound: at most that many registry requests are in flight.
-    pending: set[Future[list[CheckResult]]] = {
-        pool.submit(_check_group, ref, members, client, platform, cache) for ref, members in groups.items()
-    }
-    while pending:
-        if cancel is not None and cancel.is_set():
-            for future in pending:
-                future.cancel()
-            break
-        done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-        for future in done:
-            for result in future.result():
-                results[result.service] = result
-
+        for service in services:
+            results[service.name] = _engine_failure(service, exc, "engine-error", time.monotonic())
+    else:
+        groups = _group_by_image(services, engine, snapshot, results)
+        # The pool's size is the concurrency bound: at most that many registry requests are in flight.
+        _collect(
+            {
+                pool.submit(_check_group, ref, members, client, platform, cache)
+                for ref, members in groups.items()
+            },
+            results,
+            cancel,
+        )
     for service in services:
         if service.name not in results:  # only when cancelled: report it, do not drop it from the counts
             results[service.name] = CheckResult(
