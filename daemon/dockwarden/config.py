@@ -178,6 +178,8 @@ def _message(error: Any) -> str:
             "model_type": "a mapping",
         }[kind]
         found = error["input"]
+        if found is None:
+            return f"must be {wanted}, but is empty"
         hint = " (quote it)" if isinstance(found, int | float | bool) and kind == "string_type" else ""
         return f"must be {wanted}, not {type(found).__name__} {found!r}{hint}"
     message = str(error["msg"])

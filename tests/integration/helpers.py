@@ -24,7 +24,7 @@ def write_config(path: Path, services: dict[str, dict[str, Any]], extra: str = "
     lines = ["interval: 1m", f"state_dir: {path.parent / 'state'}"]
     if extra:
         lines.append(textwrap.dedent(extra).strip())
-    lines.append("services:")
+    lines.append("services:" if services else "services: {}")
     for name, spec in services.items():
         lines.append(f"  {name}:")
         if not spec:

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from dockwarden import config as configuration
+from dockwarden.check import open_checker
+from dockwarden.daemon import Daemon
+from dockwarden.notify import Notifier
 from tests.conftest import Deploy
 from tests.integration.helpers import write_config
 from tests.support.proxy import FaultPlan, FaultProxy
@@ -217,3 +223,36 @@ def test_a_cycle_longer_than_the_interval_is_logged_not_dropped_silently(
         assert events[:first_finish].count("cycle.started") == 1  # no overlap
     finally:
         proxy.stop()
+
+
+def test_watchdog_is_fed_only_while_the_scheduler_lives(tmp_path: Path) -> None:
+    """WATCHDOG=1 is sent while APScheduler's thread runs, and stops when the scheduler dies, so systemd
+    restarts a daemon whose scheduler is gone."""
+    cfg = configuration.load(write_config(tmp_path / "dw.yaml", {}))
+    notify_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(notify_path))
+        sock.settimeout(0.1)
+        notifier = Notifier({"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "300000"})
+        running = Daemon(cfg, open_checker(cfg), notifier)
+
+        def pings(seconds: float) -> int:
+            count, deadline = 0, time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    count += sock.recv(1024) == b"WATCHDOG=1"
+            return count
+
+        server = threading.Thread(target=running.serve, daemon=True)
+        server.start()
+        try:
+            assert pings(0.6) == 0  # not started yet
+            running.start()
+            assert pings(0.6) >= 2
+            running.scheduler.shutdown(wait=False)
+            pings(0.2)
+            assert pings(0.6) == 0
+        finally:
+            running.requested = "stop"
+            server.join(5)
+            running.stop()
