@@ -204,10 +204,10 @@ def _group_by_image(
         try:
             running = _resolve(service, engine, snapshot)
         except ContainerMissing as exc:
-            results[service.name] = _engine_failure(service, exc, "container-not-found", started)
+            results[service.name] = _failure(service, str(exc), "container-not-found", started)
             continue
         except EngineError as exc:
-            results[service.name] = _engine_failure(service, exc, "engine-error", started)
+            results[service.name] = _failure(service, str(exc), "engine-error", started)
             continue
         groups.setdefault(running.ref, []).append(running)
     return groups
@@ -244,7 +244,7 @@ def run_checks(
         snapshot = engine.snapshot()
     except EngineError as exc:
         for service in services:
-            results[service.name] = _engine_failure(service, exc, "engine-error", time.monotonic())
+            results[service.name] = _failure(service, str(exc), "engine-error", time.monotonic())
     else:
         groups = _group_by_image(services, engine, snapshot, results)
         # The pool's size is the concurrency bound: at most that many registry requests are in flight.
@@ -258,34 +258,18 @@ def run_checks(
         )
     for service in services:
         if service.name not in results:  # only when cancelled: report it, do not drop it from the counts
-            results[service.name] = CheckResult(
-                service.name,
-                service.container,
-                str(service.image or ""),
-                None,
-                None,
-                ERROR,
-                "not checked: dockwarden is stopping",
-                "cancelled",
-            )
+            results[service.name] = _failure(service, "not checked: dockwarden is stopping", "cancelled")
     ordered = [results[s.name] for s in services]
     for result in ordered:
         _log_result(log, result)
     return ordered
 
 
-def _engine_failure(service: Service, exc: Exception, reason: str, started: float) -> CheckResult:
-    image = str(service.image) if service.image else ""
+def _failure(service: Service, message: str, reason: str, started: float | None = None) -> CheckResult:
+    """A service that never reached the registry: its container or the engine failed, or the cycle stopped."""
+    took = time.monotonic() - started if started is not None else 0.0
     return CheckResult(
-        service.name,
-        service.container,
-        image,
-        None,
-        None,
-        ERROR,
-        str(exc),
-        reason,
-        time.monotonic() - started,
+        service.name, service.container, str(service.image or ""), None, None, ERROR, message, reason, took
     )
 
 
@@ -334,6 +318,7 @@ class _TrackedPool(Executor):
     """A thread pool that knows whether any of its tasks is still running, so a stop can wait for them."""
 
     def __init__(self, size: int) -> None:
+        self.size = size
         self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="check")
         self._busy = 0
         self._idle = threading.Condition()
@@ -375,14 +360,12 @@ class Checker:
         self.cache = cache if cache is not None else DigestCache()
         # Kept across cycles: starting dozens of threads every cycle costs more than the checks themselves.
         self._pool: _TrackedPool | None = None
-        self._pool_size = 0
 
     def _executor(self, concurrency: int) -> _TrackedPool:
-        if self._pool is None or self._pool_size != concurrency:
+        if self._pool is None or self._pool.size != concurrency:
             if self._pool is not None:
                 self._pool.shutdown(wait=False)
             self._pool = _TrackedPool(concurrency)
-            self._pool_size = concurrency
         return self._pool
 
     def wait_idle(self, timeout: float) -> bool:

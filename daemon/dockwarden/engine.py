@@ -44,14 +44,12 @@ class ContainerInfo:
     name: str
     image_id: str
     config_image: str  # the reference the container was created from, as the user wrote it
-    status: str
 
 
 @dataclass(frozen=True)
 class ImageInfo:
     id: str
     repo_digests: tuple[str, ...]
-    repo_tags: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -129,7 +127,6 @@ class Engine:
             name=data["Name"].lstrip("/"),
             image_id=data["Image"],
             config_image=data["Config"]["Image"],
-            status=data["State"]["Status"],
         )
 
     def image(self, image_id: str) -> ImageInfo:
@@ -142,7 +139,6 @@ class Engine:
         return ImageInfo(
             id=data["Id"],
             repo_digests=tuple(data.get("RepoDigests") or ()),
-            repo_tags=tuple(data.get("RepoTags") or ()),
         )
 
     def snapshot(self) -> Snapshot:
@@ -159,7 +155,6 @@ class Engine:
                     name=name.lstrip("/"),
                     image_id=item["ImageID"],
                     config_image="",
-                    status=item.get("State", ""),
                 )
         digests = {item["Id"]: tuple(item.get("RepoDigests") or ()) for item in images}
         return Snapshot(by_name, digests)

@@ -238,15 +238,12 @@ class RegistryClient:
             raise RateLimited(f"{ref.api_host} asked us to back off; {wait:.0f}s left", wait)
         scope = f"repository:{ref.repository}:pull"
         headers = {"Accept": ACCEPT, **self._auth_header(state, ref, scope)}
-        response = self._send(method, self._url(state, ref, reference), headers, ref)
+        response = self._http_call(method, self._url(state, ref, reference), headers, ref.api_host)
         if response.status_code == 401 and "WWW-Authenticate" in response.headers:
             self._on_challenge(state, ref, scope, response.headers["WWW-Authenticate"])
             headers = {"Accept": ACCEPT, **self._auth_header(state, ref, scope)}
-            response = self._send(method, self._url(state, ref, reference), headers, ref)
+            response = self._http_call(method, self._url(state, ref, reference), headers, ref.api_host)
         return self._check(state, ref, response)
-
-    def _send(self, method: str, url: str, headers: dict[str, str], ref: ImageRef) -> _Response:
-        return self._http_call(method, url, headers, f"{ref.api_host}")
 
     def _http_call(
         self, method: str, url: str, headers: dict[str, str], what: str, body: bytes | None = None
