@@ -81,10 +81,14 @@ def deploy(
     """
 
     def _deploy(
-        registry: Registry, ref: str = "sample:latest", prefix: str = "web"
+        registry: Registry,
+        ref: str = "sample:latest",
+        prefix: str = "web",
+        auth: tuple[str, str] | None = None,
     ) -> tuple[str, str, str, str]:
         tag = f"{registry.host}/{ref}"
-        image_id, digest = images.build_and_push(tag, f"m-{uuid.uuid4().hex[:8]}")
+        image_id = images.build(tag, f"m-{uuid.uuid4().hex[:8]}")
+        digest = images.push(tag, auth=auth)
         name = f"dw-{prefix}-{uuid.uuid4().hex[:8]}"
         containers.append(name)
         docker_client.containers.run(tag, name=name, detach=True, labels={LABEL: run_label})

@@ -35,34 +35,16 @@ def private_registry(tmp_path: Path) -> Iterator[Registry]:
     reg.stop()
 
 
-def _private_service(
-    private_registry: Registry,
-    images: ImageFactory,
-    docker_client: docker.DockerClient,
-    run_label: str,
-    containers: list[str],
-) -> tuple[str, str]:
-    tag = f"{private_registry.host}/team/app:1"
-    images.build(tag, unique("p"))
-    digest = images.push(tag, auth=(USER, PASSWORD))
-    name = unique("priv")
-    run_container(docker_client, run_label, name, tag, containers)
-    return name, digest
-
-
 @pytest.mark.parametrize("style", ["auths", "credsStore", "credHelpers"])
 def test_private_registry_with_docker_config(
+    deploy: Deploy,
     style: str,
     private_registry: Registry,
-    images: ImageFactory,
-    docker_client: docker.DockerClient,
-    run_label: str,
-    containers: list[str],
     tmp_path: Path,
 ) -> None:
     """Credentials from a Docker config (auths, a credsStore or a per-registry credHelper) open a private
     registry, and the password never appears in the output or the logs."""
-    name, digest = _private_service(private_registry, images, docker_client, run_label, containers)
+    name, _tag, _image_id, digest = deploy(private_registry, "team/app:1", "priv", auth=(USER, PASSWORD))
     docker_dir = tmp_path / "docker-config"
     docker_dir.mkdir()
     bin_dir = tmp_path / "bin"
@@ -92,16 +74,13 @@ def test_private_registry_with_docker_config(
 
 
 def test_private_registry_without_credentials_is_unauthorized(
+    deploy: Deploy,
     private_registry: Registry,
-    images: ImageFactory,
-    docker_client: docker.DockerClient,
-    run_label: str,
-    containers: list[str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Without credentials a private registry's 401 is a per-service `unauthorized` error, not a crash."""
-    name, _ = _private_service(private_registry, images, docker_client, run_label, containers)
+    name, _tag, _image_id, _digest = deploy(private_registry, "team/app:1", "priv", auth=(USER, PASSWORD))
     empty = tmp_path / "empty-docker"
     empty.mkdir()
     monkeypatch.setenv("DOCKER_CONFIG", str(empty))
