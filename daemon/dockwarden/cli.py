@@ -10,9 +10,10 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 
-from dockwarden import __version__, check, daemon, logs, report
+from dockwarden import __version__, check, daemon, logs, report, update, upgrade
 from dockwarden import config as configuration
 from dockwarden.engine import EngineError
 from dockwarden.notify import Notifier
@@ -46,7 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("validate", "Check the config file; print every problem as FILE:LINE:COL: message.")
     check_cmd = add("check", "Run one check cycle now and report which services have a newer image.")
     check_cmd.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
-    add("run", "Run the daemon: check on the configured schedule until stopped (SIGHUP reloads).")
+    update_cmd = add(
+        "update", "Run one update cycle now: upgrade the named (or all) services with newer images."
+    )
+    update_cmd.add_argument(
+        "services", nargs="*", metavar="SERVICE", help="services to update (default: all)"
+    )
+    update_cmd.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    update_cmd.add_argument("--force", action="store_true", help="also try digests that failed before")
+    update_cmd.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    add("run", "Run the daemon: check and upgrade on the configured schedule until stopped (SIGHUP reloads).")
     return parser
 
 
@@ -86,13 +96,71 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_FAILED if summary.count(check.ERROR) else EXIT_OK
 
 
+def _pause_hook() -> upgrade.Checkpoint | None:
+    """Test-only: DOCKWARDEN_TEST_PAUSE_BEFORE=STEP parks the transaction before STEP, to be killed there."""
+    step = os.environ.get("DOCKWARDEN_TEST_PAUSE_BEFORE")
+    if not step:
+        return None
+
+    def pause(current: str) -> None:
+        if current == step:
+            print(f"dockwarden: paused before {step}", file=sys.stderr, flush=True)
+            while True:
+                time.sleep(3600)
+
+    return pause
+
+
+def _terminal_progress() -> upgrade.Progress | None:
+    if not sys.stderr.isatty():
+        return None
+
+    def show(message: dict[str, object]) -> None:
+        layer = message.get("id", "")
+        text = f"{layer}: {message.get('status', '')} {message.get('progress', '')}".strip()
+        sys.stderr.write("\r\033[K" + text[:120])
+        sys.stderr.flush()
+
+    return show
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_USAGE
+    known = {s.name: s for s in cfg.services}
+    unknown = [name for name in args.services if name not in known]
+    if unknown:
+        print(f"dockwarden: no such service in {cfg.path}: {', '.join(unknown)}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure(sys.stderr, level=logging.WARNING if args.json else logging.INFO)
+    try:
+        updater = update.open_updater(cfg)
+    except EngineError as exc:
+        print(f"dockwarden: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    options = update.Options(
+        named=bool(args.services),
+        force=args.force,
+        dry_run=args.dry_run,
+        checkpoint=_pause_hook(),
+        progress=_terminal_progress(),
+    )
+    try:
+        result = updater.cycle(cfg, [known[n] for n in args.services] or cfg.services, options)
+    finally:
+        updater.checker.close()
+    print(report.update_json(result) if args.json else report.update_table(result))
+    return EXIT_FAILED if result.failed() else EXIT_OK
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return EXIT_USAGE
     logs.configure(sys.stdout)
     try:
-        running = daemon.run(cfg, Notifier())
+        running = daemon.run(cfg, Notifier(), _pause_hook())
     except EngineError as exc:
         print(f"dockwarden: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -106,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"validate": cmd_validate, "check": cmd_check, "run": cmd_run}
+COMMANDS = {"validate": cmd_validate, "check": cmd_check, "update": cmd_update, "run": cmd_run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,7 @@ came from, so a message names the exact line and column a user must edit.
 
 from __future__ import annotations
 
+import graphlib
 import os
 import re
 from dataclasses import dataclass
@@ -70,10 +71,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+def _check_tcp(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"tcp probe {value!r} must be HOST:PORT")
+    return value
+
+
+def _check_url(value: str) -> str:
+    if not re.match(r"https?://[^/\s]+", value):
+        raise ValueError(f"http probe {value!r} must be an http:// or https:// URL")
+    return value
+
+
+class HealthSpec(_Strict):
+    http: Annotated[str, AfterValidator(_check_url)] | None = None
+    tcp: Annotated[str, AfterValidator(_check_tcp)] | None = None
+    timeout: Duration = "30s"
+
+
 class ServiceSpec(_Strict):
     container: Name | None = None
     image: ImageText | None = None
     update: Literal["auto", "monitor"] = "auto"
+    depends_on: list[Name] = Field(default_factory=list)
+    health: HealthSpec | None = None
+    stability_window: Duration | None = None
 
 
 class ConfigSpec(_Strict):
@@ -83,6 +106,8 @@ class ConfigSpec(_Strict):
     docker_host: str | None = None
     check_concurrency: int = Field(default=32, ge=1, le=256)
     registry_timeout: Duration = "10s"
+    stability_window: Duration = "10s"
+    health_timeout_max: Duration = "5m"
     services: dict[Name, ServiceSpec] = Field(default_factory=dict)
 
     @field_validator("state_dir")
@@ -104,11 +129,21 @@ class ConfigSpec(_Strict):
 
 
 @dataclass(frozen=True)
+class Probe:
+    kind: str  # "http" or "tcp"
+    target: str
+    timeout: timedelta
+
+
+@dataclass(frozen=True)
 class Service:
     name: str
     container: str
     image: imageref.ImageRef | None
     update: str
+    depends_on: tuple[str, ...] = ()
+    probe: Probe | None = None
+    stability_window: timedelta | None = None  # None: the global one
 
 
 @dataclass(frozen=True)
@@ -121,6 +156,8 @@ class Config:
     check_concurrency: int
     registry_timeout: timedelta
     services: tuple[Service, ...]
+    stability_window: timedelta = timedelta(seconds=10)
+    health_timeout_max: timedelta = timedelta(minutes=5)
 
     def trigger(self) -> Any:
         if self.schedule is not None:
@@ -218,12 +255,20 @@ def load(path: Path) -> Config:
         problems.extend(_problems(path, doc, exc))
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column)))
+    problems.extend(_relation_problems(path, doc, spec))
+    if problems:
+        raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column)))
     services = tuple(
         Service(
             name=name,
             container=item.container or name,
             image=imageref.parse(item.image) if item.image else None,
             update=item.update,
+            depends_on=tuple(item.depends_on),
+            probe=_probe(item.health),
+            stability_window=schedule.parse_duration(item.stability_window)
+            if item.stability_window
+            else None,
         )
         for name, item in spec.services.items()
     )
@@ -236,4 +281,36 @@ def load(path: Path) -> Config:
         check_concurrency=spec.check_concurrency,
         registry_timeout=schedule.parse_duration(spec.registry_timeout),
         services=services,
+        stability_window=schedule.parse_duration(spec.stability_window),
+        health_timeout_max=schedule.parse_duration(spec.health_timeout_max),
     )
+
+
+def _probe(health: HealthSpec | None) -> Probe | None:
+    if health is None:
+        return None
+    kind, target = ("http", health.http) if health.http else ("tcp", health.tcp or "")
+    return Probe(kind, target, schedule.parse_duration(health.timeout))
+
+
+def _relation_problems(path: Path, doc: yamlsource.YamlDocument, spec: ConfigSpec) -> list[ConfigProblem]:
+    """depends_on must name services in this file and must not loop; health needs one probe."""
+    problems = []
+    for name, item in spec.services.items():
+        for index, other in enumerate(item.depends_on):
+            if other not in spec.services or other == name:
+                line, col = doc.locate(("services", name, "depends_on", index))
+                what = "itself" if other == name else f"{other!r}, which is not a service in this file"
+                problems.append(ConfigProblem(path, line, col, f"depends_on names {what}"))
+        if item.health is not None and (item.health.http is None) == (item.health.tcp is None):
+            line, col = doc.locate(("services", name, "health"))
+            problems.append(ConfigProblem(path, line, col, "health needs exactly one of `http` or `tcp`"))
+    if not problems:
+        sorter = graphlib.TopologicalSorter({n: s.depends_on for n, s in spec.services.items()})
+        try:
+            sorter.prepare()
+        except graphlib.CycleError as exc:
+            loop = list(exc.args[1])
+            line, col = doc.locate_key(("services", loop[0], "depends_on"))
+            problems.append(ConfigProblem(path, line, col, f"depends_on loops: {' -> '.join(loop)}"))
+    return problems

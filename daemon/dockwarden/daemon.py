@@ -22,16 +22,29 @@ from apscheduler.schedulers.base import STATE_RUNNING
 from dockwarden import config as configuration
 from dockwarden.check import Checker, open_checker
 from dockwarden.notify import Notifier
+from dockwarden.update import Options, Updater, describe
+from dockwarden.upgrade import Checkpoint
 
 JOB_ID = "check-cycle"
 STOP_GRACE = 6.0  # seconds a running cycle gets to finish after SIGTERM; we promise to stop within 10 s
+# An upgrade in flight is never abandoned half-way (the service would stay down until our next start):
+# cancelling makes it roll back, which needs the old container's stop and start; systemd waits 90 s.
+UPGRADE_STOP_GRACE = 75.0
 TICK = 0.2
 
 
 class Daemon:
-    def __init__(self, cfg: configuration.Config, checker: Checker, notifier: Notifier) -> None:
+    def __init__(
+        self,
+        cfg: configuration.Config,
+        checker: Checker,
+        notifier: Notifier,
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
         self.config = cfg
         self.checker = checker
+        self.updater = Updater(checker)
+        self.checkpoint = checkpoint
         self.notifier = notifier
         self.log = structlog.get_logger("dockwarden.daemon")
         self.cancel = threading.Event()
@@ -55,9 +68,11 @@ class Daemon:
         self.cycle_done.clear()
         try:
             cfg = self.config
-            summary = self.checker.cycle(cfg.services, cfg.check_concurrency, self.cancel)
+            report = self.updater.cycle(
+                cfg, cfg.services, Options(cancel=self.cancel, checkpoint=self.checkpoint)
+            )
             stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-            self.notifier.status(f"last cycle {stamp}: {summary.describe()}")
+            self.notifier.status(f"last cycle {stamp}: {describe(report)}")
         finally:
             self.cycle_done.set()
 
@@ -151,17 +166,18 @@ class Daemon:
         self.cancel.set()
         if self.scheduler.state == STATE_RUNNING:
             self.scheduler.shutdown(wait=False)
-        deadline = time.monotonic() + STOP_GRACE
-        finished = self.cycle_done.wait(STOP_GRACE)
+        grace = UPGRADE_STOP_GRACE if self.updater.upgrading.is_set() else STOP_GRACE
+        deadline = time.monotonic() + grace
+        finished = self.cycle_done.wait(grace)
         finished = self.checker.wait_idle(max(0.0, deadline - time.monotonic())) and finished
         self.checker.close()
         self.log.info("daemon.stopped", cycle_abandoned=not finished)
         return finished
 
 
-def run(cfg: configuration.Config, notifier: Notifier) -> Daemon:
+def run(cfg: configuration.Config, notifier: Notifier, checkpoint: Checkpoint | None = None) -> Daemon:
     """Connect and start; the caller serves and stops. Raises EngineError if the engine cannot be used."""
-    daemon = Daemon(cfg, open_checker(cfg), notifier)
+    daemon = Daemon(cfg, open_checker(cfg), notifier, checkpoint)
     daemon.install_signal_handlers()
     daemon.start()
     return daemon

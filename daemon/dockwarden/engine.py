@@ -9,6 +9,8 @@ already implements `auths`, `credsStore` and `credHelpers` faithfully.
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,6 +160,110 @@ class Engine:
                 )
         digests = {item["Id"]: tuple(item.get("RepoDigests") or ()) for item in images}
         return Snapshot(by_name, digests)
+
+    # -- what an upgrade needs: raw documents and single actions, every error an EngineError ----------
+
+    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except docker.errors.NotFound as exc:
+            raise NotFound(f"{what}: {_explain(exc)}") from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise EngineError(f"{what}: {_explain(exc)}") from None
+
+    def inspect_container(self, name: str) -> dict[str, Any]:
+        return dict(self._call(f"inspecting container {name}", self._client.api.inspect_container, name))
+
+    def inspect_image(self, ref: str) -> dict[str, Any]:
+        return dict(self._call(f"inspecting image {ref}", self._client.api.inspect_image, ref))
+
+    def containers_named(self, suffix: str) -> list[str]:
+        """Names of all containers whose name ends with `suffix` (the engine's filter is a regex)."""
+        found = self._call(
+            "listing containers",
+            self._client.api.containers,
+            all=True,
+            filters={"name": f"{re.escape(suffix)}$"},
+        )
+        return sorted(n.lstrip("/") for item in found for n in item.get("Names") or () if n.endswith(suffix))
+
+    def containers_in_namespace_of(self, container_id: str, name: str) -> list[str]:
+        """Names of containers that use `network_mode: container:X` with X this container."""
+        found = self._call("listing containers", self._client.api.containers, all=True)
+        modes = {f"container:{container_id}", f"container:{name}"}
+        return sorted(
+            str(item["Names"][0]).lstrip("/")
+            for item in found
+            if (item.get("HostConfig") or {}).get("NetworkMode") in modes and item.get("Names")
+        )
+
+    def pull(self, reference: str, progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """Pull `reference` with the streaming API; an error inside the 200 stream raises too."""
+        what = f"pulling {reference}"
+        try:
+            for message in self._client.api.pull(reference, stream=True, decode=True):
+                if "error" in message or "errorDetail" in message:
+                    detail = (message.get("errorDetail") or {}).get("message") or message.get("error")
+                    raise EngineError(f"{what}: {detail}")
+                if progress is not None:
+                    progress(message)
+        except docker.errors.NotFound as exc:
+            raise NotFound(f"{what}: {_explain(exc)}") from None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise EngineError(f"{what}: {_explain(exc)}") from None
+
+    def tag(self, image_id: str, reference: str) -> None:
+        repository, _, tag = reference.rpartition(":")
+        if "/" in tag or not repository:
+            repository, tag = reference, "latest"
+        if not self._call(
+            f"tagging {image_id[:19]} as {reference}",
+            self._client.api.tag,
+            image_id,
+            repository,
+            tag,
+            force=True,
+        ):
+            raise EngineError(f"tagging {image_id[:19]} as {reference}: the engine refused")
+
+    def rename(self, container_id: str, name: str) -> None:
+        self._call(f"renaming {container_id[:12]} to {name}", self._client.api.rename, container_id, name)
+
+    def stop(self, container_id: str, timeout: int) -> None:
+        # docker-py adds `timeout` to the HTTP timeout: a StopTimeout over 60 s does not hit a read timeout.
+        self._call(f"stopping {container_id[:12]}", self._client.api.stop, container_id, timeout=timeout)
+
+    def restart(self, container_id: str) -> None:
+        self._call(f"restarting {container_id[:12]}", self._client.api.restart, container_id)
+
+    def start(self, container_id: str) -> None:
+        self._call(f"starting {container_id[:12]}", self._client.api.start, container_id)
+
+    def create(self, body: dict[str, Any], name: str) -> str:
+        # The raw-body call: plain create_container would add proxy variables from the client's config file.
+        created = self._call(f"creating {name}", self._client.api.create_container_from_config, body, name)
+        return str(created["Id"])
+
+    def connect_network(self, container_id: str, network: str, endpoint: dict[str, Any]) -> None:
+        ipam = endpoint.get("IPAMConfig") or {}
+        self._call(
+            f"connecting {container_id[:12]} to {network}",
+            self._client.api.connect_container_to_network,
+            container_id,
+            network,
+            aliases=endpoint.get("Aliases"),
+            links=endpoint.get("Links"),
+            ipv4_address=ipam.get("IPv4Address"),
+            ipv6_address=ipam.get("IPv6Address"),
+            link_local_ips=ipam.get("LinkLocalIPs"),
+            driver_opt=endpoint.get("DriverOpts"),
+        )
+
+    def remove(self, container_id: str) -> None:
+        """Remove a container; its volumes stay (anonymous ones too: the old version may need them back)."""
+        self._call(
+            f"removing {container_id[:12]}", self._client.api.remove_container, container_id, force=True
+        )
 
     def ping(self) -> None:
         try:

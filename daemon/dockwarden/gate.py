@@ -1,0 +1,152 @@
+"""The health gate: is a freshly started container good enough to keep?
+
+With a HEALTHCHECK we wait for `healthy` up to a deadline derived from the check's own timing (capped);
+without one, the container must keep running for a stability window with no restart and no OOM kill.
+An optional probe from the host (HTTP status < 400, or a TCP connect) must also succeed. The deadline
+math is a pure function; `wait` is the thin loop that polls the engine.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from dockwarden.engine import Engine, EngineError
+
+POLL = 0.2
+NS = 1_000_000_000
+# Docker's own defaults for a HEALTHCHECK that leaves a field unset.
+DEFAULT_INTERVAL = 30.0
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Probe:
+    kind: str  # "http" or "tcp"
+    target: str  # a URL, or HOST:PORT
+    timeout: float  # seconds until the probe must have succeeded once
+
+
+@dataclass(frozen=True)
+class Policy:
+    stability: float  # seconds a container without HEALTHCHECK must keep running
+    health_timeout_max: float  # cap on the derived wait for `healthy`
+    probe: Probe | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    reason: str  # why it failed, or what it waited for
+    duration: float
+
+
+def has_healthcheck(config: dict[str, Any]) -> bool:
+    test = (config.get("Healthcheck") or {}).get("Test") or []
+    return bool(test) and test[0] != "NONE"
+
+
+def health_deadline(healthcheck: dict[str, Any], cap: float) -> float:
+    """Seconds to wait for `healthy`: the start period plus every retry the engine makes, at most `cap`.
+
+    The engine declares a container unhealthy after `retries` consecutive failures at `interval` (each
+    taking up to `timeout`), counted from the end of the start period, so no sooner verdict is possible.
+    """
+    interval = (healthcheck.get("Interval") or 0) / NS or DEFAULT_INTERVAL
+    timeout = (healthcheck.get("Timeout") or 0) / NS or DEFAULT_TIMEOUT
+    retries = healthcheck.get("Retries") or DEFAULT_RETRIES
+    start_period = (healthcheck.get("StartPeriod") or 0) / NS
+    return min(cap, start_period + (retries + 1) * (interval + timeout))
+
+
+def _probe_once(probe: Probe, budget: float) -> str | None:
+    """None when the probe succeeds, else why not."""
+    try:
+        if probe.kind == "tcp":
+            host, _, port = probe.target.rpartition(":")
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=budget):
+                return None
+        with urllib.request.urlopen(probe.target, timeout=budget) as response:  # noqa: S310 (URL from config)
+            return None if response.status < 400 else f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except (OSError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+
+
+def _state_problem(state: dict[str, Any], restarts: int, baseline: int) -> str | None:
+    if state.get("OOMKilled"):
+        return "killed for lack of memory (OOM)"
+    if state.get("Status") != "running":
+        return f"not running ({state.get('Status')}, exit code {state.get('ExitCode')})"
+    if restarts != baseline:
+        return f"restarted {restarts - baseline} times"
+    return None
+
+
+class Watch:
+    """The verdict so far from successive inspect documents; pure, so tests feed it recorded states."""
+
+    def __init__(self, first: dict[str, Any], policy: Policy, started: float) -> None:
+        config = first.get("Config") or {}
+        self.policy = policy
+        self.started = started
+        self.checked = has_healthcheck(config)
+        self.baseline = int(first.get("RestartCount") or 0)
+        if self.checked:
+            self.deadline = started + health_deadline(
+                config.get("Healthcheck") or {}, policy.health_timeout_max
+            )
+            self.waiting_for = "healthy"
+        else:
+            self.deadline = started + policy.stability
+            self.waiting_for = f"running for {policy.stability:g}s"
+        self.probe_deadline = started + (policy.probe.timeout if policy.probe else 0)
+        self.probe_error: str | None = "not probed yet" if policy.probe else None
+
+    def observe(self, data: dict[str, Any], now: float) -> Verdict | None:
+        """A verdict, or None to keep waiting."""
+        state = data.get("State") or {}
+        problem = _state_problem(state, int(data.get("RestartCount") or 0), self.baseline)
+        healthy = True
+        if problem is None and self.checked:
+            status = (state.get("Health") or {}).get("Status")
+            problem = "unhealthy (its HEALTHCHECK failed)" if status == "unhealthy" else None
+            healthy = status == "healthy"
+            if not healthy and now >= self.deadline:
+                problem = f"not healthy after {self.deadline - self.started:.0f}s"
+        if problem is None and self.probe_error is not None and now >= self.probe_deadline:
+            problem = (
+                f"probe {self.policy.probe.target if self.policy.probe else ''} failed: {self.probe_error}"
+            )
+        if problem is not None:
+            return Verdict(False, problem, now - self.started)
+        # Without a HEALTHCHECK the window must elapse; with one, `healthy` ends the wait at once.
+        if healthy and (self.checked or now >= self.deadline) and self.probe_error is None:
+            return Verdict(True, self.waiting_for, now - self.started)
+        return None
+
+
+def wait(engine: Engine, container_id: str, policy: Policy, cancel: threading.Event | None = None) -> Verdict:
+    """Poll the container until the gate passes or fails."""
+    started = time.monotonic()
+    watch = Watch(engine.inspect_container(container_id), policy, started)
+    while True:
+        if cancel is not None and cancel.is_set():
+            return Verdict(False, "cancelled: dockwarden is stopping", time.monotonic() - started)
+        try:
+            data = engine.inspect_container(container_id)
+        except EngineError as exc:
+            return Verdict(False, str(exc), time.monotonic() - started)
+        if policy.probe and watch.probe_error is not None:
+            watch.probe_error = _probe_once(policy.probe, POLL * 5)
+        verdict = watch.observe(data, time.monotonic())
+        if verdict is not None:
+            return verdict
+        time.sleep(POLL)

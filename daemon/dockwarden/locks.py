@@ -1,0 +1,81 @@
+"""One upgrade at a time per container, across processes (the daemon and a manual `dockwarden update`).
+
+An flock on a file in state_dir: the kernel drops it when its holder dies, however it dies, so a lock
+left by a killed process is never honoured; the PID written inside only names the holder in messages
+and tells us when we took over from a dead one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from types import TracebackType
+
+import structlog
+
+DIR_NAME = "locks"
+
+
+class Busy(Exception):
+    """Another live process holds the lock."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ContainerLock:
+    def __init__(self, state_dir: Path, container: str) -> None:
+        self.path = state_dir / DIR_NAME / f"{container}.lock"
+        self._fd: int | None = None
+
+    def holder(self) -> int | None:
+        try:
+            text = self.path.read_text().strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    def acquire(self) -> None:
+        """Take the lock or raise Busy naming the holder; OSError if state_dir is unusable."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = self.holder()
+            raise Busy(
+                f"another dockwarden process{f' (pid {pid})' if pid else ''} is upgrading it"
+            ) from None
+        previous = os.read(fd, 32).decode(errors="replace").strip()
+        if previous.isdigit() and int(previous) != os.getpid() and _alive(int(previous)) is False:
+            structlog.get_logger("dockwarden.lock").warning(
+                "lock.taken_over", container=self.path.stem, stale_pid=int(previous)
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> ContainerLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()

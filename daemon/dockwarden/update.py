@@ -1,0 +1,275 @@
+"""One update cycle: finish interrupted upgrades, check, then upgrade what changed, in dependency order.
+
+Shared by the daemon's scheduled job and `dockwarden update`. Per service it decides, from data, whether
+to upgrade (auto mode or named on the command line, a newer digest, not on the skip list, lock free),
+then runs the transaction in `upgrade`. A failure never stops the other services.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import structlog
+
+from dockwarden import check, gate, imageref, recreate, upgrade
+from dockwarden.check import Checker, CheckResult
+from dockwarden.config import Config, Service
+from dockwarden.engine import EngineError
+from dockwarden.locks import Busy, ContainerLock
+from dockwarden.skiplist import Entry, SkipList
+from dockwarden.upgrade import Outcome, Target
+
+WOULD_UPGRADE = "would-upgrade"  # --dry-run's result for a service it would upgrade
+
+
+@dataclass
+class Options:
+    named: bool = False  # services were named on the command line: upgrade them even in monitor mode
+    force: bool = False  # ignore the skip list
+    dry_run: bool = False
+    cancel: threading.Event | None = None
+    checkpoint: upgrade.Checkpoint | None = None
+    progress: upgrade.Progress | None = None
+
+
+@dataclass
+class Report:
+    outcomes: list[Outcome] = field(default_factory=list)
+    plans: dict[str, list[str]] = field(default_factory=dict)  # service -> dry-run description
+
+    def failed(self) -> bool:
+        return any(
+            o.result in (upgrade.ROLLED_BACK, upgrade.ROLLBACK_FAILED, upgrade.ERROR) for o in self.outcomes
+        )
+
+
+def policy_for(cfg: Config, service: Service) -> gate.Policy:
+    probe = None
+    if service.probe is not None:
+        probe = gate.Probe(service.probe.kind, service.probe.target, service.probe.timeout.total_seconds())
+    window = service.stability_window or cfg.stability_window
+    return gate.Policy(window.total_seconds(), cfg.health_timeout_max.total_seconds(), probe)
+
+
+def order(services: list[Service], parents: dict[str, str]) -> list[Service]:
+    """Config order, except that a service comes after those it depends on and after the container whose
+    network namespace it shares (`parents`: service -> service)."""
+    names = {s.name for s in services}
+    needs = {
+        s.name: ({*s.depends_on, *([parents[s.name]] if s.name in parents else [])} & names) for s in services
+    }
+    done: list[Service] = []
+    left = list(services)
+    while left:
+        ready = next(
+            (s for s in left if needs[s.name] <= {d.name for d in done}), left[0]
+        )  # loops: config order
+        done.append(ready)
+        left.remove(ready)
+    return done
+
+
+UPGRADE = "upgrade"
+
+
+def decide(
+    service: Service, result: CheckResult, skipped: Entry | None, options: Options
+) -> tuple[str, str | None]:
+    """What to do with one checked service: UPGRADE, or a final result and its reason."""
+    if result.status == check.ERROR:
+        return upgrade.ERROR, result.error
+    if result.status == check.UP_TO_DATE:
+        return upgrade.UP_TO_DATE, None
+    if service.update != "auto" and not options.named:
+        return upgrade.SKIPPED, "update: monitor"
+    digest = str(result.registry_digest)
+    if skipped is not None and skipped.digest == digest and not options.force:
+        return (
+            upgrade.SKIPPED,
+            f"{digest[:19]} failed before ({skipped.reason}); pass --force to try it again",
+        )
+    return UPGRADE, None
+
+
+def _outcome(result: CheckResult, status: str, error: str | None = None) -> Outcome:
+    return Outcome(
+        result.service, result.container, result.running_digest, result.registry_digest, status, error
+    )
+
+
+class Updater:
+    def __init__(self, checker: Checker) -> None:
+        self.checker = checker
+        self.engine = checker.engine
+        self.log = structlog.get_logger("dockwarden.update")
+        self.upgrading = threading.Event()  # set while a transaction runs, so a stop waits for its end
+
+    def recover(self, cfg: Config) -> None:
+        """Converge every half-done upgrade that a killed process left behind."""
+        try:
+            names = upgrade.interrupted(self.engine)
+        except EngineError as exc:
+            self.log.error("recovery.failed", error=str(exc))
+            return
+        by_container = {s.container: s for s in cfg.services}
+        for name in names:
+            service = by_container.get(name)
+            policy = (
+                policy_for(cfg, service) if service else gate.Policy(cfg.stability_window.total_seconds(), 60)
+            )
+            try:
+                with ContainerLock(cfg.state_dir, name):
+                    upgrade.converge(self.engine, name, policy)
+            except Busy:
+                continue  # its owner is alive and still working on it
+            except OSError as exc:
+                self.log.error("recovery.failed", container=name, error=f"state_dir: {exc}")
+
+    def cycle(self, cfg: Config, services: Iterable[Service], options: Options) -> Report:
+        services = list(services)
+        self.recover(cfg)
+        summary = self.checker.cycle(services, cfg.check_concurrency, options.cancel)
+        results = {r.service: r for r in summary.results}
+        report = Report()
+        skips = SkipList(cfg.state_dir)
+        for service in order(services, self._parents(services)):
+            if options.cancel is not None and options.cancel.is_set():
+                report.outcomes.append(
+                    _outcome(results[service.name], upgrade.SKIPPED, "dockwarden is stopping")
+                )
+                continue
+            report.outcomes.append(self._one(cfg, service, results[service.name], options, skips, report))
+        self.log.info(
+            "update.cycle_finished",
+            **{
+                result: sum(1 for o in report.outcomes if o.result == result)
+                for result in (
+                    upgrade.UPGRADED,
+                    upgrade.ROLLED_BACK,
+                    upgrade.ROLLBACK_FAILED,
+                    upgrade.SKIPPED,
+                )
+            },
+        )
+        return report
+
+    def _parents(self, services: list[Service]) -> dict[str, str]:
+        by_container = {s.container: s.name for s in services}
+        parents: dict[str, str] = {}
+        for service in services:
+            try:
+                mode = recreate.network_mode(self.engine.inspect_container(service.container))
+            except EngineError:
+                continue
+            if mode.startswith("container:"):
+                target = mode.removeprefix("container:")
+                for other in services:
+                    if other.name != service.name and target in (other.container, self._id(other.container)):
+                        parents[service.name] = by_container[other.container]
+        return parents
+
+    def _id(self, name: str) -> str | None:
+        try:
+            return str(self.engine.inspect_container(name)["Id"])
+        except EngineError:
+            return None
+
+    def _one(
+        self,
+        cfg: Config,
+        service: Service,
+        result: CheckResult,
+        options: Options,
+        skips: SkipList,
+        report: Report,
+    ) -> Outcome:
+        log = self.log.bind(
+            service=service.name, from_digest=result.running_digest, to_digest=result.registry_digest
+        )
+        digest = str(result.registry_digest)
+        skipped = skips.get(service.name)
+        status, reason = decide(service, result, skipped, options)
+        if status != UPGRADE:
+            if status == upgrade.SKIPPED:
+                log.warning("upgrade.skipped", reason=reason)
+            return _outcome(result, status, reason)
+        ref = imageref.parse(result.image)
+        target = Target(
+            service.name, service.container, ref, result.running_digest, digest, policy_for(cfg, service)
+        )
+        if options.dry_run:
+            return self._plan(target, result, report)
+        try:
+            with ContainerLock(cfg.state_dir, service.container):
+                self.upgrading.set()
+                try:
+                    outcome = upgrade.Upgrade(
+                        self.engine, target, options.checkpoint, options.cancel, options.progress
+                    ).run()
+                    self._after(cfg, target, outcome, options)
+                finally:
+                    self.upgrading.clear()
+        except Busy as exc:
+            log.warning("upgrade.skipped", reason=str(exc))
+            return _outcome(result, upgrade.SKIPPED, str(exc))
+        except OSError as exc:
+            return _outcome(result, upgrade.ERROR, f"cannot lock in state_dir {cfg.state_dir}: {exc}")
+        if outcome.result in (upgrade.ROLLED_BACK, upgrade.ROLLBACK_FAILED):
+            skips.add(service.name, digest, f"{outcome.step}: {outcome.error}")
+        elif outcome.result == upgrade.UPGRADED and skipped is not None:
+            skips.clear(service.name)
+        return outcome
+
+    def _after(self, cfg: Config, target: Target, outcome: Outcome, options: Options) -> None:
+        """Containers in the upgraded one's network namespace lost it with the old container: redo them."""
+        old_id, new = outcome.replaced, None
+        if old_id is None:
+            return
+        try:
+            new = self.engine.inspect_container(target.container)
+            children = self.engine.containers_in_namespace_of(old_id, target.container)
+        except EngineError as exc:
+            self.log.error("namespace.refresh_failed", container=target.container, error=str(exc))
+            return
+        for child in children:
+            if outcome.result == upgrade.UPGRADED:
+                mode = f"container:{new['Id']}"
+                child_target = Target(child, child, target.ref, None, None, target.policy, network_mode=mode)
+                with ContainerLock(cfg.state_dir, child):
+                    result = upgrade.Upgrade(self.engine, child_target, None, options.cancel).run()
+                self.log.info(
+                    "namespace.recreated", container=child, parent=target.container, result=result.result
+                )
+            else:
+                try:
+                    self.engine.restart(child)
+                except EngineError as exc:
+                    self.log.error("namespace.refresh_failed", container=child, error=str(exc))
+
+    def _plan(self, target: Target, result: CheckResult, report: Report) -> Outcome:
+        try:
+            old = self.engine.inspect_container(target.container)
+            old_image = self.engine.inspect_image(old["Image"])
+        except EngineError as exc:
+            return _outcome(result, upgrade.ERROR, str(exc))
+        new = recreate.plan(old, old_image, {}, upgrade.image_string(old, target.ref))
+        lines = [
+            f"digest: {target.from_digest} -> {target.to_digest}",
+            f"pull: {target.ref.name}@{target.to_digest}",
+            *recreate.describe(old, new),
+        ]
+        report.plans[target.service] = lines
+        return _outcome(result, WOULD_UPGRADE)
+
+
+def open_updater(cfg: Config) -> Updater:
+    return Updater(check.open_checker(cfg))
+
+
+def describe(report: Report) -> str:
+    counts: dict[str, int] = {}
+    for outcome in report.outcomes:
+        counts[outcome.result] = counts.get(outcome.result, 0) + 1
+    return ", ".join(f"{n} {result}" for result, n in sorted(counts.items())) or "no services"

@@ -1,0 +1,352 @@
+"""The upgrade transaction: replace one container by its successor, never destroying before proving.
+
+Reads top to bottom in `Upgrade.run`. Every state it passes through is visible in Docker itself, through
+container names and one label, so a process killed at any point leaves enough for `converge` to finish
+or undo the work on the next start:
+
+    X                      the service's container (old, then new)
+    X--dockwarden-old      the old container, set aside while its successor is tried
+    X--dockwarden-done     the old container after the successor passed its gate (the commit point)
+    label dockwarden.replaces=<old ID> on the successor, so we never remove a container that is not ours
+
+Undo = remove the successor, rename the old one back, start it, check it runs. Commit = remove the old one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from dockwarden import gate, imageref, recreate
+from dockwarden.engine import Engine, EngineError, NotFound
+from dockwarden.imageref import ImageRef
+
+OLD_SUFFIX = "--dockwarden-old"
+DONE_SUFFIX = "--dockwarden-done"
+DEFAULT_STOP_TIMEOUT = 10  # the engine's own default when a container sets no StopTimeout
+# The steps in order; a test hook can pause before any of them.
+STEPS = (
+    "pull",
+    "plan",
+    "set-aside",
+    "stop-old",
+    "tag",
+    "create",
+    "connect",
+    "verify",
+    "start",
+    "gate",
+    "commit",
+    "remove-old",
+)
+
+UP_TO_DATE = "up-to-date"
+UPGRADED = "upgraded"
+ROLLED_BACK = "rolled-back"
+ROLLBACK_FAILED = "rollback-failed"
+SKIPPED = "skipped"
+ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Target:
+    service: str
+    container: str
+    ref: ImageRef  # the tag the service follows
+    from_digest: str | None
+    to_digest: str | None  # None: recreate on the same image (a container sharing a recreated namespace)
+    policy: gate.Policy
+    network_mode: str | None = None  # replaces HostConfig.NetworkMode (container:X whose X was recreated)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    service: str
+    container: str
+    from_digest: str | None
+    to_digest: str | None
+    result: str
+    error: str | None = None
+    step: str | None = None  # where it failed
+    duration: float = 0.0
+    rollback_error: str | None = None
+    replaced: str | None = None  # ID of the container that was set aside, once one was
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "container": self.container,
+            "from_digest": self.from_digest,
+            "to_digest": self.to_digest,
+            "result": self.result,
+            "error": self.error,
+            "step": self.step,
+            "rollback_error": self.rollback_error,
+        }
+
+
+class StepFailed(Exception):
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+Checkpoint = Callable[[str], None]
+Progress = Callable[[dict[str, Any]], None]
+
+
+def image_string(container: dict[str, Any], ref: ImageRef) -> str:
+    """What the successor's Config.Image says: the old text if it names the same tag, else the ref."""
+    text = str((container.get("Config") or {}).get("Image") or "")
+    try:
+        parsed = imageref.parse(text).with_tag_default()
+    except imageref.InvalidReference:
+        return str(ref)
+    return text if (parsed.name, parsed.tag) == (ref.name, ref.tag) and parsed.digest is None else str(ref)
+
+
+def stop_timeout(container: dict[str, Any]) -> int:
+    value = (container.get("Config") or {}).get("StopTimeout")
+    return int(value) if isinstance(value, int) and value >= 0 else DEFAULT_STOP_TIMEOUT
+
+
+class Upgrade:
+    def __init__(
+        self,
+        engine: Engine,
+        target: Target,
+        checkpoint: Checkpoint | None = None,
+        cancel: threading.Event | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.engine = engine
+        self.t = target
+        self.checkpoint = checkpoint
+        self.cancel = cancel
+        self.progress = progress
+        self.log = structlog.get_logger("dockwarden.upgrade").bind(
+            service=target.service,
+            container=target.container,
+            from_digest=target.from_digest,
+            to_digest=target.to_digest,
+        )
+        self.step = ""
+        self._step_started = 0.0
+        self._entered: set[str] = set()
+        self.old: dict[str, Any] = {}
+        self.new_id: str | None = None  # after run(): the container now holding the name, if ours
+
+    def _enter(self, step: str) -> None:
+        self._leave()
+        if self.checkpoint is not None:
+            self.checkpoint(step)
+        self._entered.add(step)
+        self.step = step
+        self._step_started = time.monotonic()
+
+    def _leave(self, **fields: Any) -> None:
+        if self.step:
+            took = round((time.monotonic() - self._step_started) * 1000, 1)
+            self.log.info("upgrade.step", step=self.step, duration_ms=took, **fields)
+        self.step = ""
+
+    def run(self) -> Outcome:  # noqa: PLR0915 -- the transaction is meant to read top to bottom
+        started = time.monotonic()
+        t = self.t
+        self.log.info("upgrade.started", image=str(t.ref))
+        try:
+            # Nothing below touches the running service until "set-aside": a failure up to there
+            # leaves it exactly as it was.
+            new_image: dict[str, Any] | None = None
+            if t.to_digest is not None:
+                self._enter("pull")
+                pinned = f"{t.ref.name}@{t.to_digest}"
+                self.engine.pull(pinned, self.progress)
+                new_image = self.engine.inspect_image(pinned)
+
+            self._enter("plan")
+            self.old = self.engine.inspect_container(t.container)
+            if not (self.old.get("State") or {}).get("Running"):
+                raise StepFailed("plan", "the container is not running; upgrade it after starting it")
+            old_image = self.engine.inspect_image(self.old["Image"])
+            if new_image is None:
+                new_image, image_text = old_image, str(self.old["Config"]["Image"])
+            elif old_image["Id"] == new_image["Id"]:
+                self._leave()
+                return self._outcome(UP_TO_DATE, started)
+            else:
+                image_text = image_string(self.old, t.ref)
+            plan = recreate.plan(self.old, old_image, new_image, image_text, t.network_mode)
+
+            self._enter("set-aside")
+            self.engine.rename(self.old["Id"], t.container + OLD_SUFFIX)
+
+            self._enter("stop-old")
+            self.engine.stop(self.old["Id"], stop_timeout(self.old))
+
+            if t.to_digest is not None:
+                self._enter("tag")
+                self.engine.tag(new_image["Id"], image_text)
+
+            self._enter("create")
+            self.new_id = self.engine.create(plan.body, t.container)
+
+            self._enter("connect")
+            for network, endpoint in plan.connect.items():
+                self.engine.connect_network(self.new_id, network, endpoint)
+
+            self._enter("verify")
+            problems = recreate.differences(plan, self.engine.inspect_container(self.new_id))
+            if problems:
+                raise StepFailed("verify", "the new container differs from the old: " + "; ".join(problems))
+
+            self._enter("start")
+            self.engine.start(self.new_id)
+
+            self._enter("gate")
+            verdict = gate.wait(self.engine, self.new_id, t.policy, self.cancel)
+            if not verdict.passed:
+                raise StepFailed("gate", verdict.reason)
+            self._leave(verdict=verdict.reason)
+
+            self._enter("commit")
+            # The rename is the commit record: from here on, a restart finishes instead of undoing.
+            self.engine.rename(self.old["Id"], t.container + DONE_SUFFIX)
+
+            self._enter("remove-old")
+            self.engine.remove(self.old["Id"])
+            self._leave()
+        except (EngineError, StepFailed) as exc:
+            failed_at = exc.step if isinstance(exc, StepFailed) else self.step
+            self._leave(failed=True)
+            self.log.warning("upgrade.failed", step=failed_at, error=str(exc))
+            if failed_at in ("pull", "plan"):
+                return self._outcome(ERROR, started, str(exc), failed_at)
+            return self._roll_back(started, str(exc), failed_at)
+        outcome = self._outcome(UPGRADED, started)
+        self.log.info("upgrade.finished", result=UPGRADED, duration_ms=round(outcome.duration * 1000, 1))
+        return outcome
+
+    def _roll_back(self, started: float, error: str, step: str) -> Outcome:
+        self.log.warning("rollback.started", step=step)
+        undo_started = time.monotonic()
+        try:
+            undo(self.engine, self.t.container, self.old, self.t.policy)
+        except (EngineError, StepFailed) as exc:
+            self.log.error("rollback.failed", error=str(exc), duration_ms=_ms(undo_started))
+            return self._outcome(ROLLBACK_FAILED, started, error, step, rollback_error=str(exc))
+        self.log.warning("rollback.finished", duration_ms=_ms(undo_started))
+        return self._outcome(ROLLED_BACK, started, error, step)
+
+    def _outcome(
+        self,
+        result: str,
+        started: float,
+        error: str | None = None,
+        step: str | None = None,
+        rollback_error: str | None = None,
+    ) -> Outcome:
+        t = self.t
+        return Outcome(
+            t.service,
+            t.container,
+            t.from_digest,
+            t.to_digest,
+            result,
+            error,
+            step,
+            time.monotonic() - started,
+            rollback_error,
+            self.old.get("Id") if self.step_reached("set-aside") else None,
+        )
+
+    def step_reached(self, step: str) -> bool:
+        return step in self._entered
+
+
+def _ms(since: float) -> float:
+    return round((time.monotonic() - since) * 1000, 1)
+
+
+def _find(engine: Engine, name: str) -> dict[str, Any] | None:
+    try:
+        return engine.inspect_container(name)
+    except NotFound:
+        return None
+
+
+def _retag(engine: Engine, container: dict[str, Any]) -> None:
+    """Point the tag the container was created from at the image it runs, as `docker pull` would."""
+    text = str((container.get("Config") or {}).get("Image") or "")
+    try:
+        ref = imageref.parse(text)
+    except imageref.InvalidReference:
+        return
+    if ref.digest is None and not text.startswith("sha256:"):
+        engine.tag(container["Image"], text)
+
+
+def undo(engine: Engine, name: str, old: dict[str, Any], policy: gate.Policy) -> None:
+    """Put `old` back as `name`: remove our successor if it holds the name, rename, start, check."""
+    holder = _find(engine, name)
+    if holder is not None and holder["Id"] != old["Id"]:
+        if (holder.get("Config") or {}).get("Labels", {}).get(recreate.REPLACES_LABEL) != old["Id"]:
+            raise StepFailed(
+                "rollback", f"{name} is held by container {holder['Id'][:12]}, which is not ours"
+            )
+        engine.remove(holder["Id"])
+    current = engine.inspect_container(old["Id"])
+    _retag(engine, current)
+    if current["Name"].lstrip("/") != name:
+        engine.rename(old["Id"], name)
+    engine.start(old["Id"])
+    # Check the old version runs again: healthy if it has a HEALTHCHECK, else up for a short while.
+    check = gate.Policy(stability=min(policy.stability, 2.0), health_timeout_max=policy.health_timeout_max)
+    verdict = gate.wait(engine, old["Id"], check)
+    if not verdict.passed:
+        raise StepFailed("rollback", f"the old container did not come back: {verdict.reason}")
+
+
+@dataclass(frozen=True)
+class Convergence:
+    container: str
+    action: str  # "finished" (the successor had passed its gate) or "undone"
+    error: str | None = None
+
+
+def converge(engine: Engine, name: str, policy: gate.Policy) -> Convergence | None:
+    """Finish or undo a half-done upgrade of container `name`; None when there is nothing to do."""
+    log = structlog.get_logger("dockwarden.upgrade").bind(container=name)
+    done = _find(engine, name + DONE_SUFFIX)
+    aside = _find(engine, name + OLD_SUFFIX)
+    try:
+        if done is not None:
+            # The successor passed its gate before the process died: finish the commit.
+            current = _find(engine, name)
+            if current is not None:
+                if not (current.get("State") or {}).get("Running"):
+                    engine.start(current["Id"])
+                _retag(engine, current)
+            engine.remove(done["Id"])
+            log.warning("recovery.finished", old=done["Id"][:12])
+            return Convergence(name, "finished")
+        if aside is not None:
+            undo(engine, name, aside, policy)
+            log.warning("recovery.undone", old=aside["Id"][:12])
+            return Convergence(name, "undone")
+    except (EngineError, StepFailed) as exc:
+        log.error("recovery.failed", error=str(exc))
+        return Convergence(name, "failed", str(exc))
+    return None
+
+
+def interrupted(engine: Engine) -> list[str]:
+    """Container names with a half-done upgrade, found by the names the transaction leaves."""
+    names = {n.removesuffix(OLD_SUFFIX) for n in engine.containers_named(OLD_SUFFIX)}
+    names |= {n.removesuffix(DONE_SUFFIX) for n in engine.containers_named(DONE_SUFFIX)}
+    return sorted(names)
