@@ -16,6 +16,7 @@ from tests.support.images import LABEL, ImageFactory, leftovers, remove_labelled
 from tests.support.registry import Registry, start_registry
 
 ROOT = Path(__file__).resolve().parent.parent
+ENGINE26 = "unix:///var/run/dwlab-docker26.sock"  # Debian 13's docker.io beside 20.10 (scripts/lab.sh)
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +39,16 @@ def docker_client(lab: None, run_label: str) -> Iterator[docker.DockerClient]:
     left = leftovers(client, run_label)
     client.close()
     assert not left, f"tests leaked: {left}"
+
+
+@pytest.fixture(scope="session")
+def docker26(lab: None, run_label: str) -> Iterator[docker.DockerClient]:
+    client = docker.DockerClient(base_url=ENGINE26, version="auto", timeout=120)
+    yield client
+    remove_labelled(client, run_label)
+    left = leftovers(client, run_label)
+    client.close()
+    assert not left, f"tests leaked on engine 26.1: {left}"
 
 
 @pytest.fixture(scope="session")

@@ -133,7 +133,8 @@ def cmd_update(args: argparse.Namespace) -> int:
     if unknown:
         print(f"dockwarden: no such service in {cfg.path}: {', '.join(unknown)}", file=sys.stderr)
         return EXIT_USAGE
-    logs.configure(sys.stderr, level=logging.WARNING if args.json else logging.INFO)
+    # Every step is worth keeping in the log; stdout alone carries the report, so --json stays parseable.
+    logs.configure(sys.stderr)
     try:
         updater = update.open_updater(cfg)
     except EngineError as exc:

@@ -93,12 +93,14 @@ def _state_problem(state: dict[str, Any], restarts: int, baseline: int) -> str |
 class Watch:
     """The verdict so far from successive inspect documents; pure, so tests feed it recorded states."""
 
-    def __init__(self, first: dict[str, Any], policy: Policy, started: float) -> None:
+    def __init__(self, first: dict[str, Any], policy: Policy, started: float, restarts: int) -> None:
         config = first.get("Config") or {}
         self.policy = policy
         self.started = started
         self.checked = has_healthcheck(config)
-        self.baseline = int(first.get("RestartCount") or 0)
+        # The count before *our* start, from the caller: by the first poll the engine may already have
+        # restarted a crashing container, which must not become the baseline.
+        self.baseline = restarts
         if self.checked:
             self.deadline = started + health_deadline(
                 config.get("Healthcheck") or {}, policy.health_timeout_max
@@ -133,10 +135,16 @@ class Watch:
         return None
 
 
-def wait(engine: Engine, container_id: str, policy: Policy, cancel: threading.Event | None = None) -> Verdict:
-    """Poll the container until the gate passes or fails."""
+def wait(
+    engine: Engine,
+    container_id: str,
+    policy: Policy,
+    restarts: int = 0,
+    cancel: threading.Event | None = None,
+) -> Verdict:
+    """Poll the container until the gate passes or fails; `restarts` is its RestartCount before start."""
     started = time.monotonic()
-    watch = Watch(engine.inspect_container(container_id), policy, started)
+    watch = Watch(engine.inspect_container(container_id), policy, started, restarts)
     while True:
         if cancel is not None and cancel.is_set():
             return Verdict(False, "cancelled: dockwarden is stopping", time.monotonic() - started)

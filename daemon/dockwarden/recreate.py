@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,7 +69,8 @@ def _kept_config(
 ) -> dict[str, Any]:
     have = dict(container.get("Config") or {})
     old = _config(old_image)
-    body = _user_values(have, old, notes)
+    published = ((container.get("HostConfig") or {}).get("PortBindings") or {}).keys()
+    body = _user_values(have, old, published, notes)
     labels = {
         k: v
         for k, v in (have.get("Labels") or {}).items()
@@ -96,7 +98,9 @@ def _kept_config(
     return body
 
 
-def _user_values(have: dict[str, Any], old: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+def _user_values(
+    have: dict[str, Any], old: dict[str, Any], published: Iterable[str], notes: list[str]
+) -> dict[str, Any]:
     """Env, the image-default keys, ExposedPorts and Volumes, minus whatever equals the old image's."""
     body: dict[str, Any] = {}
     env = [e for e in have.get("Env") or [] if e not in set(old.get("Env") or [])]
@@ -117,6 +121,9 @@ def _user_values(have: dict[str, Any], old: dict[str, Any], notes: list[str]) ->
 
     for key in ("ExposedPorts", "Volumes"):
         image_keys = set((old.get(key) or {}).keys())
+        # A published port stays exposed even if the image declared it: the engine publishes only exposed
+        # ports, so a new image without that EXPOSE would silently unpublish it.
+        image_keys -= set(published)
         kept = {k: v for k, v in (have.get(key) or {}).items() if k not in image_keys}
         if kept:
             body[key] = kept

@@ -107,7 +107,11 @@ class Updater:
         self.upgrading = threading.Event()  # set while a transaction runs, so a stop waits for its end
 
     def recover(self, cfg: Config) -> None:
-        """Converge every half-done upgrade that a killed process left behind."""
+        """Converge every half-done upgrade of a watched container that a killed process left behind.
+
+        Only this config's containers: another dockwarden with another state_dir (so other locks) may be
+        in the middle of its own upgrade of a container we do not watch.
+        """
         try:
             names = upgrade.interrupted(self.engine)
         except EngineError as exc:
@@ -116,12 +120,11 @@ class Updater:
         by_container = {s.container: s for s in cfg.services}
         for name in names:
             service = by_container.get(name)
-            policy = (
-                policy_for(cfg, service) if service else gate.Policy(cfg.stability_window.total_seconds(), 60)
-            )
+            if service is None:
+                continue
             try:
                 with ContainerLock(cfg.state_dir, name):
-                    upgrade.converge(self.engine, name, policy)
+                    upgrade.converge(self.engine, name, policy_for(cfg, service))
             except Busy:
                 continue  # its owner is alive and still working on it
             except OSError as exc:

@@ -28,6 +28,8 @@ from dockwarden.imageref import ImageRef
 
 OLD_SUFFIX = "--dockwarden-old"
 DONE_SUFFIX = "--dockwarden-done"
+START_ATTEMPTS = 5  # for the old container during an undo
+START_RETRY_DELAY = 1.0
 DEFAULT_STOP_TIMEOUT = 10  # the engine's own default when a container sets no StopTimeout
 # The steps in order; a test hook can pause before any of them.
 STEPS = (
@@ -209,7 +211,7 @@ class Upgrade:
             self.engine.start(self.new_id)
 
             self._enter("gate")
-            verdict = gate.wait(self.engine, self.new_id, t.policy, self.cancel)
+            verdict = gate.wait(self.engine, self.new_id, t.policy, 0, self.cancel)
             if not verdict.passed:
                 raise StepFailed("gate", verdict.reason)
             self._leave(verdict=verdict.reason)
@@ -304,12 +306,25 @@ def undo(engine: Engine, name: str, old: dict[str, Any], policy: gate.Policy) ->
     _retag(engine, current)
     if current["Name"].lstrip("/") != name:
         engine.rename(old["Id"], name)
-    engine.start(old["Id"])
+    _start_with_retries(engine, old["Id"])
     # Check the old version runs again: healthy if it has a HEALTHCHECK, else up for a short while.
     check = gate.Policy(stability=min(policy.stability, 2.0), health_timeout_max=policy.health_timeout_max)
-    verdict = gate.wait(engine, old["Id"], check)
+    verdict = gate.wait(engine, old["Id"], check, int(current.get("RestartCount") or 0))
     if not verdict.passed:
         raise StepFailed("rollback", f"the old container did not come back: {verdict.reason}")
+
+
+def _start_with_retries(engine: Engine, container_id: str) -> None:
+    # What made the successor fail (a port grabbed by another process, a dying predecessor still holding
+    # it) can be transient; the old version is the one thing that must come back, so try a few times.
+    for attempt in range(START_ATTEMPTS):
+        try:
+            engine.start(container_id)
+            return
+        except EngineError:
+            if attempt == START_ATTEMPTS - 1:
+                raise
+            time.sleep(START_RETRY_DELAY)
 
 
 @dataclass(frozen=True)

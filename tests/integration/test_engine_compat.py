@@ -5,29 +5,18 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
 from dockwarden.engine import Engine
+from tests.conftest import ENGINE26
 from tests.integration.helpers import cli, write_config
-from tests.support.images import LABEL, ImageFactory, leftovers, remove_labelled
+from tests.support.images import LABEL, ImageFactory
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.engine
-ENGINE26 = "unix:///var/run/dwlab-docker26.sock"
-
-
-@pytest.fixture(scope="session")
-def docker26(lab: None, run_label: str) -> Iterator[docker.DockerClient]:
-    client = docker.DockerClient(base_url=ENGINE26, version="auto", timeout=120)
-    yield client
-    remove_labelled(client, run_label)
-    left = leftovers(client, run_label)
-    client.close()
-    assert not left, f"tests leaked on engine 26.1: {left}"
 
 
 def test_api_version_is_negotiated_per_engine() -> None:
