@@ -77,7 +77,7 @@ class Sandbox:
         return name
 
     def close(self) -> None:
-        for container in self.client.containers.list(all=True):
+        for container in self.client.containers.list(all=True, filters={"name": self.prefix}):
             if container.name.startswith(self.prefix):
                 mounts = [m["Name"] for m in container.attrs.get("Mounts", []) if m.get("Type") == "volume"]
                 container.remove(force=True, v=True)
@@ -215,24 +215,6 @@ def test_upgrade_keeps_what_the_user_set_and_rolls_back_a_crashing_image(
     read = side.client.containers.get(name).exec_run(["cat", "/data/keep", "/anon/keep"])
     assert read.output.decode().split() == ["named", "anon"]
     assert side.client.images.get(tag).id == new["Image"]  # the tag points at what runs again
-
-
-@pytest.fixture
-def web(
-    docker_client: docker.DockerClient, images: ImageFactory, registry: Registry, run_label: str
-) -> Iterator[tuple[str, int, Side]]:
-    """A plain app container on Engine 20.10 publishing 8080 on a free loopback port."""
-    side = Side(docker_client, images, None)
-    tag, _, _ = push_version(side, registry, "app")
-    port = free_port()
-    name = f"dw-up-{uuid.uuid4().hex[:8]}"
-    docker_client.containers.run(
-        tag, name=name, detach=True, ports={"8080/tcp": ("127.0.0.1", port)}, labels={LABEL: run_label}
-    )
-    wait_serving(port)
-    yield name, port, side
-    for other in names_like(docker_client, name):
-        docker_client.containers.get(other).remove(force=True, v=True)
 
 
 def test_never_healthy_image_is_rolled_back_and_then_skipped(

@@ -87,7 +87,9 @@ def update(cfg: Path, *args: str, env: dict[str, str] | None = None) -> tuple[in
 
 def names_like(client: docker.DockerClient, name: str) -> list[str]:
     """Every container whose name starts with `name` (the service's, and any set-aside copy)."""
-    return sorted(c.name for c in client.containers.list(all=True) if c.name.startswith(name))
+    # The raw list: the high-level one inspects each container, racing with other tests' removals.
+    found = (n.lstrip("/") for item in client.api.containers(all=True) for n in item.get("Names") or ())
+    return sorted(n for n in found if n.startswith(name))
 
 
 def start_update(cfg: Path, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -1,0 +1,31 @@
+"""Fixtures for the integration tests that upgrade containers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import docker
+import pytest
+
+from tests.integration.upgrade_lab import Side, free_port, names_like, push_version, wait_serving
+from tests.support.images import LABEL, ImageFactory
+from tests.support.registry import Registry
+
+
+@pytest.fixture
+def web(
+    docker_client: docker.DockerClient, images: ImageFactory, registry: Registry, run_label: str
+) -> Iterator[tuple[str, int, Side]]:
+    """A plain app container on Engine 20.10 publishing 8080 on a free loopback port."""
+    side = Side(docker_client, images, None)
+    tag, _, _ = push_version(side, registry, "app")
+    port = free_port()
+    name = f"dw-up-{uuid.uuid4().hex[:8]}"
+    docker_client.containers.run(
+        tag, name=name, detach=True, ports={"8080/tcp": ("127.0.0.1", port)}, labels={LABEL: run_label}
+    )
+    wait_serving(port)
+    yield name, port, side
+    for other in names_like(docker_client, name):
+        docker_client.containers.get(other).remove(force=True, v=True)

@@ -1,0 +1,105 @@
+"""Crash safety: a process killed at any step of an upgrade leaves a state the next start converges."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from dockwarden import config as configuration
+from dockwarden import upgrade
+from dockwarden.locks import ContainerLock
+from dockwarden.update import open_updater
+from tests.integration.upgrade_lab import Side, config, fetch, names_like, push_version, start_update, update
+from tests.support.registry import Registry
+
+pytestmark = pytest.mark.engine
+
+
+def _wait_for_text(log: Path, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in log.read_text():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} never appeared in {log}:\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.parametrize("step", upgrade.STEPS)
+def test_killed_before_each_step_converges_on_restart(
+    step: str, web: tuple[str, int, Side], registry: Registry, tmp_path: Path
+) -> None:
+    """SIGKILL before any step, then a fresh start: exactly one container has the name and it serves the
+    old version (the new one only if the old had already been committed away), with nothing left over."""
+    name, port, side = web
+    before = fetch(port)
+    _, marker, _ = push_version(side, registry, "app")
+    cfg_path = config(tmp_path, {"web": {"container": name}})
+    log = tmp_path / "update.log"
+    proc = start_update(cfg_path, log, {"DOCKWARDEN_TEST_PAUSE_BEFORE": step})
+    try:
+        _wait_for_text(log, f"paused before {step}")
+    finally:
+        proc.kill()
+        proc.wait()
+    cfg = configuration.load(cfg_path)
+    assert ContainerLock(cfg.state_dir, name).holder() == proc.pid  # the dead process's lock is on disk
+
+    updater = open_updater(cfg)
+    try:
+        updater.recover(cfg)
+    finally:
+        updater.checker.close()
+
+    assert names_like(side.client, name) == [name]
+    state = side.client.api.inspect_container(name)["State"]
+    assert state["Running"]
+    expected = marker if step == "remove-old" else before
+    assert fetch(port) == expected
+    with ContainerLock(cfg.state_dir, name) as lock:  # the dead holder does not block anyone
+        assert lock.holder() == os.getpid()
+
+    code, rows, err = update(cfg_path)  # and the service can be upgraded as usual afterwards
+    assert code == 0, err
+    assert rows[0]["result"] in ("upgraded", "up-to-date")
+    assert fetch(port) == marker
+    assert names_like(side.client, name) == [name]
+
+
+def test_a_live_lock_holder_makes_update_skip_the_service(
+    web: tuple[str, int, Side], registry: Registry, tmp_path: Path
+) -> None:
+    """While another live process holds a container's lock, `update` skips it and names the holder."""
+    name, port, side = web
+    before = fetch(port)
+    push_version(side, registry, "app")
+    cfg_path = config(tmp_path, {"web": {"container": name}})
+    cfg = configuration.load(cfg_path)
+    with ContainerLock(cfg.state_dir, name):
+        code, rows, _ = update(cfg_path)
+    assert code == 0
+    assert rows[0]["result"] == "skipped"
+    assert f"pid {os.getpid()}" in rows[0]["error"]
+    assert fetch(port) == before
+
+
+def test_leftover_of_another_config_is_not_touched(
+    docker_client: docker.DockerClient, web: tuple[str, int, Side], tmp_path: Path
+) -> None:
+    """A set-aside container of a service this config does not watch is left for its own dockwarden."""
+    name, _, _ = web
+    container = docker_client.containers.get(name)
+    container.rename(name + upgrade.OLD_SUFFIX)
+    try:
+        cfg = configuration.load(config(tmp_path, {"other": {"container": "dw-not-this-one"}}))
+        updater = open_updater(cfg)
+        try:
+            updater.recover(cfg)
+        finally:
+            updater.checker.close()
+        assert names_like(docker_client, name) == [name + upgrade.OLD_SUFFIX]
+    finally:
+        container.rename(name)
