@@ -272,7 +272,13 @@ def open_updater(cfg: Config) -> Updater:
 
 
 def describe(report: Report) -> str:
-    counts: dict[str, int] = {}
-    for outcome in report.outcomes:
-        counts[outcome.result] = counts.get(outcome.result, 0) + 1
-    return ", ".join(f"{n} {result}" for result, n in sorted(counts.items())) or "no services"
+    """One line for systemd's STATUS=."""
+
+    def count(*results: str) -> int:
+        return sum(1 for o in report.outcomes if o.result in results)
+
+    return (
+        f"{len(report.outcomes)} checked: {count(upgrade.UP_TO_DATE)} up to date, "
+        f"{count(upgrade.UPGRADED)} upgraded, {count(upgrade.ROLLED_BACK, upgrade.ROLLBACK_FAILED)} rolled back, "
+        f"{count(upgrade.SKIPPED, WOULD_UPGRADE)} skipped, {count(upgrade.ERROR)} errors"
+    )
