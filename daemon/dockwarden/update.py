@@ -277,8 +277,9 @@ def describe(report: Report) -> str:
     def count(*results: str) -> int:
         return sum(1 for o in report.outcomes if o.result in results)
 
+    rolled_back = count(upgrade.ROLLED_BACK, upgrade.ROLLBACK_FAILED)
     return (
         f"{len(report.outcomes)} checked: {count(upgrade.UP_TO_DATE)} up to date, "
-        f"{count(upgrade.UPGRADED)} upgraded, {count(upgrade.ROLLED_BACK, upgrade.ROLLBACK_FAILED)} rolled back, "
+        f"{count(upgrade.UPGRADED)} upgraded, {rolled_back} rolled back, "
         f"{count(upgrade.SKIPPED, WOULD_UPGRADE)} skipped, {count(upgrade.ERROR)} errors"
     )

@@ -167,3 +167,82 @@ def test_cron_schedule_is_described_in_utc(tmp_path: Path) -> None:
     cfg = configuration.load(path)
     assert cfg.describe_schedule() == "cron 0 4 * * 0 (UTC)"
     assert str(cfg.trigger().timezone) == "UTC"
+
+
+def test_upgrade_keys_load_with_their_defaults_and_overrides(tmp_path: Path) -> None:
+    """Gate settings default to 10 s / 5 min; a service's health probe, window and depends_on are read."""
+    path = tmp_path / "dw.yaml"
+    path.write_text(
+        textwrap.dedent("""
+        health_timeout_max: 2m
+        services:
+          db: {}
+          web:
+            depends_on: [db]
+            health: {http: "http://127.0.0.1:8080/health", timeout: 5s}
+            stability_window: 3s
+          api:
+            health: {tcp: "127.0.0.1:9000"}
+    """)
+    )
+    cfg = configuration.load(path)
+    assert (cfg.stability_window, cfg.health_timeout_max) == (timedelta(seconds=10), timedelta(minutes=2))
+    db, web, api = cfg.services
+    assert (db.depends_on, db.probe, db.stability_window) == ((), None, None)
+    assert web.depends_on == ("db",)
+    assert web.probe == configuration.Probe("http", "http://127.0.0.1:8080/health", timedelta(seconds=5))
+    assert web.stability_window == timedelta(seconds=3)
+    assert api.probe == configuration.Probe("tcp", "127.0.0.1:9000", timedelta(seconds=30))
+
+
+def test_probe_targets_are_checked(tmp_path: Path) -> None:
+    """An http probe must be an http(s) URL and a tcp probe HOST:PORT, each error at its value."""
+    found = problems_for(
+        tmp_path,
+        """
+        services:
+          web:
+            health: {http: "ftp://x"}
+          api:
+            health: {tcp: "nohost"}
+        """,
+    )
+    assert found == [
+        "3:20: http probe 'ftp://x' must be an http:// or https:// URL",
+        "5:19: tcp probe 'nohost' must be HOST:PORT",
+    ]
+
+
+def test_relations_between_services_are_checked(tmp_path: Path) -> None:
+    """Unknown and self dependencies are errors, and a probe needs exactly one of http and tcp."""
+    found = problems_for(
+        tmp_path,
+        """
+        services:
+          web:
+            depends_on: [nope, web]
+            health: {http: "http://127.0.0.1/", tcp: "127.0.0.1:80"}
+          api:
+            health: {timeout: 5s}
+        """,
+    )
+    assert found == [
+        "3:18: depends_on names 'nope', which is not a service in this file",
+        "3:24: depends_on names itself",
+        "4:13: health needs exactly one of `http` or `tcp`",
+        "6:13: health needs exactly one of `http` or `tcp`",
+    ]
+
+
+def test_dependency_loop_is_an_error(tmp_path: Path) -> None:
+    """depends_on that loops back is reported at the first service's depends_on."""
+    found = problems_for(
+        tmp_path,
+        """
+        services:
+          a: {depends_on: [b]}
+          b: {depends_on: [a]}
+        """,
+    )
+    assert len(found) == 1
+    assert "depends_on loops: " in found[0]

@@ -1,0 +1,105 @@
+"""Pure decisions of the update cycle: upgrade order, what to do per service, locks and the skip list."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dockwarden import check, upgrade
+from dockwarden.check import CheckResult
+from dockwarden.config import Service
+from dockwarden.locks import Busy, ContainerLock
+from dockwarden.skiplist import SkipList
+from dockwarden.update import UPGRADE, Options, decide, order
+
+D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+
+
+def _svc(name: str, *depends: str, update: str = "auto") -> Service:
+    return Service(name, name, None, update, tuple(depends))
+
+
+def _result(status: str, registry_digest: str | None = D2) -> CheckResult:
+    return CheckResult(
+        "web", "web", "r/web:latest", D1, registry_digest, status, "boom" if status == "error" else None
+    )
+
+
+def test_order_puts_dependencies_and_namespace_owners_first() -> None:
+    """depends_on and network-namespace parents come first; otherwise config order is kept."""
+    services = [_svc("web", "db"), _svc("sidecar"), _svc("db"), _svc("proxy")]
+    ordered = [s.name for s in order(services, {"sidecar": "proxy"})]
+    assert ordered == ["db", "web", "proxy", "sidecar"]
+
+
+def test_order_ignores_dependencies_outside_the_selection() -> None:
+    """`update web` alone does not wait for a db that is not being updated."""
+    assert [s.name for s in order([_svc("web", "db")], {})] == ["web"]
+
+
+@pytest.mark.parametrize(
+    ("service", "result", "options", "expected"),
+    [
+        (_svc("web"), _result(check.UP_TO_DATE), Options(), upgrade.UP_TO_DATE),
+        (_svc("web"), _result(check.ERROR), Options(), upgrade.ERROR),
+        (_svc("web"), _result(check.UPDATE_AVAILABLE), Options(), UPGRADE),
+        (_svc("web", update="monitor"), _result(check.UPDATE_AVAILABLE), Options(), upgrade.SKIPPED),
+        (_svc("web", update="monitor"), _result(check.UPDATE_AVAILABLE), Options(named=True), UPGRADE),
+    ],
+)
+def test_decide(service: Service, result: CheckResult, options: Options, expected: str) -> None:
+    """Only an available update of an auto (or explicitly named) service is upgraded."""
+    assert decide(service, result, None, options)[0] == expected
+
+
+def test_failed_digest_is_skipped_until_the_tag_moves_or_force(tmp_path: Path) -> None:
+    """A digest on the skip list is skipped with its reason; a newer digest or --force is tried."""
+    skips = SkipList(tmp_path)
+    skips.add("web", D2, "gate: unhealthy")
+    entry = skips.get("web")
+    status, reason = decide(_svc("web"), _result(check.UPDATE_AVAILABLE), entry, Options())
+    assert status == upgrade.SKIPPED
+    assert reason is not None
+    assert "gate: unhealthy" in reason
+    assert "--force" in reason
+    assert decide(_svc("web"), _result(check.UPDATE_AVAILABLE), entry, Options(force=True))[0] == UPGRADE
+    moved = _result(check.UPDATE_AVAILABLE, registry_digest="sha256:" + "3" * 64)
+    assert decide(_svc("web"), moved, entry, Options())[0] == UPGRADE
+    skips.clear("web")
+    assert SkipList(tmp_path).get("web") is None
+
+
+def test_unreadable_skip_list_is_ignored(tmp_path: Path) -> None:
+    """A corrupt skipped.json means no skips (a warning), never a crash."""
+    (tmp_path / "skipped.json").write_text("{not json")
+    assert SkipList(tmp_path).get("web") is None
+
+
+def test_lock_excludes_a_second_holder_and_names_the_first(tmp_path: Path) -> None:
+    """While one process holds a container's lock, another gets Busy with the holder's PID."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from dockwarden.locks import ContainerLock;"
+            "lock = ContainerLock(Path(sys.argv[1]), 'web'); lock.acquire(); print('held', flush=True);"
+            "time.sleep(60)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(Busy, match=f"pid {holder.pid}"):
+            ContainerLock(tmp_path, "web").acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with ContainerLock(tmp_path, "web") as lock:  # the kernel released the dead holder's lock
+        assert lock.holder() == os.getpid()
