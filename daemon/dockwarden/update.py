@@ -238,18 +238,32 @@ class Updater:
             return
         for child in children:
             if outcome.result == upgrade.UPGRADED:
-                mode = f"container:{new['Id']}"
-                child_target = Target(child, child, target.ref, None, None, target.policy, network_mode=mode)
-                with ContainerLock(cfg.state_dir, child):
-                    result = upgrade.Upgrade(self.engine, child_target, None, options.cancel).run()
-                self.log.info(
-                    "namespace.recreated", container=child, parent=target.container, result=result.result
-                )
+                self._rejoin(cfg, target, child, old_id, str(new["Id"]), options)
             else:
                 try:
                     self.engine.restart(child)
                 except EngineError as exc:
                     self.log.error("namespace.refresh_failed", container=child, error=str(exc))
+
+    def _rejoin(
+        self, cfg: Config, parent: Target, child: str, old_id: str, new_id: str, options: Options
+    ) -> None:
+        """Recreate `child` (same image) in the new parent's namespace; a mode naming the parent by name
+        resolves again by itself, one naming the old ID is pointed at the new one."""
+        try:
+            mode = recreate.network_mode(self.engine.inspect_container(child))
+        except EngineError as exc:
+            self.log.error("namespace.refresh_failed", container=child, error=str(exc))
+            return
+        override = f"container:{new_id}" if mode == f"container:{old_id}" else None
+        target = Target(child, child, parent.ref, None, None, parent.policy, network_mode=override)
+        try:
+            with ContainerLock(cfg.state_dir, child):
+                result = upgrade.Upgrade(self.engine, target, None, options.cancel).run()
+        except (Busy, OSError) as exc:
+            self.log.error("namespace.refresh_failed", container=child, error=str(exc))
+            return
+        self.log.info("namespace.recreated", container=child, parent=parent.container, result=result.result)
 
     def _plan(self, target: Target, result: CheckResult, report: Report) -> Outcome:
         try:
