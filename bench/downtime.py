@@ -15,6 +15,7 @@ Run as root from the repository root:  .venv/bin/python -m bench.downtime [--rou
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import socket
@@ -57,7 +58,7 @@ class Load:
             if self._stop.is_set() or time.time() - started > MAX_SECONDS:
                 return
             try:
-                with urllib.request.urlopen(self.url, timeout=PROBE_TIMEOUT) as response:
+                with urllib.request.urlopen(self.url, timeout=PROBE_TIMEOUT) as response:  # noqa: S310 -- http://127.0.0.1 built above
                     self.ok.append((time.time(), response.read().decode().strip()))
             except OSError:
                 pass
@@ -82,7 +83,7 @@ class Load:
 
     def longest_gap(self) -> float:
         stamps = [t for t, _ in self.ok]
-        return max((b - a for a, b in zip(stamps, stamps[1:], strict=False)), default=0.0)
+        return max((b - a for a, b in itertools.pairwise(stamps)), default=0.0)
 
 
 def _free_port() -> int:
@@ -95,9 +96,11 @@ def _docker(*args: str) -> None:
     subprocess.run(["docker", *args], check=True, capture_output=True)
 
 
-def _run_app(client: docker.DockerClient, tag: str, name: str, port: int, run_label: str) -> None:
-    # The same flags for both sides; the script's last command repeats them.
-    _docker("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", "--label", f"{LABEL}={run_label}", tag)
+def _run_app(tag: str, name: str, port: int, run_label: str) -> None:
+    # The same flags for both sides' first run and for the script's last command.
+    _docker(
+        "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", "--label", f"{LABEL}={run_label}", tag
+    )
 
 
 def script_upgrade(tag: str, name: str, port: int, run_label: str) -> None:
@@ -108,7 +111,7 @@ def script_upgrade(tag: str, name: str, port: int, run_label: str) -> None:
     _docker("rm", name)
     subprocess.run(["docker", "rmi", f"{repo}:current"], capture_output=True, check=False)  # absent at first
     _docker("tag", tag, f"{repo}:current")
-    _docker("run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:8080", "--label", f"{LABEL}={run_label}", tag)
+    _run_app(tag, name, port, run_label)
 
 
 def dockwarden_update(cfg: Path, service: str) -> subprocess.CompletedProcess[str]:
@@ -128,7 +131,12 @@ def _config(path: Path, containers: dict[str, str]) -> Path:
 
 
 def one_round(
-    images: ImageFactory, client: docker.DockerClient, registry: Registry, cmd: list[str], run_label: str, work: Path
+    images: ImageFactory,
+    client: docker.DockerClient,
+    registry: Registry,
+    cmd: list[str],
+    run_label: str,
+    work: Path,
 ) -> dict[str, float]:
     suffix = uuid.uuid4().hex[:6]
     results = {}
@@ -137,7 +145,7 @@ def one_round(
         images.build(tag, f"{side}-v1", cmd=cmd)
         images.push(tag)
         name, port = f"dw-bench-{side}-{suffix}", _free_port()
-        _run_app(client, tag, name, port, run_label)
+        _run_app(tag, name, port, run_label)
         images.build(tag, f"{side}-v2", cmd=cmd)
         images.push(tag)
         cfg = _config(work / f"{side}-{suffix}.yaml", {"web": name})
@@ -164,7 +172,7 @@ def rollback_round(
     images.build(tag, "rb-v1", cmd=HANDLES_TERM)
     images.push(tag)
     name, port = f"dw-bench-rb-{suffix}", _free_port()
-    _run_app(client, tag, name, port, run_label)
+    _run_app(tag, name, port, run_label)
     # The app's own start time: stop it, start it, time until it answers.
     container = client.containers.get(name)
     container.stop(timeout=10)
@@ -187,11 +195,17 @@ def rollback_round(
         result = next(e for e in events if e["event"] == "rollback.finished")
     container = client.containers.get(name)
     container.remove(force=True)
-    return {"rollback_s": back - failed_at, "app_start_s": app_start, "rollback_step_ms": result["duration_ms"]}
+    return {
+        "rollback_s": back - failed_at,
+        "app_start_s": app_start,
+        "rollback_step_ms": result["duration_ms"],
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default="bench/results/downtime.json")
     args = parser.parse_args()
@@ -205,7 +219,10 @@ def main() -> None:
         for label, cmd in (("handles SIGTERM", HANDLES_TERM), ("ignores SIGTERM", IGNORES_TERM)):
             rounds = [one_round(images, client, registry, cmd, run_label, work) for _ in range(args.rounds)]
             row = {
-                side: {"median_s": statistics.median(r[side] for r in rounds), "all_s": [r[side] for r in rounds]}
+                side: {
+                    "median_s": statistics.median(r[side] for r in rounds),
+                    "all_s": [r[side] for r in rounds],
+                }
                 for side in ("dockwarden", "script")
             }
             row["ratio"] = row["dockwarden"]["median_s"] / row["script"]["median_s"]
@@ -213,7 +230,8 @@ def main() -> None:
             print(label, json.dumps(row))
         rollbacks = [rollback_round(images, client, registry, run_label, work) for _ in range(args.rounds)]
         results["rollback"] = {
-            key: statistics.median(r[key] for r in rollbacks) for key in ("rollback_s", "app_start_s", "rollback_step_ms")
+            key: statistics.median(r[key] for r in rollbacks)
+            for key in ("rollback_s", "app_start_s", "rollback_step_ms")
         }
         results["rollback"]["all"] = rollbacks  # type: ignore[index]
         print("rollback", json.dumps(results["rollback"]))

@@ -130,14 +130,29 @@ class Updater:
             except OSError as exc:
                 self.log.error("recovery.failed", container=name, error=f"state_dir: {exc}")
 
+    def _report_interrupted(self, cfg: Config) -> None:
+        watched = {s.container for s in cfg.services}
+        try:
+            names = [n for n in upgrade.interrupted(self.engine) if n in watched]
+        except EngineError:
+            return
+        for name in names:
+            self.log.warning("recovery.pending", container=name, note="a real run would converge it first")
+
     def cycle(self, cfg: Config, services: Iterable[Service], options: Options) -> Report:
         services = list(services)
-        self.recover(cfg)
+        if options.dry_run:
+            self._report_interrupted(cfg)
+        else:
+            self.recover(cfg)
         summary = self.checker.cycle(services, cfg.check_concurrency, options.cancel)
         results = {r.service: r for r in summary.results}
         report = Report()
         skips = SkipList(cfg.state_dir)
-        for service in order(services, self._parents(services)):
+        # Namespace parents cost an inspect per service: only worth it when several may be upgraded.
+        pending = [s for s in services if results[s.name].status == check.UPDATE_AVAILABLE]
+        parents = self._parents(pending) if len(pending) > 1 else {}
+        for service in order(services, parents):
             if options.cancel is not None and options.cancel.is_set():
                 report.outcomes.append(
                     _outcome(results[service.name], upgrade.SKIPPED, "dockwarden is stopping")

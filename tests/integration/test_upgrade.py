@@ -297,21 +297,31 @@ def test_each_step_is_logged_with_service_digests_and_duration(
     assert code == 0
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     steps = [e for e in events if e["event"] == "upgrade.step"]
-    assert [e["step"] for e in steps] == [
-        "pull",
-        "plan",
-        "set-aside",
-        "stop-old",
-        "tag",
-        "create",
-        "connect",
-        "verify",
-        "start",
-        "gate",
-        "commit",
-        "remove-old",
-    ]
+    assert [e["step"] for e in steps] == list(upgrade.STEPS)  # every step, in order, logged once
     for event in steps:
         assert (event["service"], event["to_digest"]) == ("web", digest)
         assert event["from_digest"].startswith("sha256:")
         assert event["duration_ms"] >= 0
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(
+    web: tuple[str, int, Side], registry: Registry, tmp_path: Path
+) -> None:
+    """--dry-run reports would-upgrade with digests, the pinned pull and the differences, and leaves the
+    container, the tag and the local images as they were."""
+    name, port, side = web
+    before = side.client.api.inspect_container(name)
+    tag, _, digest = push_version(side, registry, "app")
+    side.client.images.remove(tag)  # as on a host that never built it: a pull would bring it back
+    images_before = sorted(i.id for i in side.client.images.list())
+
+    code, rows, _ = update(config(tmp_path, {"web": {"container": name}}), "--dry-run")
+
+    assert code == 0
+    assert (rows[0]["result"], rows[0]["to_digest"]) == ("would-upgrade", digest)
+    plan = "\n".join(rows[0]["plan"])
+    assert f"pull: {registry.host}/app@{digest}" in plan
+    assert "Env from the old image not copied" in plan
+    assert side.client.api.inspect_container(name)["Id"] == before["Id"]
+    assert sorted(i.id for i in side.client.images.list()) == images_before
+    assert fetch(port) is not None

@@ -114,3 +114,13 @@ def test_validate_never_tracebacks(text: str, tmp_path: Path, capsys: pytest.Cap
         lines = err.splitlines()
         assert lines
         assert all(LOCATED.match(line) for line in lines), err
+
+
+def test_update_of_an_unknown_service_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`dockwarden update -c FILE nosuch` exits 2 and names the service, before touching any engine."""
+    path = tmp_path / "dw.yaml"
+    path.write_text("services:\n  web: {}\n")
+    assert cli.main(["update", "-c", str(path), "nosuch"]) == 2
+    assert "no such service" in capsys.readouterr().err
