@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import pytest
 from dockwarden import config as configuration
 from dockwarden import upgrade
 from dockwarden.locks import ContainerLock
-from dockwarden.update import open_updater
+from dockwarden.update import Options, open_updater
 from tests.integration.upgrade_lab import Side, config, fetch, names_like, push_version, start_update, update
 from tests.support.registry import Registry
 
@@ -103,3 +106,58 @@ def test_leftover_of_another_config_is_not_touched(
         assert names_like(docker_client, name) == [name + upgrade.OLD_SUFFIX]
     finally:
         container.rename(name)
+
+
+def test_registry_gone_at_pull_leaves_the_service_untouched(
+    web: tuple[str, int, Side], registry: Registry, tmp_path: Path
+) -> None:
+    """When the pull fails (the registry went away after the check), the result is an error at `pull` and
+    the running container is the same one, still serving."""
+    name, port, side = web
+    before_id = side.client.api.inspect_container(name)["Id"]
+    before = fetch(port)
+    push_version(side, registry, "app")
+    cfg = configuration.load(config(tmp_path, {"web": {"container": name}}))
+
+    def stop_registry(step: str) -> None:
+        if step == "pull":
+            registry.stop()
+
+    updater = open_updater(cfg)
+    try:
+        report = updater.cycle(cfg, cfg.services, Options(checkpoint=stop_registry))
+    finally:
+        updater.checker.close()
+    outcome = report.outcomes[0]
+    assert (outcome.result, outcome.step) == (upgrade.ERROR, "pull")
+    assert side.client.api.inspect_container(name)["Id"] == before_id
+    assert fetch(port) == before
+    assert names_like(side.client, name) == [name]
+
+
+def test_stopping_the_daemon_mid_gate_rolls_back_before_exit(
+    web: tuple[str, int, Side], registry: Registry, tmp_path: Path
+) -> None:
+    """SIGTERM while a new container is in its health gate cancels the gate, puts the old container back,
+    and only then exits."""
+    name, port, side = web
+    before = fetch(port)
+    push_version(side, registry, "app", healthcheck="sleep 30")  # stays `starting` for the whole test
+    cfg = config(tmp_path, {"web": {"container": name}})
+    log = tmp_path / "daemon.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dockwarden", "run", "-c", str(cfg)], stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        _wait_for_text(log, '"step": "start"')
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "cancelled: dockwarden is stopping" in text
+    assert '"rollback.finished"' in text
+    assert fetch(port) == before
+    assert names_like(side.client, name) == [name]
