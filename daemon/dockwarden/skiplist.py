@@ -70,13 +70,24 @@ class SkipList:
         return Entry(item["digest"], str(item.get("reason", "")), str(item.get("at", "")))
 
     def add(self, service: str, digest: str, reason: str) -> None:
-        with self._locked():
-            data = self._read()
-            data[service] = {"digest": digest, "reason": reason, "at": datetime.now(UTC).isoformat()}
-            self._write(data)
+        try:
+            with self._locked():
+                data = self._read()
+                data[service] = {"digest": digest, "reason": reason, "at": datetime.now(UTC).isoformat()}
+                self._write(data)
+        except OSError as exc:
+            self._unwritable(exc, "the failed digest is not remembered: the next cycle will try it again")
 
     def clear(self, service: str) -> None:
-        with self._locked():
-            data = self._read()
-            if data.pop(service, None) is not None:
-                self._write(data)
+        try:
+            with self._locked():
+                data = self._read()
+                if data.pop(service, None) is not None:
+                    self._write(data)
+        except OSError as exc:
+            self._unwritable(exc, "an old entry stays; it only matters if the tag moves back to that digest")
+
+    def _unwritable(self, exc: OSError, effect: str) -> None:
+        structlog.get_logger("dockwarden.state").warning(
+            "state.unwritable", file=str(self.path), reason=str(exc), effect=effect
+        )

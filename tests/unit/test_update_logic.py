@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from dockwarden import check, upgrade
 from dockwarden.check import CheckResult
@@ -103,3 +104,12 @@ def test_lock_excludes_a_second_holder_and_names_the_first(tmp_path: Path) -> No
         holder.wait()
     with ContainerLock(tmp_path, "web") as lock:  # the kernel released the dead holder's lock
         assert lock.holder() == os.getpid()
+
+
+def test_unwritable_state_dir_loses_the_skip_entry_with_a_warning(tmp_path: Path) -> None:
+    """If state_dir cannot be written, adding to the skip list warns instead of raising."""
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with capture_logs() as logs:
+        SkipList(blocked / "state").add("web", D2, "gate: unhealthy")
+    assert [e["event"] for e in logs] == ["state.unwritable"]
