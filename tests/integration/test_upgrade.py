@@ -66,7 +66,8 @@ class Sandbox:
         ipam = None
         if subnet:
             ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
-        self.client.networks.create(name, ipam=ipam, labels={LABEL: self.run_label})
+        ipv6 = bool(subnet and ":" in subnet)
+        self.client.networks.create(name, ipam=ipam, enable_ipv6=ipv6, labels={LABEL: self.run_label})
         self.networks.append(name)
         return name
 
@@ -102,8 +103,9 @@ def _run_rich(side: Side, box: Sandbox, tag: str, port: int, bind_dir: Path) -> 
     api = side.client.api
     salt = uuid.uuid4().bytes
     subnet = f"10.{100 + salt[0] % 150}.{salt[1]}.0/24"
-    net_a, net_b = box.network("a", subnet), box.network("b")
-    static_ip = subnet.replace(".0/24", ".10")
+    subnet6 = f"fd00:{salt[2]:02x}{salt[3]:02x}:{salt[4]:02x}{salt[5]:02x}::/64"
+    net_a, net_b = box.network("a", subnet), box.network("b", subnet6)
+    static_ip, static_ip6 = subnet.replace(".0/24", ".10"), subnet6.replace("::/64", "::10")
     volume = box.volume("data")
     name = f"{box.prefix}-web"
     host_config = api.create_host_config(
@@ -136,7 +138,7 @@ def _run_rich(side: Side, box: Sandbox, tag: str, port: int, bind_dir: Path) -> 
         stop_timeout=3,
         domainname="example.test",
     )
-    api.connect_container_to_network(created["Id"], net_b, aliases=["balias"])
+    api.connect_container_to_network(created["Id"], net_b, aliases=["balias"], ipv6_address=static_ip6)
     api.start(created["Id"])
     side.client.containers.get(name).exec_run(["sh", "-c", "echo named > /data/keep; echo anon > /anon/keep"])
     return name, str(created["Id"])
@@ -201,6 +203,8 @@ def test_upgrade_keeps_what_the_user_set_and_rolls_back_a_crashing_image(
     assert "webalias" in networks[net_a]["Aliases"]
     assert old_id[:12] not in networks[net_a]["Aliases"]
     assert "balias" in networks[net_b]["Aliases"]
+    assert networks[net_b]["GlobalIPv6Address"] == old_networks[net_b]["GlobalIPv6Address"]
+    assert networks[net_b]["GlobalIPv6Address"].endswith("::10")
     read = side.client.containers.get(name).exec_run(["cat", "/data/keep", "/anon/keep"])
     assert read.output.decode().split() == ["named", "anon"]
 
