@@ -161,3 +161,30 @@ def test_stopping_the_daemon_mid_gate_rolls_back_before_exit(
     assert '"rollback.finished"' in text
     assert fetch(port) == before
     assert names_like(side.client, name) == [name]
+
+
+def test_a_created_container_that_differs_from_the_plan_is_rolled_back(
+    web: tuple[str, int, Side], registry: Registry, tmp_path: Path
+) -> None:
+    """If the new container does not match the plan (here it lost its network before the check), the
+    upgrade fails at `verify` and the old container serves again."""
+    name, port, side = web
+    before = fetch(port)
+    push_version(side, registry, "app")
+    cfg = configuration.load(config(tmp_path, {"web": {"container": name}}))
+
+    def drift(step: str) -> None:
+        if step == "verify":
+            side.client.networks.get("bridge").disconnect(name)  # `name` is the new container by now
+
+    updater = open_updater(cfg)
+    try:
+        report = updater.cycle(cfg, cfg.services, Options(checkpoint=drift))
+    finally:
+        updater.checker.close()
+    outcome = report.outcomes[0]
+    assert (outcome.result, outcome.step) == (upgrade.ROLLED_BACK, "verify")
+    assert outcome.error is not None
+    assert "not connected to network bridge" in outcome.error
+    assert fetch(port) == before
+    assert names_like(side.client, name) == [name]
