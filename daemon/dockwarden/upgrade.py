@@ -184,6 +184,9 @@ class Upgrade:
             else:
                 image_text = image_string(self.old, t.ref)
             plan = recreate.plan(self.old, old_image, new_image, image_text, t.network_mode)
+            if self.cancel is not None and self.cancel.is_set():
+                self._leave()  # stopping: nothing is touched yet, so leave the service as it is
+                return self._outcome(SKIPPED, started, "not started: dockwarden is stopping", "plan")
 
             self._enter("set-aside")
             self.engine.rename(self.old["Id"], t.container + OLD_SUFFIX)
@@ -224,15 +227,23 @@ class Upgrade:
             self.engine.remove(self.old["Id"])
             self._leave()
         except (EngineError, StepFailed) as exc:
-            failed_at = exc.step if isinstance(exc, StepFailed) else self.step
-            self._leave(failed=True)
-            self.log.warning("upgrade.failed", step=failed_at, error=str(exc))
-            if failed_at in ("pull", "plan"):
-                return self._outcome(ERROR, started, str(exc), failed_at)
-            return self._roll_back(started, str(exc), failed_at)
+            return self._failed(exc, started)
         outcome = self._outcome(UPGRADED, started)
         self.log.info("upgrade.finished", result=UPGRADED, duration_ms=round(outcome.duration * 1000, 1))
         return outcome
+
+    def _failed(self, exc: EngineError | StepFailed, started: float) -> Outcome:
+        failed_at = exc.step if isinstance(exc, StepFailed) else self.step
+        self._leave(failed=True)
+        if failed_at == "remove-old":
+            # Committed: the new container passed and holds the name. The old one stays as
+            # NAME--dockwarden-done, which the next start's recovery removes.
+            self.log.warning("upgrade.cleanup_failed", step=failed_at, error=str(exc))
+            return self._outcome(UPGRADED, started, str(exc), failed_at)
+        self.log.warning("upgrade.failed", step=failed_at, error=str(exc))
+        if failed_at in ("pull", "plan"):
+            return self._outcome(ERROR, started, str(exc), failed_at)
+        return self._roll_back(started, str(exc), failed_at)
 
     def _roll_back(self, started: float, error: str, step: str) -> Outcome:
         self.log.warning("rollback.started", step=step)

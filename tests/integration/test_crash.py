@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -188,3 +189,51 @@ def test_a_created_container_that_differs_from_the_plan_is_rolled_back(
     assert "not connected to network bridge" in outcome.error
     assert fetch(port) == before
     assert names_like(side.client, name) == [name]
+
+
+def test_cleanup_failure_after_commit_keeps_the_upgrade(
+    web: tuple[str, int, Side], registry: Registry, tmp_path: Path
+) -> None:
+    """If removing the old container fails after the commit, the upgrade stands (no undo of a proven
+    container), and the result says what failed."""
+    name, port, side = web
+    _, marker, _ = push_version(side, registry, "app")
+    cfg = configuration.load(config(tmp_path, {"web": {"container": name}}))
+
+    def take_it_away(step: str) -> None:
+        if step == "remove-old":  # someone else removes the committed old container first
+            side.client.containers.get(name + upgrade.DONE_SUFFIX).remove(force=True)
+
+    updater = open_updater(cfg)
+    try:
+        report = updater.cycle(cfg, cfg.services, Options(checkpoint=take_it_away))
+    finally:
+        updater.checker.close()
+    outcome = report.outcomes[0]
+    assert (outcome.result, outcome.step) == (upgrade.UPGRADED, "remove-old")
+    assert fetch(port) == marker
+
+
+def test_stop_requested_before_the_service_is_touched_skips_it(
+    web: tuple[str, int, Side], registry: Registry, tmp_path: Path
+) -> None:
+    """A stop that arrives while the new image is pulled ends the upgrade before the old container is
+    touched: skipped, same container, still serving."""
+    name, port, side = web
+    before_id = side.client.api.inspect_container(name)["Id"]
+    push_version(side, registry, "app")
+    cfg = configuration.load(config(tmp_path, {"web": {"container": name}}))
+    cancel = threading.Event()
+
+    def stop_now(step: str) -> None:
+        if step == "plan":
+            cancel.set()
+
+    updater = open_updater(cfg)
+    try:
+        report = updater.cycle(cfg, cfg.services, Options(cancel=cancel, checkpoint=stop_now))
+    finally:
+        updater.checker.close()
+    assert report.outcomes[0].result == upgrade.SKIPPED
+    assert side.client.api.inspect_container(name)["Id"] == before_id
+    assert fetch(port) is not None
