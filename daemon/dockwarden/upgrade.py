@@ -14,6 +14,7 @@ Undo = remove the successor, rename the old one back, start it, check it runs. C
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -249,7 +250,7 @@ class Upgrade:
         self.log.warning("rollback.started", step=step)
         undo_started = time.monotonic()
         try:
-            undo(self.engine, self.t.container, self.old, self.t.policy)
+            undo(self.engine, self.t.container, self.old, self.t.policy, self.checkpoint)
         except (EngineError, StepFailed) as exc:
             self.log.error("rollback.failed", error=str(exc), duration_ms=_ms(undo_started))
             return self._outcome(ROLLBACK_FAILED, started, error, step, rollback_error=str(exc))
@@ -304,20 +305,40 @@ def _retag(engine: Engine, container: dict[str, Any]) -> None:
         engine.tag(container["Image"], text)
 
 
-def undo(engine: Engine, name: str, old: dict[str, Any], policy: gate.Policy) -> None:
-    """Put `old` back as `name`: remove our successor if it holds the name, rename, start, check."""
+UNDO_STEPS = ("undo-remove-new", "undo-start-old", "undo-rename-old")
+
+
+def undo(
+    engine: Engine,
+    name: str,
+    old: dict[str, Any],
+    policy: gate.Policy,
+    checkpoint: Checkpoint | None = None,
+) -> None:
+    """Put `old` back as `name`: remove our successor if it holds the name, start the old one, rename it
+    back, check it runs.
+
+    Started before it is renamed back, so that a kill in between leaves a running container that still
+    carries the set-aside name, which the next recovery finds; the reverse order could leave the old one
+    stopped under its own name, where nothing would look for it.
+    """
+    step = checkpoint or (lambda _step: None)
     holder = _find(engine, name)
     if holder is not None and holder["Id"] != old["Id"]:
         if (holder.get("Config") or {}).get("Labels", {}).get(recreate.REPLACES_LABEL) != old["Id"]:
             raise StepFailed(
                 "rollback", f"{name} is held by container {holder['Id'][:12]}, which is not ours"
             )
-        engine.remove(holder["Id"])
+        step("undo-remove-new")
+        with contextlib.suppress(NotFound):  # already gone: the name is free, which is the aim
+            engine.remove(holder["Id"])
     current = engine.inspect_container(old["Id"])
     _retag(engine, current)
-    if current["Name"].lstrip("/") != name:
-        engine.rename(old["Id"], name)
+    step("undo-start-old")
     _start_with_retries(engine, old["Id"])
+    if current["Name"].lstrip("/") != name:
+        step("undo-rename-old")
+        engine.rename(old["Id"], name)
     # Check the old version runs again: healthy if it has a HEALTHCHECK, else up for a short while.
     check = gate.Policy(stability=min(policy.stability, 2.0), health_timeout_max=policy.health_timeout_max)
     verdict = gate.wait(engine, old["Id"], check, int(current.get("RestartCount") or 0))

@@ -73,6 +73,34 @@ def test_killed_before_each_step_converges_on_restart(
     assert names_like(side.client, name) == [name]
 
 
+@pytest.mark.parametrize("step", upgrade.UNDO_STEPS)
+def test_killed_during_a_rollback_converges_on_restart(
+    step: str, web: tuple[str, int, Side], registry: Registry, tmp_path: Path
+) -> None:
+    """SIGKILL at each step of a rollback (the new image exits at once), then a fresh start: the old
+    version runs under its name, alone."""
+    name, port, side = web
+    before = fetch(port)
+    push_version(side, registry, "app", cmd=["false"])
+    cfg_path = config(tmp_path, {"web": {"container": name}})
+    log = tmp_path / "update.log"
+    proc = start_update(cfg_path, log, {"DOCKWARDEN_TEST_PAUSE_BEFORE": step})
+    try:
+        _wait_for_text(log, f"paused before {step}")
+    finally:
+        proc.kill()
+        proc.wait()
+    cfg = configuration.load(cfg_path)
+    updater = open_updater(cfg)
+    try:
+        updater.recover(cfg)
+    finally:
+        updater.checker.close()
+    assert names_like(side.client, name) == [name]
+    assert side.client.api.inspect_container(name)["State"]["Running"]
+    assert fetch(port) == before
+
+
 def test_a_live_lock_holder_makes_update_skip_the_service(
     web: tuple[str, int, Side], registry: Registry, tmp_path: Path
 ) -> None:
