@@ -15,6 +15,7 @@ Run as root from the repository root:  .venv/bin/python -m bench.downtime [--rou
 from __future__ import annotations
 
 import argparse
+import http.client
 import itertools
 import json
 import os
@@ -60,7 +61,7 @@ class Load:
             try:
                 with urllib.request.urlopen(self.url, timeout=PROBE_TIMEOUT) as response:  # noqa: S310 -- http://127.0.0.1 built above
                     self.ok.append((time.time(), response.read().decode().strip()))
-            except OSError:
+            except (OSError, http.client.HTTPException):  # a half-open port can answer with garbage
                 pass
             time.sleep(0.01)
 
@@ -79,7 +80,8 @@ class Load:
             if hit is not None:
                 return hit
             time.sleep(0.01)
-        raise RuntimeError(f"{body!r} never answered on {self.url}")
+        seen = sorted({b for _, b in self.ok})
+        raise RuntimeError(f"{body!r} never answered on {self.url}; answers seen: {seen}")
 
     def longest_gap(self) -> float:
         stamps = [t for t, _ in self.ok]
