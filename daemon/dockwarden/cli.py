@@ -9,9 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
+from types import FrameType
+from typing import Any
 
 from dockwarden import __version__, check, daemon, logs, report, update, upgrade
 from dockwarden import config as configuration
@@ -124,6 +128,19 @@ def _terminal_progress() -> upgrade.Progress | None:
     return show
 
 
+def _cancel_on_signals(cancel: threading.Event | None) -> dict[int, Any]:
+    """First Ctrl-C or SIGTERM: finish cleanly (an upgrade in its gate rolls back; none starts after it).
+    A second one interrupts at once; the next run's recovery converges whatever it left."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if cancel is None or cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        print("dockwarden: stopping; an upgrade in progress rolls back first", file=sys.stderr, flush=True)
+
+    return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
 def cmd_update(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
@@ -144,12 +161,16 @@ def cmd_update(args: argparse.Namespace) -> int:
         named=bool(args.services),
         force=args.force,
         dry_run=args.dry_run,
+        cancel=threading.Event(),
         checkpoint=_pause_hook(),
         progress=_terminal_progress(),
     )
+    previous = _cancel_on_signals(options.cancel)
     try:
         result = updater.cycle(cfg, [known[n] for n in args.services] or cfg.services, options)
     finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         updater.checker.close()
     print(report.update_json(result) if args.json else report.update_table(result))
     return EXIT_FAILED if result.failed() else EXIT_OK

@@ -229,11 +229,15 @@ class Upgrade:
             self._leave()
         except (EngineError, StepFailed) as exc:
             return self._failed(exc, started)
+        except Exception as exc:
+            # Whatever the surprise, a transaction half-way must still roll back, never strand the service.
+            self.log.exception("upgrade.crashed", step=self.step)
+            return self._failed(exc, started)
         outcome = self._outcome(UPGRADED, started)
         self.log.info("upgrade.finished", result=UPGRADED, duration_ms=round(outcome.duration * 1000, 1))
         return outcome
 
-    def _failed(self, exc: EngineError | StepFailed, started: float) -> Outcome:
+    def _failed(self, exc: Exception, started: float) -> Outcome:
         failed_at = exc.step if isinstance(exc, StepFailed) else self.step
         self._leave(failed=True)
         if failed_at == "remove-old":
@@ -241,7 +245,7 @@ class Upgrade:
             # NAME--dockwarden-done, which the next start's recovery removes.
             self.log.warning("upgrade.cleanup_failed", step=failed_at, error=str(exc))
             return self._outcome(UPGRADED, started, str(exc), failed_at)
-        self.log.warning("upgrade.failed", step=failed_at, error=str(exc))
+        self.log.warning("upgrade.failed", step=failed_at, error=str(exc) or type(exc).__name__)
         if failed_at in ("pull", "plan"):
             return self._outcome(ERROR, started, str(exc), failed_at)
         return self._roll_back(started, str(exc), failed_at)
@@ -251,7 +255,7 @@ class Upgrade:
         undo_started = time.monotonic()
         try:
             undo(self.engine, self.t.container, self.old, self.t.policy, self.checkpoint)
-        except (EngineError, StepFailed) as exc:
+        except Exception as exc:  # any failure here is reported as rollback-failed, with its message
             self.log.error("rollback.failed", error=str(exc), duration_ms=_ms(undo_started))
             return self._outcome(ROLLBACK_FAILED, started, error, step, rollback_error=str(exc))
         self.log.warning("rollback.finished", duration_ms=_ms(undo_started))

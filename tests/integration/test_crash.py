@@ -265,3 +265,27 @@ def test_stop_requested_before_the_service_is_touched_skips_it(
     assert report.outcomes[0].result == upgrade.SKIPPED
     assert side.client.api.inspect_container(name)["Id"] == before_id
     assert fetch(port) is not None
+
+
+def test_ctrl_c_during_a_manual_update_rolls_back_before_exiting(
+    web: tuple[str, int, Side], registry: Registry, tmp_path: Path
+) -> None:
+    """The first SIGINT to `dockwarden update` while a new container is in its gate rolls it back, and the
+    command exits 1 with the old container serving."""
+    name, port, side = web
+    before = fetch(port)
+    push_version(side, registry, "app", healthcheck="sleep 30")
+    log = tmp_path / "update.log"
+    proc = start_update(config(tmp_path, {"web": {"container": name}}), log, {})
+    try:
+        _wait_for_text(log, '"step": "start"')
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "rolls back first" in text
+    assert '"rollback.finished"' in text
+    assert fetch(port) == before
+    assert names_like(side.client, name) == [name]
