@@ -46,7 +46,9 @@ class ImageFactory:
         if healthcheck:
             lines.append(f"HEALTHCHECK --interval=1s --timeout=2s --retries=3 CMD {healthcheck}")
         (self._dir / "Dockerfile").write_text("\n".join(lines) + "\n")
-        image, _ = self.client.images.build(path=str(self._dir), tag=tag, rm=True, forcerm=True)
+        # No build cache: parallel workers remove their images, and a cache hit on an image being removed
+        # fails the build ("unable to find image"). A FROM-scratch build costs the same without it.
+        image, _ = self.client.images.build(path=str(self._dir), tag=tag, rm=True, forcerm=True, nocache=True)
         return str(image.id)
 
     def push(self, tag: str, auth: tuple[str, str] | None = None) -> str:
