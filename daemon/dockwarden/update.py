@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -93,6 +94,20 @@ def decide(
     return UPGRADE, None
 
 
+def namespace_parents(services: list[Service], inspected: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """service -> the service whose container's network namespace it joins (named by name or by ID)."""
+    owner: dict[str, str] = {}  # container name and ID -> service
+    for service in services:
+        if service.name in inspected:
+            owner[service.container] = owner[str(inspected[service.name]["Id"])] = service.name
+    parents = {}
+    for name, data in inspected.items():
+        target = recreate.network_mode(data).removeprefix("container:")
+        if recreate.network_mode(data).startswith("container:") and owner.get(target, name) != name:
+            parents[name] = owner[target]
+    return parents
+
+
 def _outcome(result: CheckResult, status: str, error: str | None = None) -> Outcome:
     return Outcome(
         result.service, result.container, result.running_digest, result.registry_digest, status, error
@@ -174,25 +189,13 @@ class Updater:
         return report
 
     def _parents(self, services: list[Service]) -> dict[str, str]:
-        by_container = {s.container: s.name for s in services}
-        parents: dict[str, str] = {}
+        inspected = {}
         for service in services:
             try:
-                mode = recreate.network_mode(self.engine.inspect_container(service.container))
+                inspected[service.name] = self.engine.inspect_container(service.container)
             except EngineError:
-                continue
-            if mode.startswith("container:"):
-                target = mode.removeprefix("container:")
-                for other in services:
-                    if other.name != service.name and target in (other.container, self._id(other.container)):
-                        parents[service.name] = by_container[other.container]
-        return parents
-
-    def _id(self, name: str) -> str | None:
-        try:
-            return str(self.engine.inspect_container(name)["Id"])
-        except EngineError:
-            return None
+                continue  # its own upgrade will report the engine error
+        return namespace_parents(services, inspected)
 
     def _one(
         self,

@@ -15,7 +15,7 @@ from dockwarden.check import CheckResult
 from dockwarden.config import Service
 from dockwarden.locks import Busy, ContainerLock
 from dockwarden.skiplist import SkipList
-from dockwarden.update import UPGRADE, Options, decide, order
+from dockwarden.update import UPGRADE, Options, decide, namespace_parents, order
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 
@@ -113,3 +113,16 @@ def test_unwritable_state_dir_loses_the_skip_entry_with_a_warning(tmp_path: Path
     with capture_logs() as logs:
         SkipList(blocked / "state").add("web", D2, "gate: unhealthy")
     assert [e["event"] for e in logs] == ["state.unwritable"]
+
+
+def test_namespace_parents_by_name_or_id() -> None:
+    """A service whose container joins another watched container's namespace, by name or by ID, has
+    that service as its parent; unwatched owners and ordinary modes give none."""
+    services = [_svc("web"), _svc("side"), _svc("side2"), _svc("alone")]
+    inspected = {
+        "web": {"Id": "a" * 64, "HostConfig": {"NetworkMode": "bridge"}},
+        "side": {"Id": "b" * 64, "HostConfig": {"NetworkMode": "container:" + "a" * 64}},
+        "side2": {"Id": "c" * 64, "HostConfig": {"NetworkMode": "container:web"}},
+        "alone": {"Id": "d" * 64, "HostConfig": {"NetworkMode": "container:unwatched"}},
+    }
+    assert namespace_parents(services, inspected) == {"side": "web", "side2": "web"}
