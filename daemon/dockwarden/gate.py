@@ -44,7 +44,6 @@ class Policy:
 class Verdict:
     passed: bool
     reason: str  # why it failed, or what it waited for
-    duration: float
 
 
 def has_healthcheck(config: dict[str, Any]) -> bool:
@@ -128,10 +127,10 @@ class Watch:
                 f"probe {self.policy.probe.target if self.policy.probe else ''} failed: {self.probe_error}"
             )
         if problem is not None:
-            return Verdict(False, problem, now - self.started)
+            return Verdict(False, problem)
         # Without a HEALTHCHECK the window must elapse; with one, `healthy` ends the wait at once.
         if healthy and (self.checked or now >= self.deadline) and self.probe_error is None:
-            return Verdict(True, self.waiting_for, now - self.started)
+            return Verdict(True, self.waiting_for)
         return None
 
 
@@ -147,11 +146,11 @@ def wait(
     watch = Watch(engine.inspect_container(container_id), policy, started, restarts)
     while True:
         if cancel is not None and cancel.is_set():
-            return Verdict(False, "cancelled: dockwarden is stopping", time.monotonic() - started)
+            return Verdict(False, "cancelled: dockwarden is stopping")
         try:
             data = engine.inspect_container(container_id)
         except EngineError as exc:
-            return Verdict(False, str(exc), time.monotonic() - started)
+            return Verdict(False, str(exc))
         if policy.probe and watch.probe_error is not None:
             watch.probe_error = _probe_once(policy.probe, POLL * 5)
         verdict = watch.observe(data, time.monotonic())

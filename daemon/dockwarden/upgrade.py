@@ -142,7 +142,6 @@ class Upgrade:
         self._step_started = 0.0
         self._entered: set[str] = set()
         self.old: dict[str, Any] = {}
-        self.new_id: str | None = None  # after run(): the container now holding the name, if ours
 
     def _enter(self, step: str) -> None:
         self._leave()
@@ -200,22 +199,22 @@ class Upgrade:
                 self.engine.tag(new_image["Id"], image_text)
 
             self._enter("create")
-            self.new_id = self.engine.create(plan.body, t.container)
+            new_id = self.engine.create(plan.body, t.container)
 
             self._enter("connect")
             for network, endpoint in plan.connect.items():
-                self.engine.connect_network(self.new_id, network, endpoint)
+                self.engine.connect_network(new_id, network, endpoint)
 
             self._enter("verify")
-            problems = recreate.differences(plan, self.engine.inspect_container(self.new_id))
+            problems = recreate.differences(plan, self.engine.inspect_container(new_id))
             if problems:
                 raise StepFailed("verify", "the new container differs from the old: " + "; ".join(problems))
 
             self._enter("start")
-            self.engine.start(self.new_id)
+            self.engine.start(new_id)
 
             self._enter("gate")
-            verdict = gate.wait(self.engine, self.new_id, t.policy, 0, self.cancel)
+            verdict = gate.wait(self.engine, new_id, t.policy, 0, self.cancel)
             if not verdict.passed:
                 raise StepFailed("gate", verdict.reason)
             self._leave(verdict=verdict.reason)
@@ -363,15 +362,8 @@ def _start_with_retries(engine: Engine, container_id: str) -> None:
             time.sleep(START_RETRY_DELAY)
 
 
-@dataclass(frozen=True)
-class Convergence:
-    container: str
-    action: str  # "finished" (the successor had passed its gate) or "undone"
-    error: str | None = None
-
-
-def converge(engine: Engine, name: str, policy: gate.Policy) -> Convergence | None:
-    """Finish or undo a half-done upgrade of container `name`; None when there is nothing to do."""
+def converge(engine: Engine, name: str, policy: gate.Policy) -> None:
+    """Finish or undo a half-done upgrade of container `name` (each outcome is logged)."""
     log = structlog.get_logger("dockwarden.upgrade").bind(container=name)
     done = _find(engine, name + DONE_SUFFIX)
     aside = _find(engine, name + OLD_SUFFIX)
@@ -385,15 +377,11 @@ def converge(engine: Engine, name: str, policy: gate.Policy) -> Convergence | No
                 _retag(engine, current)
             engine.remove(done["Id"])
             log.warning("recovery.finished", old=done["Id"][:12])
-            return Convergence(name, "finished")
-        if aside is not None:
+        elif aside is not None:
             undo(engine, name, aside, policy)
             log.warning("recovery.undone", old=aside["Id"][:12])
-            return Convergence(name, "undone")
     except (EngineError, StepFailed) as exc:
         log.error("recovery.failed", error=str(exc))
-        return Convergence(name, "failed", str(exc))
-    return None
 
 
 def interrupted(engine: Engine) -> list[str]:
