@@ -31,24 +31,24 @@ def run_label() -> str:
     return f"{uuid.uuid4().hex[:8]}-{worker}"
 
 
-@pytest.fixture(scope="session")
-def docker_client(lab: None, run_label: str) -> Iterator[docker.DockerClient]:
-    client = docker.from_env(version="auto", timeout=120)
+def _leak_checked(client: docker.DockerClient, run_label: str, where: str) -> Iterator[docker.DockerClient]:
+    """Yield `client`; afterwards remove what this run labelled, and fail if anything is left."""
     yield client
     remove_labelled(client, run_label)
     left = leftovers(client, run_label)
     client.close()
-    assert not left, f"tests leaked: {left}"
+    assert not left, f"tests leaked{where}: {left}"
+
+
+@pytest.fixture(scope="session")
+def docker_client(lab: None, run_label: str) -> Iterator[docker.DockerClient]:
+    yield from _leak_checked(docker.from_env(version="auto", timeout=120), run_label, "")
 
 
 @pytest.fixture(scope="session")
 def docker26(lab: None, run_label: str) -> Iterator[docker.DockerClient]:
     client = docker.DockerClient(base_url=ENGINE26, version="auto", timeout=120)
-    yield client
-    remove_labelled(client, run_label)
-    left = leftovers(client, run_label)
-    client.close()
-    assert not left, f"tests leaked on engine 26.1: {left}"
+    yield from _leak_checked(client, run_label, " on engine 26.1")
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,23 @@ def cli(
         timeout=timeout,
         check=False,
     )
+
+
+def spawn(command: str, cfg: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`dockwarden COMMAND -c cfg` in the background, stdout and stderr to `log`, `env` over ours."""
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dockwarden", command, "-c", str(cfg)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+
+
+def wait_for_text(log: Path, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in log.read_text():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} never appeared in {log}:\n{log.read_text()[-3000:]}")

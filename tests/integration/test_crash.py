@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import docker
@@ -16,20 +13,21 @@ import pytest
 from dockwarden import config as configuration
 from dockwarden import upgrade
 from dockwarden.locks import ContainerLock
-from dockwarden.update import Options, open_updater
-from tests.integration.upgrade_lab import Side, config, fetch, names_like, push_version, start_update, update
+from dockwarden.update import Options
+from tests.integration.helpers import spawn, wait_for_text
+from tests.integration.upgrade_lab import (
+    Side,
+    config,
+    fetch,
+    names_like,
+    push_version,
+    recover,
+    run_cycle,
+    update,
+)
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.engine
-
-
-def _wait_for_text(log: Path, text: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in log.read_text():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{text!r} never appeared in {log}:\n{log.read_text()[-3000:]}")
 
 
 @pytest.mark.parametrize("step", upgrade.STEPS)
@@ -43,20 +41,16 @@ def test_killed_before_each_step_converges_on_restart(
     _, marker, _ = push_version(side, registry, "app")
     cfg_path = config(tmp_path, {"web": {"container": name}})
     log = tmp_path / "update.log"
-    proc = start_update(cfg_path, log, {"DOCKWARDEN_TEST_PAUSE_BEFORE": step})
+    proc = spawn("update", cfg_path, log, {"DOCKWARDEN_TEST_PAUSE_BEFORE": step})
     try:
-        _wait_for_text(log, f"paused before {step}")
+        wait_for_text(log, f"paused before {step}")
     finally:
         proc.kill()
         proc.wait()
     cfg = configuration.load(cfg_path)
     assert ContainerLock(cfg.state_dir, name).holder() == proc.pid  # the dead process's lock is on disk
 
-    updater = open_updater(cfg)
-    try:
-        updater.recover(cfg)
-    finally:
-        updater.checker.close()
+    recover(cfg)
 
     assert names_like(side.client, name) == [name]
     state = side.client.api.inspect_container(name)["State"]
@@ -84,18 +78,14 @@ def test_killed_during_a_rollback_converges_on_restart(
     push_version(side, registry, "app", cmd=["false"])
     cfg_path = config(tmp_path, {"web": {"container": name}})
     log = tmp_path / "update.log"
-    proc = start_update(cfg_path, log, {"DOCKWARDEN_TEST_PAUSE_BEFORE": step})
+    proc = spawn("update", cfg_path, log, {"DOCKWARDEN_TEST_PAUSE_BEFORE": step})
     try:
-        _wait_for_text(log, f"paused before {step}")
+        wait_for_text(log, f"paused before {step}")
     finally:
         proc.kill()
         proc.wait()
     cfg = configuration.load(cfg_path)
-    updater = open_updater(cfg)
-    try:
-        updater.recover(cfg)
-    finally:
-        updater.checker.close()
+    recover(cfg)
     assert names_like(side.client, name) == [name]
     assert side.client.api.inspect_container(name)["State"]["Running"]
     assert fetch(port) == before
@@ -127,11 +117,7 @@ def test_leftover_of_another_config_is_not_touched(
     container.rename(name + upgrade.OLD_SUFFIX)
     try:
         cfg = configuration.load(config(tmp_path, {"other": {"container": "dw-not-this-one"}}))
-        updater = open_updater(cfg)
-        try:
-            updater.recover(cfg)
-        finally:
-            updater.checker.close()
+        recover(cfg)
         assert names_like(docker_client, name) == [name + upgrade.OLD_SUFFIX]
     finally:
         container.rename(name)
@@ -152,11 +138,7 @@ def test_registry_gone_at_pull_leaves_the_service_untouched(
         if step == "pull":
             registry.stop()
 
-    updater = open_updater(cfg)
-    try:
-        report = updater.cycle(cfg, cfg.services, Options(checkpoint=stop_registry))
-    finally:
-        updater.checker.close()
+    report = run_cycle(cfg, Options(checkpoint=stop_registry))
     outcome = report.outcomes[0]
     assert (outcome.result, outcome.step) == (upgrade.ERROR, "pull")
     assert side.client.api.inspect_container(name)["Id"] == before_id
@@ -174,12 +156,9 @@ def test_stopping_the_daemon_mid_gate_rolls_back_before_exit(
     push_version(side, registry, "app", healthcheck="sleep 30")  # stays `starting` for the whole test
     cfg = config(tmp_path, {"web": {"container": name}})
     log = tmp_path / "daemon.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dockwarden", "run", "-c", str(cfg)], stdout=out, stderr=subprocess.STDOUT
-        )
+    proc = spawn("run", cfg, log)
     try:
-        _wait_for_text(log, '"step": "start"')
+        wait_for_text(log, '"step": "start"')
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:
@@ -206,11 +185,7 @@ def test_a_created_container_that_differs_from_the_plan_is_rolled_back(
         if step == "verify":
             side.client.networks.get("bridge").disconnect(name)  # `name` is the new container by now
 
-    updater = open_updater(cfg)
-    try:
-        report = updater.cycle(cfg, cfg.services, Options(checkpoint=drift))
-    finally:
-        updater.checker.close()
+    report = run_cycle(cfg, Options(checkpoint=drift))
     outcome = report.outcomes[0]
     assert (outcome.result, outcome.step) == (upgrade.ROLLED_BACK, "verify")
     assert outcome.error is not None
@@ -232,11 +207,7 @@ def test_cleanup_failure_after_commit_keeps_the_upgrade(
         if step == "remove-old":  # someone else removes the committed old container first
             side.client.containers.get(name + upgrade.DONE_SUFFIX).remove(force=True)
 
-    updater = open_updater(cfg)
-    try:
-        report = updater.cycle(cfg, cfg.services, Options(checkpoint=take_it_away))
-    finally:
-        updater.checker.close()
+    report = run_cycle(cfg, Options(checkpoint=take_it_away))
     outcome = report.outcomes[0]
     assert (outcome.result, outcome.step) == (upgrade.UPGRADED, "remove-old")
     assert fetch(port) == marker
@@ -257,11 +228,7 @@ def test_stop_requested_before_the_service_is_touched_skips_it(
         if step == "plan":
             cancel.set()
 
-    updater = open_updater(cfg)
-    try:
-        report = updater.cycle(cfg, cfg.services, Options(cancel=cancel, checkpoint=stop_now))
-    finally:
-        updater.checker.close()
+    report = run_cycle(cfg, Options(cancel=cancel, checkpoint=stop_now))
     assert report.outcomes[0].result == upgrade.SKIPPED
     assert side.client.api.inspect_container(name)["Id"] == before_id
     assert fetch(port) is not None
@@ -276,9 +243,9 @@ def test_ctrl_c_during_a_manual_update_rolls_back_before_exiting(
     before = fetch(port)
     push_version(side, registry, "app", healthcheck="sleep 30")
     log = tmp_path / "update.log"
-    proc = start_update(config(tmp_path, {"web": {"container": name}}), log, {})
+    proc = spawn("update", config(tmp_path, {"web": {"container": name}}), log)
     try:
-        _wait_for_text(log, '"step": "start"')
+        wait_for_text(log, '"step": "start"')
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 1
     finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -20,7 +19,7 @@ from dockwarden.check import open_checker
 from dockwarden.daemon import Daemon
 from dockwarden.notify import Notifier
 from tests.conftest import Deploy
-from tests.integration.helpers import write_config
+from tests.integration.helpers import spawn, write_config
 from tests.support.proxy import FaultPlan, FaultProxy
 from tests.support.registry import Registry
 
@@ -34,17 +33,6 @@ def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def _start_daemon(cfg: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """`dockwarden run -c cfg` with stdout and stderr going to `log`."""
-    with log.open("w") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "dockwarden", "run", "-c", str(cfg)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
 
 
 def _events(log: Path) -> list[dict[str, object]]:
@@ -78,8 +66,8 @@ def test_daemon_under_systemd_protocol(
             pass
 
     log = tmp_path / "daemon.log"
-    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "600000"}
-    proc = _start_daemon(cfg, log, env)
+    env = {"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "600000"}
+    proc = spawn("run", cfg, log, env)
     try:
 
         def seen(text: str) -> bool:
@@ -167,7 +155,7 @@ def test_sigterm_during_a_stuck_check_still_stops_within_10_seconds(
             extra="registry_timeout: 60s",
         )
         log = tmp_path / "daemon.log"
-        proc = _start_daemon(cfg, log)
+        proc = spawn("run", cfg, log)
         try:
             _wait_for(lambda: proxy.count >= 1, 30, "the check to reach the registry")
             stop_at = time.monotonic()
@@ -203,7 +191,7 @@ def test_a_cycle_longer_than_the_interval_is_logged_not_dropped_silently(
         )
         cfg.write_text(cfg.read_text().replace("interval: 1m", "interval: 10s"))
         log = tmp_path / "daemon.log"
-        proc = _start_daemon(cfg, log)
+        proc = spawn("run", cfg, log)
         try:
             _wait_for(lambda: any(e["event"] == "cycle.skipped" for e in _events(log)), 25, "cycle.skipped")
             _wait_for(lambda: any(e["event"] == "cycle.finished" for e in _events(log)), 30, "the slow cycle")

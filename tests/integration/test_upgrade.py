@@ -16,7 +16,7 @@ import pytest
 
 from dockwarden import config as configuration
 from dockwarden import upgrade
-from dockwarden.update import Options, open_updater
+from dockwarden.update import Options
 from tests.conftest import ENGINE26
 from tests.integration.upgrade_lab import (
     APP,
@@ -27,6 +27,7 @@ from tests.integration.upgrade_lab import (
     free_port,
     names_like,
     push_version,
+    run_cycle,
     update,
     wait_serving,
 )
@@ -279,11 +280,9 @@ def test_port_taken_when_starting_rolls_back(
             squatter.listen()
             threading.Timer(1.5, squatter.close).start()
 
-    updater = open_updater(cfg)
     try:
-        report = updater.cycle(cfg, cfg.services, Options(checkpoint=grab))
+        report = run_cycle(cfg, Options(checkpoint=grab))
     finally:
-        updater.checker.close()
         squatter.close()
     outcome = report.outcomes[0]
     assert (outcome.result, outcome.step) == (upgrade.ROLLED_BACK, "start")

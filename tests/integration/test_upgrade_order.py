@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +14,7 @@ import docker
 import docker.errors
 import pytest
 
+from tests.integration.helpers import spawn
 from tests.integration.upgrade_lab import (
     Side,
     config,
@@ -161,10 +160,7 @@ def test_daemon_upgrades_an_auto_service_and_reports_it(
     _, marker, _ = push_version(side, registry, "app")
     cfg = config(tmp_path, {"web": {"container": name}})
     log = tmp_path / "daemon.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dockwarden", "run", "-c", str(cfg)], stdout=out, stderr=subprocess.STDOUT
-        )
+    proc = spawn("run", cfg, log)
     try:
         deadline = time.monotonic() + 60
         while '"upgrade.finished"' not in log.read_text():

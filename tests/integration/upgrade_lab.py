@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -16,6 +13,8 @@ from typing import Any
 
 import docker
 
+from dockwarden.config import Config
+from dockwarden.update import Options, Report, open_updater
 from tests.integration.helpers import cli, write_config
 from tests.support.images import ImageFactory
 from tests.support.registry import Registry
@@ -92,11 +91,19 @@ def names_like(client: docker.DockerClient, name: str) -> list[str]:
     return sorted(n for n in found if n.startswith(name))
 
 
-def start_update(cfg: Path, log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    with log.open("w") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "dockwarden", "update", "-c", str(cfg)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-        )
+def run_cycle(cfg: Config, options: Options | None = None) -> Report:
+    """One update cycle in this process (for tests that hook steps or cancel), then disconnect."""
+    updater = open_updater(cfg)
+    try:
+        return updater.cycle(cfg, cfg.services, options or Options())
+    finally:
+        updater.checker.close()
+
+
+def recover(cfg: Config) -> None:
+    """What a fresh `update` or `run` does first: converge half-done upgrades."""
+    updater = open_updater(cfg)
+    try:
+        updater.recover(cfg)
+    finally:
+        updater.checker.close()
