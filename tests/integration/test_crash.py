@@ -146,31 +146,6 @@ def test_registry_gone_at_pull_leaves_the_service_untouched(
     assert names_like(side.client, name) == [name]
 
 
-def test_stopping_the_daemon_mid_gate_rolls_back_before_exit(
-    web: tuple[str, int, Side], registry: Registry, tmp_path: Path
-) -> None:
-    """SIGTERM while a new container is in its health gate cancels the gate, puts the old container back,
-    and only then exits."""
-    name, port, side = web
-    before = fetch(port)
-    push_version(side, registry, "app", healthcheck="sleep 30")  # stays `starting` for the whole test
-    cfg = config(tmp_path, {"web": {"container": name}})
-    log = tmp_path / "daemon.log"
-    proc = spawn("run", cfg, log)
-    try:
-        wait_for_text(log, '"step": "start"')
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    text = log.read_text()
-    assert "cancelled: dockwarden is stopping" in text
-    assert '"rollback.finished"' in text
-    assert fetch(port) == before
-    assert names_like(side.client, name) == [name]
-
-
 def test_a_created_container_that_differs_from_the_plan_is_rolled_back(
     web: tuple[str, int, Side], registry: Registry, tmp_path: Path
 ) -> None:
@@ -234,25 +209,40 @@ def test_stop_requested_before_the_service_is_touched_skips_it(
     assert fetch(port) is not None
 
 
-def test_ctrl_c_during_a_manual_update_rolls_back_before_exiting(
-    web: tuple[str, int, Side], registry: Registry, tmp_path: Path
+@pytest.mark.parametrize(
+    ("command", "signum", "exit_code", "says"),
+    [
+        # The daemon exits 0 on SIGTERM; it says why the gate ended.
+        ("run", signal.SIGTERM, 0, "cancelled: dockwarden is stopping"),
+        # `update` exits 1 (rolled back) on its first Ctrl-C, after saying it will roll back.
+        ("update", signal.SIGINT, 1, "rolls back first"),
+    ],
+)
+def test_a_stop_mid_gate_rolls_back_before_exiting(
+    command: str,
+    signum: signal.Signals,
+    exit_code: int,
+    says: str,
+    web: tuple[str, int, Side],
+    registry: Registry,
+    tmp_path: Path,
 ) -> None:
-    """The first SIGINT to `dockwarden update` while a new container is in its gate rolls it back, and the
-    command exits 1 with the old container serving."""
+    """SIGTERM to the daemon, or the first SIGINT to `update`, while a new container is in its health gate
+    cancels the gate and puts the old container back before the process exits."""
     name, port, side = web
     before = fetch(port)
-    push_version(side, registry, "app", healthcheck="sleep 30")
-    log = tmp_path / "update.log"
-    proc = spawn("update", config(tmp_path, {"web": {"container": name}}), log)
+    push_version(side, registry, "app", healthcheck="sleep 30")  # stays `starting` for the whole test
+    log = tmp_path / f"{command}.log"
+    proc = spawn(command, config(tmp_path, {"web": {"container": name}}), log)
     try:
         wait_for_text(log, '"step": "start"')
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 1
+        proc.send_signal(signum)
+        assert proc.wait(timeout=60) == exit_code
     finally:
         if proc.poll() is None:
             proc.kill()
     text = log.read_text()
-    assert "rolls back first" in text
+    assert says in text
     assert '"rollback.finished"' in text
     assert fetch(port) == before
     assert names_like(side.client, name) == [name]
