@@ -30,6 +30,17 @@ from tests.support.registry import Registry
 pytestmark = pytest.mark.engine
 
 
+def _kill_update_before(step: str, cfg_path: Path, log: Path) -> int:
+    """Run `dockwarden update` until it parks before `step`, SIGKILL it there; returns its PID."""
+    proc = spawn("update", cfg_path, log, {"DOCKWARDEN_TEST_PAUSE_BEFORE": step})
+    try:
+        wait_for_text(log, f"paused before {step}")
+    finally:
+        proc.kill()
+        proc.wait()
+    return proc.pid
+
+
 @pytest.mark.parametrize("step", upgrade.STEPS)
 def test_killed_before_each_step_converges_on_restart(
     step: str, web: tuple[str, int, Side], registry: Registry, tmp_path: Path
@@ -40,15 +51,9 @@ def test_killed_before_each_step_converges_on_restart(
     before = fetch(port)
     _, marker, _ = push_version(side, registry, "app")
     cfg_path = config(tmp_path, {"web": {"container": name}})
-    log = tmp_path / "update.log"
-    proc = spawn("update", cfg_path, log, {"DOCKWARDEN_TEST_PAUSE_BEFORE": step})
-    try:
-        wait_for_text(log, f"paused before {step}")
-    finally:
-        proc.kill()
-        proc.wait()
+    killed = _kill_update_before(step, cfg_path, tmp_path / "update.log")
     cfg = configuration.load(cfg_path)
-    assert ContainerLock(cfg.state_dir, name).holder() == proc.pid  # the dead process's lock is on disk
+    assert ContainerLock(cfg.state_dir, name).holder() == killed  # the dead process's lock is on disk
 
     recover(cfg)
 
@@ -77,13 +82,7 @@ def test_killed_during_a_rollback_converges_on_restart(
     before = fetch(port)
     push_version(side, registry, "app", cmd=["false"])
     cfg_path = config(tmp_path, {"web": {"container": name}})
-    log = tmp_path / "update.log"
-    proc = spawn("update", cfg_path, log, {"DOCKWARDEN_TEST_PAUSE_BEFORE": step})
-    try:
-        wait_for_text(log, f"paused before {step}")
-    finally:
-        proc.kill()
-        proc.wait()
+    _kill_update_before(step, cfg_path, tmp_path / "update.log")
     cfg = configuration.load(cfg_path)
     recover(cfg)
     assert names_like(side.client, name) == [name]
