@@ -307,12 +307,6 @@ class CycleSummary:
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)
 
-    def describe(self) -> str:
-        return (
-            f"{len(self.results)} checked: {self.count(UP_TO_DATE)} up to date, "
-            f"{self.count(UPDATE_AVAILABLE)} with updates, {self.count(ERROR)} errors"
-        )
-
 
 class _TrackedPool(Executor):
     """A thread pool that knows whether any of its tasks is still running, so a stop can wait for them."""
