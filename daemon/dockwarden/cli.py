@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -17,9 +18,9 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-from dockwarden import __version__, check, daemon, logs, report, update, upgrade
+from dockwarden import __version__, check, daemon, gc, logs, report, status, update, upgrade
 from dockwarden import config as configuration
-from dockwarden.engine import EngineError
+from dockwarden.engine import Engine, EngineError
 from dockwarden.notify import Notifier
 
 EXIT_OK = 0
@@ -60,8 +61,36 @@ def build_parser() -> argparse.ArgumentParser:
     update_cmd.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
     update_cmd.add_argument("--force", action="store_true", help="also try digests that failed before")
     update_cmd.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    rollback_cmd = add(
+        "rollback",
+        "Switch a service back to a version kept on this host (never pulls), gated like an upgrade.",
+    )
+    rollback_cmd.add_argument("service", metavar="SERVICE", help="the service to roll back")
+    rollback_cmd.add_argument(
+        "--to",
+        metavar="DIGEST",
+        type=_digest,
+        help="manifest digest (or image ID) to go to; default: the newest version older than the running one",
+    )
+    rollback_cmd.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    gc_cmd = add("gc", "Remove dangling images, dockwarden's leftovers and (opt-in) old stopped containers.")
+    gc_cmd.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    gc_cmd.add_argument("--json", action="store_true", help="print a JSON object instead of a table")
+    history_cmd = add("history", "List every recorded decision, newest first.")
+    history_cmd.add_argument("service", nargs="?", metavar="SERVICE", help="only this service's entries")
+    history_cmd.add_argument("--limit", type=int, default=0, metavar="N", help="at most N entries (0: all)")
+    history_cmd.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    status_cmd = add("status", "Show each service's container, digests, retained versions and last upgrade.")
+    status_cmd.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     add("run", "Run the daemon: check and upgrade on the configured schedule until stopped (SIGHUP reloads).")
     return parser
+
+
+def _digest(text: str) -> str:
+    value = text.removeprefix("sha256:")
+    if not re.fullmatch(r"[0-9a-f]{12,64}", value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a digest (sha256:<hex>, at least 12 hex digits)")
+    return f"sha256:{value}"
 
 
 def _load(args: argparse.Namespace) -> configuration.Config | None:
@@ -96,6 +125,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         summary = checker.cycle(cfg.services, cfg.check_concurrency)
     finally:
         checker.close()
+    update.record_checks(update.open_history(cfg), summary.results)
     print(report.check_json(summary.results) if args.json else report.check_table(summary.results))
     return EXIT_FAILED if summary.count(check.ERROR) else EXIT_OK
 
@@ -171,9 +201,99 @@ def cmd_update(args: argparse.Namespace) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        updater.checker.close()
+        updater.close()
     print(report.update_json(result) if args.json else report.update_table(result))
     return EXIT_FAILED if result.failed() else EXIT_OK
+
+
+def _service(cfg: configuration.Config, name: str) -> configuration.Service | None:
+    found = cfg.service(name)
+    if found is None:
+        print(f"dockwarden: no such service in {cfg.path}: {name}", file=sys.stderr)
+    return found
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_USAGE
+    service = _service(cfg, args.service)
+    if service is None:
+        return EXIT_USAGE
+    logs.configure(sys.stderr)
+    try:
+        engine = Engine.connect(cfg.docker_host)
+    except EngineError as exc:
+        print(f"dockwarden: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    # Only the engine is needed: a rollback never asks the registry anything.
+    updater = update.Updater(engine)
+    options = update.Options(named=True, cancel=threading.Event(), checkpoint=_pause_hook(), progress=None)
+    previous = _cancel_on_signals(options.cancel)
+    try:
+        outcome = updater.rollback(cfg, service, args.to, options)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        updater.close()
+    result = update.Report([outcome])
+    print(report.update_json(result) if args.json else report.update_table(result))
+    return EXIT_OK if outcome.result in (update.REVERTED, upgrade.UP_TO_DATE) else EXIT_FAILED
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_USAGE
+    logs.configure(sys.stderr, level=logging.WARNING if args.json else logging.INFO)
+    try:
+        engine = Engine.connect(cfg.docker_host)
+    except EngineError as exc:
+        print(f"dockwarden: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    cancel = threading.Event()
+    previous = _cancel_on_signals(cancel)
+    try:
+        result = gc.collect(engine, cfg, dry_run=args.dry_run, cancel=cancel)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        engine.close()
+    print(report.gc_json(result) if args.json else report.gc_table(result))
+    return EXIT_FAILED if result.failed() else EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_USAGE
+    if args.service is not None and _service(cfg, args.service) is None:
+        return EXIT_USAGE
+    if args.limit < 0:
+        print("dockwarden: --limit must be 0 (all) or more", file=sys.stderr)
+        return EXIT_USAGE
+    entries = update.open_history(cfg).entries(args.service)
+    if args.limit:
+        entries = entries[: args.limit]
+    print(report.history_json(entries) if args.json else report.history_table(entries))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_USAGE
+    try:
+        engine = Engine.connect(cfg.docker_host)
+        try:
+            found = status.gather(engine, cfg)
+        finally:
+            engine.close()
+    except EngineError as exc:
+        print(f"dockwarden: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(report.status_json(found) if args.json else report.status_table(found))
+    return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -196,7 +316,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"validate": cmd_validate, "check": cmd_check, "update": cmd_update, "run": cmd_run}
+COMMANDS = {
+    "validate": cmd_validate,
+    "check": cmd_check,
+    "update": cmd_update,
+    "rollback": cmd_rollback,
+    "gc": cmd_gc,
+    "history": cmd_history,
+    "status": cmd_status,
+    "run": cmd_run,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,6 +27,8 @@ from dockwarden import imageref, schedule, yamlsource
 
 DEFAULT_PATH = Path("/etc/dockwarden/dockwarden.yaml")
 DEFAULT_INTERVAL = "5m"
+MAX_SERVICE_NAME = 64
+MAX_KEEP = 100
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
 
 
@@ -90,13 +92,45 @@ class HealthSpec(_Strict):
     timeout: Duration = "30s"
 
 
+def _check_label_selector(value: str) -> str:
+    key = value.partition("=")[0]
+    if not key or key != key.strip() or any(c.isspace() for c in key):
+        raise ValueError(f"label selector {value!r} must be KEY or KEY=VALUE")
+    return value
+
+
+class StoppedContainersSpec(_Strict):
+    labels: list[Annotated[str, AfterValidator(_check_label_selector)]] = Field(min_length=1)
+    min_age: Duration = "24h"
+
+
+class GcSpec(_Strict):
+    enabled: bool = True
+    schedule: CronText = "0 4 * * *"
+    min_age: Duration = "1h"
+    stopped_containers: StoppedContainersSpec | None = None
+
+
+def _check_tag_safe_name(value: str) -> str:
+    _check_name(value)
+    # The service's container defaults to its name, and retained versions are tagged
+    # dockwarden-CONTAINER-TIMESTAMP: a tag holds at most 128 characters.
+    if len(value) > MAX_SERVICE_NAME:
+        raise ValueError(f"{value!r} is longer than {MAX_SERVICE_NAME} characters")
+    return value
+
+
+TagSafeName = Annotated[str, AfterValidator(_check_tag_safe_name)]
+
+
 class ServiceSpec(_Strict):
-    container: Name | None = None
+    container: TagSafeName | None = None
     image: ImageText | None = None
     update: Literal["auto", "monitor"] = "auto"
     depends_on: list[Name] = Field(default_factory=list)
     health: HealthSpec | None = None
     stability_window: Duration | None = None
+    keep_previous: int | None = Field(default=None, ge=0, le=MAX_KEEP)
 
 
 class ConfigSpec(_Strict):
@@ -108,7 +142,10 @@ class ConfigSpec(_Strict):
     registry_timeout: Duration = "10s"
     stability_window: Duration = "10s"
     health_timeout_max: Duration = "5m"
-    services: dict[Name, ServiceSpec] = Field(default_factory=dict)
+    keep_previous: int = Field(default=2, ge=0, le=MAX_KEEP)
+    gc: GcSpec = Field(default_factory=GcSpec)
+    history_max_bytes: int = Field(default=10 * 1024 * 1024, ge=64 * 1024)
+    services: dict[TagSafeName, ServiceSpec] = Field(default_factory=dict)
 
     @field_validator("state_dir")
     @classmethod
@@ -144,6 +181,24 @@ class Service:
     depends_on: tuple[str, ...] = ()
     probe: Probe | None = None
     stability_window: timedelta | None = None  # None: the global one
+    keep_previous: int = 2
+
+
+@dataclass(frozen=True)
+class StoppedContainers:
+    labels: tuple[str, ...]  # all must match: KEY (present) or KEY=VALUE
+    min_age: timedelta
+
+
+@dataclass(frozen=True)
+class Gc:
+    enabled: bool = True
+    schedule: str = "0 4 * * *"
+    min_age: timedelta = timedelta(hours=1)
+    stopped_containers: StoppedContainers | None = None
+
+    def trigger(self) -> Any:
+        return schedule.cron_trigger(self.schedule)
 
 
 @dataclass(frozen=True)
@@ -158,6 +213,11 @@ class Config:
     services: tuple[Service, ...]
     stability_window: timedelta = timedelta(seconds=10)
     health_timeout_max: timedelta = timedelta(minutes=5)
+    gc: Gc = Gc()
+    history_max_bytes: int = 10 * 1024 * 1024
+
+    def service(self, name: str) -> Service | None:
+        return next((s for s in self.services if s.name == name), None)
 
     def trigger(self) -> Any:
         if self.schedule is not None:
@@ -198,7 +258,7 @@ def resolve_path(cli_value: str | None) -> Path:
     return Path(from_env) if from_env else DEFAULT_PATH
 
 
-def _message(error: Any) -> str:
+def _message(error: Any) -> str:  # noqa: PLR0911 -- one return per kind of error reads as a table
     kind = error["type"]
     loc = error["loc"]
     if kind == "extra_forbidden":
@@ -207,20 +267,24 @@ def _message(error: Any) -> str:
         return f"missing required key {loc[-1]!r}"
     if kind == "literal_error":
         return f"{error['msg'].replace('Input should be', 'must be')}, not {error['input']!r}"
-    if kind in ("string_type", "int_type", "dict_type", "model_type"):
+    if kind in ("string_type", "int_type", "dict_type", "model_type", "bool_type", "list_type"):
         wanted = {
             "string_type": "a string",
             "int_type": "a whole number",
             "dict_type": "a mapping",
             "model_type": "a mapping",
+            "bool_type": "true or false",
+            "list_type": "a list",
         }[kind]
         found = error["input"]
         if found is None:
             return f"must be {wanted}, but is empty"
         hint = " (quote it)" if isinstance(found, int | float | bool) and kind == "string_type" else ""
         return f"must be {wanted}, not {type(found).__name__} {found!r}{hint}"
+    if kind == "too_short":
+        return f"must have at least {error['ctx']['min_length']} item(s)"
     message = str(error["msg"])
-    return message.removeprefix("Value error, ")
+    return message.removeprefix("Value error, ").replace("Input should be", "must be")
 
 
 def _problems(path: Path, doc: yamlsource.YamlDocument, exc: ValidationError) -> list[ConfigProblem]:
@@ -269,6 +333,7 @@ def load(path: Path) -> Config:
             stability_window=schedule.parse_duration(item.stability_window)
             if item.stability_window
             else None,
+            keep_previous=spec.keep_previous if item.keep_previous is None else item.keep_previous,
         )
         for name, item in spec.services.items()
     )
@@ -283,7 +348,18 @@ def load(path: Path) -> Config:
         services=services,
         stability_window=schedule.parse_duration(spec.stability_window),
         health_timeout_max=schedule.parse_duration(spec.health_timeout_max),
+        gc=_gc(spec.gc),
+        history_max_bytes=spec.history_max_bytes,
     )
+
+
+def _gc(spec: GcSpec) -> Gc:
+    stopped = None
+    if spec.stopped_containers is not None:
+        stopped = StoppedContainers(
+            tuple(spec.stopped_containers.labels), schedule.parse_duration(spec.stopped_containers.min_age)
+        )
+    return Gc(spec.enabled, spec.schedule, schedule.parse_duration(spec.min_age), stopped)
 
 
 def _probe(health: HealthSpec | None) -> Probe | None:

@@ -20,12 +20,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_RUNNING
 
 from dockwarden import config as configuration
+from dockwarden import gc
 from dockwarden.check import Checker, open_checker
 from dockwarden.notify import Notifier
 from dockwarden.update import Options, Updater, describe
 from dockwarden.upgrade import Checkpoint
 
 JOB_ID = "check-cycle"
+GC_JOB_ID = "gc"
 STOP_GRACE = 6.0  # seconds a running cycle gets to finish after SIGTERM; we promise to stop within 10 s
 # An upgrade in flight is never abandoned half-way (the service would stay down until our next start):
 # cancelling makes it roll back, which needs the old container's stop and start; systemd waits 90 s.
@@ -43,13 +45,15 @@ class Daemon:
     ) -> None:
         self.config = cfg
         self.checker = checker
-        self.updater = Updater(checker)
+        self.updater = Updater(checker.engine, checker)
         self.checkpoint = checkpoint
         self.notifier = notifier
         self.log = structlog.get_logger("dockwarden.daemon")
         self.cancel = threading.Event()
         self.cycle_done = threading.Event()
         self.cycle_done.set()
+        self.gc_done = threading.Event()
+        self.gc_done.set()
         self.requested: str | None = None
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
@@ -75,6 +79,21 @@ class Daemon:
             self.notifier.status(f"last cycle {stamp}: {describe(report)}")
         finally:
             self.cycle_done.set()
+
+    def _gc(self) -> None:
+        self.gc_done.clear()
+        try:
+            gc.collect(self.checker.engine, self.config, cancel=self.cancel)
+        finally:
+            self.gc_done.set()
+
+    def _schedule_gc(self, cfg: configuration.Config) -> None:
+        if self.scheduler.get_job(GC_JOB_ID) is not None:
+            self.scheduler.remove_job(GC_JOB_ID)
+        if cfg.gc.enabled:
+            self.scheduler.add_job(
+                self._gc, trigger=cfg.gc.trigger(), id=GC_JOB_ID, name="garbage collection"
+            )
 
     def _on_job_event(self, event: JobExecutionEvent) -> None:
         if event.code == EVENT_JOB_MAX_INSTANCES:
@@ -115,12 +134,14 @@ class Daemon:
             name="check cycle",
             next_run_time=datetime.now(UTC),
         )
+        self._schedule_gc(self.config)
         self.scheduler.start()
         self.log.info(
             "daemon.started",
             config=str(self.config.path),
             services=len(self.config.services),
             schedule=self.config.describe_schedule(),
+            gc=f"cron {self.config.gc.schedule} (UTC)" if self.config.gc.enabled else "off",
             engine_api=self.checker.engine.api_version,
             platform=str(self.checker.platform),
         )
@@ -141,6 +162,7 @@ class Daemon:
             self.log.warning("config.restart_needed", key="docker_host", kept=self.config.docker_host)
         self.config = new
         self.scheduler.reschedule_job(JOB_ID, trigger=new.trigger())
+        self._schedule_gc(new)
         self.log.info("config.reloaded", services=len(new.services), schedule=new.describe_schedule())
         self.notifier.status(f"config reloaded: watching {len(new.services)} services")
 
@@ -169,6 +191,7 @@ class Daemon:
         grace = UPGRADE_STOP_GRACE if self.updater.upgrading.is_set() else STOP_GRACE
         deadline = time.monotonic() + grace
         finished = self.cycle_done.wait(grace)
+        finished = self.gc_done.wait(max(0.0, deadline - time.monotonic())) and finished
         finished = self.checker.wait_idle(max(0.0, deadline - time.monotonic())) and finished
         self.checker.close()
         self.log.info("daemon.stopped", cycle_abandoned=not finished)

@@ -259,11 +259,48 @@ class Engine:
             driver_opt=endpoint.get("DriverOpts"),
         )
 
-    def remove(self, container_id: str) -> None:
-        """Remove a container; its volumes stay (anonymous ones too: the old version may need them back)."""
+    def remove(self, container_id: str, force: bool = True) -> None:
+        """Remove a container; its volumes stay (anonymous ones too: the old version may need them back).
+
+        Without `force` the engine refuses a running container, which is what a sweep of stopped ones wants
+        if one was started again since it was listed."""
         self._call(
-            f"removing {container_id[:12]}", self._client.api.remove_container, container_id, force=True
+            f"removing {container_id[:12]}", self._client.api.remove_container, container_id, force=force
         )
+
+    # -- what retention and garbage collection need ------------------------------------------------
+
+    def containers(self) -> list[dict[str, Any]]:
+        """Every container, running or not, as the list API describes it."""
+        return list(self._call("listing containers", self._client.api.containers, all=True))
+
+    def images(self, dangling: bool = False) -> list[dict[str, Any]]:
+        """Top-level images (not build intermediates), as the list API describes them."""
+        filters = {"dangling": True} if dangling else None
+        return list(self._call("listing images", self._client.api.images, filters=filters))
+
+    def image_sizes(self) -> dict[str, int]:
+        """Image ID -> bytes that only this image uses (its size minus layers shared with others)."""
+        usage = self._call("reading disk usage", self._client.api.df)
+        sizes = {}
+        for item in usage.get("Images") or ():
+            size, shared = int(item.get("Size") or 0), int(item.get("SharedSize") or 0)
+            sizes[str(item["Id"])] = max(0, size - max(0, shared))
+        return sizes
+
+    def layers_size(self) -> int:
+        """Bytes all image layers take on disk, as `docker system df` reports them."""
+        return int(self._call("reading disk usage", self._client.api.df).get("LayersSize") or 0)
+
+    def remove_image(self, reference: str) -> list[dict[str, str]]:
+        """`docker rmi` without force: untags a reference, and deletes the image if that was its last one.
+
+        The engine refuses (EngineError) if a container, running or stopped, uses an image it would delete;
+        that refusal is part of the safety of garbage collection, so this never forces."""
+        found = self._call(
+            f"removing image {reference}", self._client.api.remove_image, reference, force=False
+        )
+        return list(found or ())
 
     def ping(self) -> None:
         try:

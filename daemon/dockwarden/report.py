@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
+from dockwarden import gc, history, status
 from dockwarden.check import CheckResult
 from dockwarden.update import Report
 
@@ -68,3 +70,120 @@ def update_json(report: Report) -> str:
             item["plan"] = report.plans[o.service]
         items.append(item)
     return json.dumps(items, indent=2)
+
+
+def size(count: int | None) -> str:
+    """Bytes as `docker system df` shows them (decimal units)."""
+    if count is None:
+        return "-"
+    value = float(count)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"  # unreachable: the loop returns at GB
+
+
+def gc_table(result: gc.Result) -> str:
+    if result.error:
+        return f"gc failed: {result.error}"
+    header = ("KIND", "WHAT", "BYTES", "REASON")
+    rows = []
+    for r in result.removals:
+        reason = r.reason if r.error is None else f"{r.reason}; NOT REMOVED: {r.error}"
+        rows.append((r.kind, r.name, size(r.bytes) if r.bytes else "-", reason))
+    done = [r for r in result.removals if r.done or result.dry_run]
+    estimated = sum(r.bytes for r in done)
+    if result.dry_run:
+        summary = f"would remove {len(done)} items, about {size(estimated)}"
+    else:
+        summary = f"removed {len(done)} of {len(result.removals)} items, reclaimed {size(result.reclaimed)}"
+    return (_table(header, rows) + "\n\n" if rows else "nothing to collect\n\n") + summary
+
+
+def gc_json(result: gc.Result) -> str:
+    return json.dumps(
+        {
+            "dry_run": result.dry_run,
+            "error": result.error,
+            "reclaimed_bytes": result.reclaimed,
+            "removals": [r.to_json() for r in result.removals],
+        },
+        indent=2,
+    )
+
+
+def _history_detail(entry: dict[str, Any]) -> str:
+    event = entry.get("event")
+    if event == history.CHECKED:
+        text = f"{entry.get('status')}: running {short_digest(entry.get('running_digest'))}"
+        text += f", registry {short_digest(entry.get('registry_digest'))}"
+        return text + (f" ({entry['error']})" if entry.get("error") else "")
+    if event == history.SKIPPED:
+        return str(entry.get("reason") or "")
+    if event in (history.UPGRADE, history.ROLLBACK):
+        text = f"{entry.get('result')}: {short_digest(entry.get('from_digest'))}"
+        text += f" -> {short_digest(entry.get('to_digest'))}"
+        if entry.get("verdict"):
+            text += f"; gate: {entry['verdict']}"
+        if entry.get("error"):
+            text += f"; at {entry['step']}: {entry['error']}" if entry.get("step") else f"; {entry['error']}"
+        if entry.get("rollback_error"):
+            text += f"; rollback failed: {entry['rollback_error']}"
+        return text
+    if event == history.GC:
+        what = f"{entry.get('kind')} {entry.get('name')}"
+        return f"removed {what}: {entry.get('reason')} ({size(entry.get('bytes'))})"
+    if event in (history.RETAINED, history.RELEASED):
+        return f"{entry.get('reference')}" + (f": {entry['reason']}" if entry.get("reason") else "")
+    return json.dumps({k: v for k, v in entry.items() if k not in ("at", "event", "service")})
+
+
+def history_table(entries: Sequence[dict[str, Any]]) -> str:
+    header = ("TIME", "SERVICE", "EVENT", "DETAIL")
+    rows = [
+        (
+            str(e.get("at", "-"))[:19].replace("T", " "),
+            str(e.get("service") or "-"),
+            str(e.get("event", "-")),
+            _history_detail(e),
+        )
+        for e in entries
+    ]
+    return _table(header, rows) if rows else "no history yet"
+
+
+def history_json(entries: Sequence[dict[str, Any]]) -> str:
+    return json.dumps(list(entries), indent=2)
+
+
+def status_table(statuses: Sequence[status.ServiceStatus]) -> str:
+    header = ("SERVICE", "STATE", "RUNNING", "REGISTRY", "RETAINED", "LAST UPGRADE", "SKIPPED")
+    rows = []
+    for s in statuses:
+        state = s.state + (f" ({s.health})" if s.health else "")
+        if s.error:
+            state = f"error: {s.error}"
+        retained = ", ".join(short_digest(v.digests[0] if v.digests else v.image_id) for v in s.retained)
+        last = "-"
+        if s.last_upgrade is not None:
+            last = (
+                f"{s.last_upgrade.get('result')} {str(s.last_upgrade.get('at', ''))[:16].replace('T', ' ')}"
+            )
+        skipped = ", ".join(short_digest(d) for d in s.skipped.digests) if s.skipped else "-"
+        rows.append(
+            (
+                s.service,
+                state,
+                short_digest(s.running_digest),
+                short_digest(s.registry_digest),
+                retained or "-",
+                last,
+                skipped,
+            )
+        )
+    return _table(header, rows)
+
+
+def status_json(statuses: Sequence[status.ServiceStatus]) -> str:
+    return json.dumps([s.to_json() for s in statuses], indent=2)

@@ -14,7 +14,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-_DURATION = re.compile(r"(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?\Z")
+_DURATION = re.compile(r"(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?\Z")
 _DAY_NAMES = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
 MIN_INTERVAL = timedelta(seconds=10)
 
@@ -24,21 +24,29 @@ class ScheduleError(ValueError):
 
 
 def parse_duration(text: str) -> timedelta:
-    """`90s`, `5m`, `1h30m`: hours, minutes and seconds, each with its unit."""
+    """`90s`, `5m`, `1h30m`, `7d`: days, hours, minutes and seconds, each with its unit."""
     match = _DURATION.match(text.strip()) if text.strip() else None
     if not match or not any(match.groupdict().values()):
         raise ScheduleError(
-            f"{text!r} is not a duration: write a number with a unit, like 30s, 5m, 1h or 1h30m"
+            f"{text!r} is not a duration: write a number with a unit, like 30s, 5m, 1h, 1h30m or 7d"
         )
     parts = {k: int(v) for k, v in match.groupdict().items() if v}
-    return timedelta(hours=parts.get("h", 0), minutes=parts.get("m", 0), seconds=parts.get("s", 0))
+    return timedelta(
+        days=parts.get("d", 0), hours=parts.get("h", 0), minutes=parts.get("m", 0), seconds=parts.get("s", 0)
+    )
 
 
 def format_duration(value: timedelta) -> str:
     seconds = int(value.total_seconds())
+    days, seconds = divmod(seconds, 86400)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
-    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "") + (f"{secs}s" if secs else "")
+    text = (
+        (f"{days}d" if days else "")
+        + (f"{hours}h" if hours else "")
+        + (f"{minutes}m" if minutes else "")
+        + (f"{secs}s" if secs else "")
+    )
     return text or "0s"
 
 

@@ -11,7 +11,7 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,9 +25,12 @@ FILE_NAME = "skipped.json"
 
 @dataclass(frozen=True)
 class Entry:
-    digest: str
+    digests: tuple[str, ...]  # one manifest digest, or all a rolled-away image is known by
     reason: str
     at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"digests": list(self.digests), "reason": self.reason, "at": self.at}
 
 
 class SkipList:
@@ -64,16 +67,21 @@ class SkipList:
         os.replace(tmp, self.path)
 
     def get(self, service: str) -> Entry | None:
-        item = self._read().get(service)
-        if not isinstance(item, dict) or not isinstance(item.get("digest"), str):
-            return None
-        return Entry(item["digest"], str(item.get("reason", "")), str(item.get("at", "")))
+        return _entry(self._read().get(service))
 
-    def add(self, service: str, digest: str, reason: str) -> None:
+    def all(self) -> dict[str, Entry]:
+        found = {name: _entry(item) for name, item in self._read().items()}
+        return {name: entry for name, entry in found.items() if entry is not None}
+
+    def add(self, service: str, digests: Sequence[str], reason: str) -> None:
         try:
             with self._locked():
                 data = self._read()
-                data[service] = {"digest": digest, "reason": reason, "at": datetime.now(UTC).isoformat()}
+                data[service] = {
+                    "digests": list(digests),
+                    "reason": reason,
+                    "at": datetime.now(UTC).isoformat(),
+                }
                 self._write(data)
         except OSError as exc:
             self._unwritable(exc, "the failed digest is not remembered: the next cycle will try it again")
@@ -91,3 +99,14 @@ class SkipList:
         structlog.get_logger("dockwarden.state").warning(
             "state.unwritable", file=str(self.path), reason=str(exc), effect=effect
         )
+
+
+def _entry(item: object) -> Entry | None:
+    if not isinstance(item, dict):
+        return None
+    digests = item.get("digests")
+    if isinstance(item.get("digest"), str):  # the format before a rollback could skip several digests
+        digests = [item["digest"]]
+    if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
+        return None
+    return Entry(tuple(digests), str(item.get("reason", "")), str(item.get("at", "")))

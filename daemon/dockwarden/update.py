@@ -7,22 +7,26 @@ then runs the transaction in `upgrade`. A failure never stops the other services
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
-from dockwarden import check, gate, imageref, recreate, upgrade
+from dockwarden import check, gate, history, imageref, recreate, retention, upgrade
 from dockwarden.check import Checker, CheckResult
 from dockwarden.config import Config, Service
-from dockwarden.engine import EngineError
+from dockwarden.engine import Engine, EngineError
+from dockwarden.history import History
 from dockwarden.locks import Busy, ContainerLock
 from dockwarden.skiplist import Entry, SkipList
 from dockwarden.upgrade import Outcome, Target
 
 WOULD_UPGRADE = "would-upgrade"  # --dry-run's result for a service it would upgrade
+REVERTED = "reverted"  # `dockwarden rollback`: the service runs the older version now
 
 
 @dataclass
@@ -44,6 +48,36 @@ class Report:
         return any(
             o.result in (upgrade.ROLLED_BACK, upgrade.ROLLBACK_FAILED, upgrade.ERROR) for o in self.outcomes
         )
+
+
+def open_history(cfg: Config) -> History:
+    return History(cfg.state_dir, cfg.history_max_bytes)
+
+
+def record_checks(journal: History, results: Iterable[CheckResult]) -> None:
+    for r in results:
+        journal.record(
+            history.CHECKED,
+            r.service,
+            status=r.status,
+            running_digest=r.running_digest,
+            registry_digest=r.registry_digest,
+            error=r.error,
+            reason=r.reason,
+        )
+
+
+def record_outcome(journal: History, outcome: Outcome, event: str = history.UPGRADE) -> None:
+    """A skip with its reason; an attempt (or any on-demand rollback), whatever its end. Results of the
+    check alone (up to date, a registry error) are already in its `checked` entry."""
+    if outcome.result == upgrade.SKIPPED:
+        journal.record(history.SKIPPED, outcome.service, reason=outcome.error, digest=outcome.to_digest)
+        return
+    attempted = outcome.step is not None or outcome.result not in (upgrade.UP_TO_DATE, upgrade.ERROR)
+    if attempted or event == history.ROLLBACK:
+        fields = {k: v for k, v in outcome.to_json().items() if k != "service"}
+        duration = round(outcome.duration, 3)
+        journal.record(event, outcome.service, **fields, verdict=outcome.verdict, duration_s=duration)
 
 
 def policy_for(cfg: Config, service: Service) -> gate.Policy:
@@ -86,7 +120,7 @@ def decide(
     if service.update != "auto" and not options.named:
         return upgrade.SKIPPED, "update: monitor"
     digest = str(result.registry_digest)
-    if skipped is not None and skipped.digest == digest and not options.force:
+    if skipped is not None and digest in skipped.digests and not options.force:
         return (
             upgrade.SKIPPED,
             f"{digest[:19]} failed before ({skipped.reason}); pass --force to try it again",
@@ -115,11 +149,17 @@ def _outcome(result: CheckResult, status: str, error: str | None = None) -> Outc
 
 
 class Updater:
-    def __init__(self, checker: Checker) -> None:
-        self.checker = checker
-        self.engine = checker.engine
+    def __init__(self, engine: Engine, checker: Checker | None = None) -> None:
+        self.engine = engine
+        self.checker = checker  # None: this updater only rolls back, which never asks a registry
         self.log = structlog.get_logger("dockwarden.update")
         self.upgrading = threading.Event()  # set while a transaction runs, so a stop waits for its end
+
+    def close(self) -> None:
+        if self.checker is not None:
+            self.checker.close()  # closes the engine too
+        else:
+            self.engine.close()
 
     def recover(self, cfg: Config) -> None:
         """Converge every half-done upgrade of a watched container that a killed process left behind.
@@ -144,6 +184,21 @@ class Updater:
                 continue  # its owner is alive and still working on it
             except OSError as exc:
                 self.log.error("recovery.failed", container=name, error=f"state_dir: {exc}")
+        self._release_pulled(cfg)
+
+    def _release_pulled(self, cfg: Config) -> None:
+        """Drop `-pulled` tags a killed upgrade left (the image goes too if nothing else holds it)."""
+        try:
+            images = self.engine.images()
+        except EngineError:
+            return  # the check that follows reports an unreachable engine
+        for service in cfg.services:
+            for reference in retention.pulled_references(images, service.container):
+                try:
+                    with ContainerLock(cfg.state_dir, service.container):
+                        self.engine.remove_image(reference)
+                except (Busy, OSError, EngineError):
+                    continue  # in use by a live upgrade, or already gone
 
     def _report_interrupted(self, cfg: Config) -> None:
         watched = {s.container for s in cfg.services}
@@ -160,8 +215,13 @@ class Updater:
             self._report_interrupted(cfg)
         else:
             self.recover(cfg)
+        if self.checker is None:
+            raise TypeError("an update cycle needs a Checker")
         summary = self.checker.cycle(services, cfg.check_concurrency, options.cancel)
         results = {r.service: r for r in summary.results}
+        journal = open_history(cfg)
+        if not options.dry_run:
+            record_checks(journal, summary.results)
         report = Report()
         skips = SkipList(cfg.state_dir)
         # Namespace parents cost an inspect per service: only worth it when several may be upgraded.
@@ -169,11 +229,12 @@ class Updater:
         parents = self._parents(pending) if len(pending) > 1 else {}
         for service in order(services, parents):
             if options.cancel is not None and options.cancel.is_set():
-                report.outcomes.append(
-                    _outcome(results[service.name], upgrade.SKIPPED, "dockwarden is stopping")
-                )
-                continue
-            report.outcomes.append(self._one(cfg, service, results[service.name], options, skips, report))
+                outcome = _outcome(results[service.name], upgrade.SKIPPED, "dockwarden is stopping")
+            else:
+                outcome = self._one(cfg, service, results[service.name], options, skips, report)
+            report.outcomes.append(outcome)
+            if not options.dry_run:
+                record_outcome(journal, outcome)
         self.log.info(
             "update.cycle_finished",
             **{
@@ -230,6 +291,8 @@ class Updater:
                         self.engine, target, options.checkpoint, options.cancel, options.progress
                     ).run()
                     self._after(cfg, target, outcome, options)
+                    if outcome.switched:
+                        self.retain(cfg, service, ref.name, outcome)
                 finally:
                     self.upgrading.clear()
         except Busy as exc:
@@ -238,10 +301,114 @@ class Updater:
         except OSError as exc:
             return _outcome(result, upgrade.ERROR, f"cannot lock in state_dir {cfg.state_dir}: {exc}")
         if outcome.result in (upgrade.ROLLED_BACK, upgrade.ROLLBACK_FAILED):
-            skips.add(service.name, digest, f"{outcome.step}: {outcome.error}")
+            skips.add(service.name, [digest], f"{outcome.step}: {outcome.error}")
         elif outcome.result == upgrade.UPGRADED and skipped is not None:
             skips.clear(service.name)
         return outcome
+
+    def retain(self, cfg: Config, service: Service, repo: str, outcome: Outcome) -> None:
+        """Keep the image the service ran until now as its newest previous version; let go of the oldest.
+
+        Called with the service's lock held, right after the switch."""
+        try:
+            images = self.engine.images()
+            containers = self.engine.containers()
+        except EngineError as exc:
+            self.log.error("retention.failed", service=service.name, error=str(exc))
+            return
+        old_tags = next(
+            (
+                tuple(t for t in image.get("RepoTags") or () if t != "<none>:<none>")
+                for image in images
+                if image["Id"] == outcome.old_image
+            ),
+            (),
+        )
+        todo = retention.plan(
+            service.container,
+            repo,
+            retention.versions(images, service.container),
+            str(outcome.new_image),
+            outcome.old_image,
+            service.keep_previous,
+            datetime.now(UTC),
+            retention.users(containers),
+            old_tags,
+        )
+        journal = open_history(cfg)
+        retention.apply(
+            self.engine, service.name, todo, lambda event, **f: journal.record(event, service.name, **f)
+        )
+
+    def rollback(self, cfg: Config, service: Service, to: str | None, options: Options) -> Outcome:
+        """Switch `service` back to a version kept on this host (never pulling), through the same
+        transaction as an upgrade; the digest it leaves goes on the skip list."""
+        journal = open_history(cfg)
+        try:
+            with ContainerLock(cfg.state_dir, service.container):
+                self.upgrading.set()
+                try:
+                    outcome = self._rollback(cfg, service, to, options)
+                finally:
+                    self.upgrading.clear()
+        except Busy as exc:
+            outcome = Outcome(service.name, service.container, None, None, upgrade.SKIPPED, str(exc))
+        except OSError as exc:
+            outcome = Outcome(
+                service.name,
+                service.container,
+                None,
+                None,
+                upgrade.ERROR,
+                f"cannot lock in state_dir {cfg.state_dir}: {exc}",
+            )
+        record_outcome(journal, outcome, history.ROLLBACK)
+        return outcome
+
+    def _rollback(self, cfg: Config, service: Service, to: str | None, options: Options) -> Outcome:
+        policy = policy_for(cfg, service)
+        upgrade.converge(self.engine, service.container, policy)  # a half-done upgrade first
+        try:
+            container = self.engine.inspect_container(service.container)
+            images = self.engine.images()
+            ref = service.image or imageref.parse(str(container["Config"]["Image"]))
+        except (EngineError, imageref.InvalidReference) as exc:
+            return Outcome(service.name, service.container, None, None, upgrade.ERROR, str(exc))
+        ref = ref.with_tag_default()
+        running = str(container["Image"])
+        running_digests = next(
+            (
+                sorted(imageref.digests_for(ref.name, list(i.get("RepoDigests") or ())))
+                for i in images
+                if i["Id"] == running
+            ),
+            [],
+        )
+        from_digest = running_digests[0] if running_digests else None
+        known = retention.versions(images, service.container)
+        try:
+            image_id, digest = retention.choose(known, running, images, ref.name, to)
+        except retention.AlreadyRunning as exc:
+            return Outcome(service.name, service.container, from_digest, None, upgrade.UP_TO_DATE, str(exc))
+        except LookupError as exc:
+            kept = ", ".join(
+                f"{(v.digests or (v.image_id,))[0][:19]} ({v.retired_at:%Y-%m-%d %H:%M}Z)" for v in known
+            )
+            message = f"{exc}; versions kept for {service.name}: {kept or 'none'}"
+            return Outcome(service.name, service.container, from_digest, None, upgrade.ERROR, message)
+        target = Target(service.name, service.container, ref, from_digest, digest, policy, image_id=image_id)
+        outcome = upgrade.Upgrade(
+            self.engine, target, options.checkpoint, options.cancel, options.progress
+        ).run()
+        self._after(cfg, target, outcome, options)
+        if not outcome.switched:
+            return outcome
+        if running_digests:
+            # So that the daemon does not upgrade straight back to what was just rolled away from.
+            reason = f"rolled back by hand to {digest or image_id[:19]}"
+            SkipList(cfg.state_dir).add(service.name, running_digests, reason)
+        self.retain(cfg, service, ref.name, outcome)
+        return dataclasses.replace(outcome, result=REVERTED)
 
     def _after(self, cfg: Config, target: Target, outcome: Outcome, options: Options) -> None:
         """Containers in the upgraded one's network namespace lost it with the old container: redo them."""
@@ -300,7 +467,8 @@ class Updater:
 
 
 def open_updater(cfg: Config) -> Updater:
-    return Updater(check.open_checker(cfg))
+    checker = check.open_checker(cfg)
+    return Updater(checker.engine, checker)
 
 
 def describe(report: Report) -> str:

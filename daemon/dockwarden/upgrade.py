@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from dockwarden import gate, imageref, recreate
+from dockwarden import gate, imageref, recreate, retention
 from dockwarden.engine import Engine, EngineError, NotFound
 from dockwarden.imageref import ImageRef
 
@@ -65,6 +65,7 @@ class Target:
     to_digest: str | None  # None: recreate on the same image (a container sharing a recreated namespace)
     policy: gate.Policy
     network_mode: str | None = None  # replaces HostConfig.NetworkMode (container:X whose X was recreated)
+    image_id: str | None = None  # switch to this local image instead of pulling (a rollback)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,14 @@ class Outcome:
     duration: float = 0.0
     rollback_error: str | None = None
     replaced: str | None = None  # ID of the container that was set aside, once one was
+    old_image: str | None = None  # image IDs the service ran before, and was switched to
+    new_image: str | None = None
+    verdict: str | None = None  # the gate's, when it passed
+
+    @property
+    def switched(self) -> bool:
+        """The service now runs another image than before (the transaction committed)."""
+        return self.result == UPGRADED and self.old_image is not None and self.old_image != self.new_image
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -142,6 +151,9 @@ class Upgrade:
         self._step_started = 0.0
         self._entered: set[str] = set()
         self.old: dict[str, Any] = {}
+        self.new_image: dict[str, Any] = {}
+        self.verdict: str | None = None
+        self.pulled_ref: str | None = None
 
     def _enter(self, step: str) -> None:
         self._leave()
@@ -157,7 +169,17 @@ class Upgrade:
             self.log.info("upgrade.step", step=self.step, duration_ms=took, **fields)
         self.step = ""
 
-    def run(self) -> Outcome:  # noqa: PLR0915 -- the transaction is meant to read top to bottom
+    def run(self) -> Outcome:
+        try:
+            return self._run()
+        finally:
+            if self.pulled_ref is not None:
+                # Its job (keeping prunes away from an image no container used yet) is done. After a
+                # rollback this deletes the image that failed, if nothing else holds it.
+                with contextlib.suppress(EngineError):
+                    self.engine.remove_image(self.pulled_ref)
+
+    def _run(self) -> Outcome:  # noqa: PLR0912, PLR0915 -- the transaction is meant to read top to bottom
         started = time.monotonic()
         t = self.t
         self.log.info("upgrade.started", image=str(t.ref))
@@ -165,17 +187,23 @@ class Upgrade:
             # Nothing below touches the running service until "set-aside": a failure up to there
             # leaves it exactly as it was.
             new_image: dict[str, Any] | None = None
-            if t.to_digest is not None:
+            if t.to_digest is not None and t.image_id is None:
                 self._enter("pull")
                 pinned = f"{t.ref.name}@{t.to_digest}"
                 self.engine.pull(pinned, self.progress)
                 new_image = self.engine.inspect_image(pinned)
+                # Untagged until the "tag" step, and unused until "create": any prune would take it.
+                self.pulled_ref = f"{t.ref.name}:{retention.pulled_tag(t.container)}"
+                self.engine.tag(new_image["Id"], self.pulled_ref)
 
             self._enter("plan")
+            if t.image_id is not None:
+                new_image = self.engine.inspect_image(t.image_id)  # a version kept here: never pulled
             self.old = self.engine.inspect_container(t.container)
             if not (self.old.get("State") or {}).get("Running"):
                 raise StepFailed("plan", "the container is not running; upgrade it after starting it")
             old_image = self.engine.inspect_image(self.old["Image"])
+            switching = new_image is not None
             if new_image is None:
                 new_image, image_text = old_image, str(self.old["Config"]["Image"])
             elif old_image["Id"] == new_image["Id"]:
@@ -183,6 +211,7 @@ class Upgrade:
                 return self._outcome(UP_TO_DATE, started)
             else:
                 image_text = image_string(self.old, t.ref)
+            self.new_image = new_image
             plan = recreate.plan(self.old, old_image, new_image, image_text, t.network_mode)
             if self.cancel is not None and self.cancel.is_set():
                 self._leave()  # stopping: nothing is touched yet, so leave the service as it is
@@ -194,7 +223,7 @@ class Upgrade:
             self._enter("stop-old")
             self.engine.stop(self.old["Id"], stop_timeout(self.old))
 
-            if t.to_digest is not None:
+            if switching:
                 self._enter("tag")
                 self.engine.tag(new_image["Id"], image_text)
 
@@ -217,6 +246,7 @@ class Upgrade:
             verdict = gate.wait(self.engine, new_id, t.policy, 0, self.cancel)
             if not verdict.passed:
                 raise StepFailed("gate", verdict.reason)
+            self.verdict = verdict.reason
             self._leave(verdict=verdict.reason)
 
             self._enter("commit")
@@ -280,6 +310,9 @@ class Upgrade:
             time.monotonic() - started,
             rollback_error,
             self.old.get("Id") if self.step_reached("set-aside") else None,
+            self.old.get("Image"),
+            self.new_image.get("Id"),
+            self.verdict,
         )
 
     def step_reached(self, step: str) -> bool:

@@ -97,7 +97,7 @@ def run_cycle(cfg: Config, options: Options | None = None) -> Report:
     try:
         return updater.cycle(cfg, cfg.services, options or Options())
     finally:
-        updater.checker.close()
+        updater.close()
 
 
 def recover(cfg: Config) -> None:
@@ -106,4 +106,4 @@ def recover(cfg: Config) -> None:
     try:
         updater.recover(cfg)
     finally:
-        updater.checker.close()
+        updater.close()

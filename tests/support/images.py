@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
+import os
 import shutil
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -98,3 +102,46 @@ def leftovers(client: docker.DockerClient, value: str) -> list[str]:
     ]
     found += [f"image {i.id}" for i in client.images.list(all=True, filters={"label": f"{LABEL}={value}"})]
     return found
+
+
+def load_untagged(client: docker.DockerClient, run_label: str, created: str, size: int = 64 * 1024) -> str:
+    """`docker load` an untagged (dangling) image whose config says it was built at `created`.
+
+    A build always stamps the current time, and garbage collection spares young dangling images (a build
+    may be using them); a saved image carries whatever date its config holds. Returns the image ID.
+    """
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        payload = os.urandom(size)  # random, so every such image, and its layer, is distinct
+        info = tarfile.TarInfo("payload.bin")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    layer_bytes = layer.getvalue()
+    diff_id = "sha256:" + hashlib.sha256(layer_bytes).hexdigest()
+    config = json.dumps(
+        {
+            "architecture": client.version().get("Arch", "amd64"),
+            "os": "linux",
+            "created": created,
+            "config": {"Labels": {LABEL: run_label}, "Cmd": ["/payload.bin"]},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            "history": [{"created": created, "created_by": "dockwarden test"}],
+        }
+    ).encode()
+    image_id = "sha256:" + hashlib.sha256(config).hexdigest()
+    manifest = json.dumps(
+        [{"Config": "config.json", "RepoTags": None, "Layers": ["layer/layer.tar"]}]
+    ).encode()
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for name, data in (
+            ("config.json", config),
+            ("layer/layer.tar", layer_bytes),
+            ("manifest.json", manifest),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    for _ in client.api.load_image(archive.getvalue()):
+        pass
+    return image_id

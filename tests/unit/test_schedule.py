@@ -19,15 +19,17 @@ SATURDAY = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
         ("1h30m", timedelta(hours=1, minutes=30)),
         ("2h", timedelta(hours=2)),
         ("1h0m5s", timedelta(hours=1, seconds=5)),
+        ("7d", timedelta(days=7)),
+        ("1d12h", timedelta(days=1, hours=12)),
     ],
 )
 def test_durations(text: str, expected: timedelta) -> None:
-    """Durations are hours, minutes and seconds with units."""
+    """Durations are days, hours, minutes and seconds with units, and format back to themselves."""
     assert schedule.parse_duration(text) == expected
     assert schedule.parse_duration(schedule.format_duration(expected)) == expected
 
 
-@pytest.mark.parametrize("text", ["", "5", "5x", "m", "1.5m", "5m1h", "-5m"])
+@pytest.mark.parametrize("text", ["", "5", "5x", "m", "1.5m", "5m1h", "-5m", "1h2d"])
 def test_bad_durations(text: str) -> None:
     """Anything but number-with-unit is rejected."""
     with pytest.raises(schedule.ScheduleError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -60,7 +61,7 @@ def test_decide(service: Service, result: CheckResult, options: Options, expecte
 def test_failed_digest_is_skipped_until_the_tag_moves_or_force(tmp_path: Path) -> None:
     """A digest on the skip list is skipped with its reason; a newer digest or --force is tried."""
     skips = SkipList(tmp_path)
-    skips.add("web", D2, "gate: unhealthy")
+    skips.add("web", [D2], "gate: unhealthy")
     entry = skips.get("web")
     status, reason = decide(_svc("web"), _result(check.UPDATE_AVAILABLE), entry, Options())
     assert status == upgrade.SKIPPED
@@ -72,6 +73,25 @@ def test_failed_digest_is_skipped_until_the_tag_moves_or_force(tmp_path: Path) -
     assert decide(_svc("web"), moved, entry, Options())[0] == UPGRADE
     skips.clear("web")
     assert SkipList(tmp_path).get("web") is None
+
+
+def test_skip_list_holds_every_digest_of_a_rolled_away_image(tmp_path: Path) -> None:
+    """An entry with several digests skips each of them, and survives a new SkipList (a restart)."""
+    SkipList(tmp_path).add("web", [D1, D2], "rolled back by hand")
+    entry = SkipList(tmp_path).get("web")
+    assert entry is not None
+    assert entry.digests == (D1, D2)
+    for digest in (D1, D2):
+        result = _result(check.UPDATE_AVAILABLE, registry_digest=digest)
+        assert decide(_svc("web"), result, entry, Options())[0] == upgrade.SKIPPED
+
+
+def test_skip_list_of_the_previous_format_is_read(tmp_path: Path) -> None:
+    """A skipped.json written before entries held several digests still skips its digest."""
+    (tmp_path / "skipped.json").write_text(json.dumps({"web": {"digest": D2, "reason": "gate", "at": "x"}}))
+    entry = SkipList(tmp_path).get("web")
+    assert entry is not None
+    assert entry.digests == (D2,)
 
 
 def test_unreadable_skip_list_is_ignored(tmp_path: Path) -> None:

@@ -1,0 +1,107 @@
+"""Every decision dockwarden takes, one JSON object per line in `state_dir/history.jsonl`.
+
+The log is for operators watching now; this file is for the question asked a week later ("what ran here
+on Tuesday, and why was it rolled back?"), and `dockwarden status` reads its last check and upgrade from
+it. Appends are serialised by a lock file, so the daemon and a manual `update` can both write. When the
+file would grow past `max_bytes` it is rotated (history.jsonl.1 .. .N, oldest dropped), like logrotate.
+A history that cannot be written is a warning, never a reason to stop an upgrade.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+FILE_NAME = "history.jsonl"
+ROTATED = 4  # files kept beside the current one
+
+# Events, one per decision.
+CHECKED = "checked"
+SKIPPED = "skipped"
+UPGRADE = "upgrade"  # an attempt by the update cycle: its result, gate verdict, from -> to
+ROLLBACK = "rollback"  # an on-demand `dockwarden rollback`
+RETAINED = "retained"  # a replaced version kept for rollback
+RELEASED = "released"  # a version beyond keep_previous untagged (and removed when nothing uses it)
+GC = "gc"  # one removal by garbage collection
+
+
+class History:
+    def __init__(self, state_dir: Path, max_bytes: int = 10 * 1024 * 1024) -> None:
+        self.path = state_dir / FILE_NAME
+        self.max_bytes = max_bytes
+        self._warned = False
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def record(self, event: str, service: str | None = None, **fields: Any) -> None:
+        entry = {"at": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": event}
+        if service is not None:
+            entry["service"] = service
+        entry.update({k: v for k, v in fields.items() if v is not None})
+        line = (json.dumps(entry, sort_keys=False, default=str) + "\n").encode()
+        try:
+            with self._locked():
+                self._rotate_for(len(line))
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, line)  # one write per line: a reader never sees half a record
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            if not self._warned:  # once per process: a full disk would otherwise flood the log
+                self._warned = True
+                structlog.get_logger("dockwarden.state").warning(
+                    "state.unwritable", file=str(self.path), reason=str(exc), effect="history not recorded"
+                )
+
+    def _rotate_for(self, incoming: int) -> None:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size + incoming <= self.max_bytes:
+            return
+        for index in range(ROTATED - 1, 0, -1):
+            older = self.path.with_name(f"{FILE_NAME}.{index}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{FILE_NAME}.{index + 1}"))
+        os.replace(self.path, self.path.with_name(f"{FILE_NAME}.1"))
+
+    def files(self) -> list[Path]:
+        """The history files, oldest first."""
+        rotated = [self.path.with_name(f"{FILE_NAME}.{i}") for i in range(ROTATED, 0, -1)]
+        return [p for p in [*rotated, self.path] if p.exists()]
+
+    def entries(self, service: str | None = None) -> list[dict[str, Any]]:
+        """Every recorded entry (of `service`, if given), newest first; unreadable lines are skipped."""
+        found: list[dict[str, Any]] = []
+        for path in self.files():
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            for line in text.splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a crash or a full disk
+                if isinstance(entry, dict) and (service is None or entry.get("service") == service):
+                    found.append(entry)
+        found.reverse()
+        return found

@@ -1,0 +1,249 @@
+"""Previous versions kept for an instant rollback, and which of them to let go.
+
+A retained version is an image tagged `REPO:dockwarden-CONTAINER-TIMESTAMP`, the timestamp being when it
+stopped running. A tag, not just a digest reference, because `docker image prune` and the post's
+`docker images -f dangling=true | xargs docker rmi` remove every untagged image, digest references or not.
+By container name, not service name: container names are unique on an engine, service names only within
+one config file, and two configs may watch one host. The tags are the whole state: `docker images` shows
+them, and nothing is lost with `state_dir`.
+
+While an upgrade runs, the image it pulled carries `REPO:dockwarden-CONTAINER-pulled`, so that no prune
+removes it between the pull and the moment a container uses it; the tag goes when the upgrade ends.
+
+What to tag and untag is computed here from the engine's image and container lists (pure); `apply`
+executes it, never forcing: the engine itself refuses to delete an image a container uses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from dockwarden import imageref
+from dockwarden.engine import Engine, EngineError
+
+PREFIX = "dockwarden-"
+PULLED = "pulled"
+_STAMP = "%Y%m%dT%H%M%S.%fZ"
+_STAMP_RE = re.compile(r"\d{8}T\d{6}\.\d{6}Z\Z")
+
+
+def version_tag(container: str, at: datetime) -> str:
+    return f"{PREFIX}{container}-{at.astimezone(UTC).strftime(_STAMP)}"
+
+
+def pulled_tag(container: str) -> str:
+    return f"{PREFIX}{container}-{PULLED}"
+
+
+def _split(reference: str) -> tuple[str, str]:
+    repo, _, tag = reference.rpartition(":")
+    return (repo, tag) if "/" not in tag else (reference, "")
+
+
+def _stamp(tag: str, container: str) -> datetime | None:
+    head = f"{PREFIX}{container}-"
+    rest = tag.removeprefix(head)
+    if rest == tag or not _STAMP_RE.match(rest):
+        return None  # another container's tag, even if its name starts like this one ("web" vs "web-2")
+    return datetime.strptime(rest, _STAMP).replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Version:
+    reference: str  # REPO:dockwarden-CONTAINER-TIMESTAMP
+    image_id: str
+    retired_at: datetime
+    digests: tuple[str, ...]  # manifest digests the image is known by in its repository
+    size: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "reference": self.reference,
+            "image_id": self.image_id,
+            "digests": list(self.digests),
+            "retired_at": self.retired_at.isoformat(),
+        }
+
+
+def versions(images: list[dict[str, Any]], container: str) -> list[Version]:
+    """The retained versions of the service run by `container` among the engine's images, newest first."""
+    found = []
+    for image in images:
+        for reference in image.get("RepoTags") or ():
+            repo, tag = _split(reference)
+            at = _stamp(tag, container)
+            if at is None:
+                continue
+            digests = imageref.digests_for(_full_name(repo), list(image.get("RepoDigests") or ()))
+            found.append(
+                Version(reference, str(image["Id"]), at, tuple(sorted(digests)), int(image.get("Size") or 0))
+            )
+    return sorted(found, key=lambda v: v.retired_at, reverse=True)
+
+
+def _full_name(repo: str) -> str:
+    try:
+        return imageref.parse(repo).name
+    except imageref.InvalidReference:
+        return repo
+
+
+def pulled_references(images: list[dict[str, Any]], container: str) -> list[str]:
+    wanted = pulled_tag(container)
+    return [r for image in images for r in image.get("RepoTags") or () if _split(r)[1] == wanted]
+
+
+def users(containers: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Image ID -> names of the containers (running or stopped) created from it."""
+    found: dict[str, list[str]] = {}
+    for item in containers:
+        name = str((item.get("Names") or ["?"])[0]).lstrip("/")
+        found.setdefault(str(item.get("ImageID") or ""), []).append(name)
+    return found
+
+
+@dataclass
+class Plan:
+    tag: list[tuple[str, str]] = field(default_factory=list)  # (image ID, reference to add)
+    untag: list[tuple[Version, str]] = field(default_factory=list)  # (version, why)
+    remove: list[tuple[str, str]] = field(default_factory=list)  # (image ID, why): untagged and unused
+    kept: list[tuple[Version, str]] = field(default_factory=list)  # beyond keep_previous, but in use
+
+
+def plan(
+    container: str,
+    repo: str,
+    known: list[Version],
+    running: str,
+    retiring: str | None,
+    keep: int,
+    now: datetime,
+    used_by: dict[str, list[str]],
+    retiring_tags: tuple[str, ...] = (),
+) -> Plan:
+    """What to tag and untag so that the service in `container` keeps the `keep` newest previous versions
+    besides `running`.
+
+    `retiring` is the image the service ran until now (after an upgrade or a rollback), with the tags it
+    still has; it becomes the newest previous version.
+    """
+    result = Plan()
+    # (image ID, retired at, the version already tagged, if any), newest first
+    previous: list[tuple[str, datetime, Version | None]] = []
+    if retiring is not None and retiring != running:
+        previous.append((retiring, now, None))
+    for version in known:
+        if version.image_id == running:
+            result.untag.append((version, "it is running again"))
+        elif version.image_id == retiring or any(version.image_id == p[0] for p in previous):
+            result.untag.append((version, "a newer tag holds this version"))
+        else:
+            previous.append((version.image_id, version.retired_at, version))
+    for index, (image_id, _at, tagged) in enumerate(previous):
+        if index < keep:
+            if tagged is None:
+                result.tag.append((image_id, f"{repo}:{version_tag(container, now)}"))
+            continue
+        if tagged is None:
+            # Not kept at all (keep_previous 0): the replaced image goes if the upgrade left it untagged.
+            if not retiring_tags and not used_by.get(image_id):
+                result.remove.append((image_id, f"replaced, beyond keep_previous={keep}"))
+            continue
+        if used_by.get(image_id):
+            result.kept.append((tagged, f"used by container {', '.join(sorted(used_by[image_id]))}"))
+        else:
+            result.untag.append((tagged, f"beyond keep_previous={keep}"))
+    return result
+
+
+def choose(
+    known: list[Version],
+    running: str,
+    images: list[dict[str, Any]],
+    repo: str,
+    to: str | None,
+) -> tuple[str, str | None]:
+    """The image (ID, manifest digest) a rollback goes to; raises LookupError saying why there is none.
+
+    Without `to`: the newest retained version that is not the running image. With `to` (a manifest digest,
+    or an image ID or its prefix): any local image of the service's repository known by it. Never a pull.
+    """
+    if to is None:
+        for version in known:
+            if version.image_id != running:
+                return version.image_id, (version.digests[0] if version.digests else None)
+        raise LookupError("there is no retained version older than the running one")
+    wanted = to if to.startswith("sha256:") else f"sha256:{to}"
+    for version in known:
+        if wanted in version.digests or version.image_id.startswith(wanted):
+            return _not_running(version.image_id, running, wanted if wanted in version.digests else None)
+    for image in images:
+        digests = imageref.digests_for(repo, list(image.get("RepoDigests") or ()))
+        if wanted in digests or str(image["Id"]).startswith(wanted):
+            image_id = str(image["Id"])
+            return _not_running(image_id, running, wanted if wanted in digests else _first(digests))
+    raise LookupError(f"{to} is not on this host (a rollback never pulls)")
+
+
+def _first(digests: set[str]) -> str | None:
+    return sorted(digests)[0] if digests else None
+
+
+class AlreadyRunning(LookupError):
+    """The version asked for is the one running."""
+
+
+def _not_running(image_id: str, running: str, digest: str | None) -> tuple[str, str | None]:
+    if image_id == running:
+        raise AlreadyRunning(f"{digest or image_id[:19]} is the version running now")
+    return image_id, digest
+
+
+Record = Callable[..., None]
+
+
+def apply(engine: Engine, service: str, todo: Plan, record: Record) -> None:
+    """Carry out a retention plan: tag first (so nothing is unprotected in between), then let go.
+
+    Each step is independent: one the engine refuses is logged and the rest still happen."""
+    log = structlog.get_logger("dockwarden.retention").bind(service=service)
+    for image_id, reference in todo.tag:
+        try:
+            engine.tag(image_id, reference)
+        except EngineError as exc:
+            log.error("retention.failed", action="tag", image=image_id[:19], error=str(exc))
+            continue
+        log.info("retention.kept", image=image_id[:19], reference=reference)
+        record("retained", image_id=image_id, reference=reference)
+    for version, reason in todo.untag:
+        _let_go(engine, log, record, version.reference, version.image_id, reason, version.size)
+    for image_id, reason in todo.remove:
+        _let_go(engine, log, record, image_id, image_id, reason, 0)
+    for version, reason in todo.kept:
+        log.info("retention.held", reference=version.reference, reason=reason)
+
+
+def _let_go(
+    engine: Engine, log: Any, record: Record, reference: str, image_id: str, reason: str, size: int
+) -> None:
+    try:
+        removed = engine.remove_image(reference)
+    except EngineError as exc:
+        log.warning("retention.failed", action="untag", reference=reference, error=str(exc))
+        return
+    deleted = any("Deleted" in item for item in removed)
+    log.info("retention.released", reference=reference, reason=reason, image_deleted=deleted)
+    record(
+        "released",
+        reference=reference,
+        image_id=image_id,
+        reason=reason,
+        image_deleted=deleted,
+        bytes=size if deleted else 0,
+    )

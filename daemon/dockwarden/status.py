@@ -1,0 +1,109 @@
+"""`dockwarden status`: where each service stands, from the engine and `state_dir` alone (no registry call).
+
+The registry digest shown is the one the last check saw (from the history), so status works, and answers
+at once, when the registry is down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dockwarden import history, imageref, retention
+from dockwarden.config import Config, Service
+from dockwarden.engine import Engine, EngineError, NotFound
+from dockwarden.history import History
+from dockwarden.retention import Version
+from dockwarden.skiplist import Entry, SkipList
+
+
+@dataclass
+class ServiceStatus:
+    service: str
+    container: str
+    state: str  # the engine's: running, exited, ...; "missing" when there is no such container
+    health: str | None = None  # healthy / unhealthy / starting; None without a HEALTHCHECK
+    image: str | None = None
+    image_id: str | None = None
+    running_digest: str | None = None
+    registry_digest: str | None = None  # as of the last check
+    checked_at: str | None = None
+    retained: list[Version] = field(default_factory=list)
+    last_upgrade: dict[str, Any] | None = None
+    skipped: Entry | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "container": self.container,
+            "state": self.state,
+            "health": self.health,
+            "image": self.image,
+            "image_id": self.image_id,
+            "running_digest": self.running_digest,
+            "registry_digest": self.registry_digest,
+            "checked_at": self.checked_at,
+            "retained": [v.to_json() for v in self.retained],
+            "last_upgrade": self.last_upgrade,
+            "skipped": self.skipped.to_json() if self.skipped else None,
+            "error": self.error,
+        }
+
+
+def describe(
+    service: Service,
+    container: dict[str, Any] | None,
+    images: list[dict[str, Any]],
+    entries: list[dict[str, Any]],
+    skipped: Entry | None,
+) -> ServiceStatus:
+    """One service's status from its inspect (None: missing), the image list and its history entries
+    (newest first)."""
+    status = ServiceStatus(service.name, service.container, "missing", skipped=skipped)
+    status.retained = retention.versions(images, service.container)
+    checked = next((e for e in entries if e.get("event") == history.CHECKED), None)
+    if checked is not None:
+        status.registry_digest = checked.get("registry_digest")
+        status.checked_at = checked.get("at")
+    status.last_upgrade = next(
+        (e for e in entries if e.get("event") in (history.UPGRADE, history.ROLLBACK)), None
+    )
+    if container is None:
+        return status
+    state = container.get("State") or {}
+    status.state = str(state.get("Status") or "unknown")
+    status.health = (state.get("Health") or {}).get("Status")
+    status.image_id = str(container.get("Image") or "")
+    text = str((container.get("Config") or {}).get("Image") or "")
+    try:
+        ref = service.image or imageref.parse(text)
+    except imageref.InvalidReference:
+        ref = None
+    status.image = str(ref.with_tag_default()) if ref is not None else text
+    if ref is not None:
+        image = next((i for i in images if i["Id"] == status.image_id), {})
+        found = sorted(imageref.digests_for(ref.name, list(image.get("RepoDigests") or ())))
+        status.running_digest = found[0] if found else None
+    return status
+
+
+def gather(engine: Engine, cfg: Config) -> list[ServiceStatus]:
+    journal = History(cfg.state_dir, cfg.history_max_bytes)
+    entries = journal.entries()
+    skips = SkipList(cfg.state_dir).all()
+    images = engine.images()
+    found = []
+    for service in cfg.services:
+        error = None
+        try:
+            container: dict[str, Any] | None = engine.inspect_container(service.container)
+        except NotFound:
+            container = None
+        except EngineError as exc:
+            container, error = None, str(exc)
+        mine = [e for e in entries if e.get("service") == service.name]
+        status = describe(service, container, images, mine, skips.get(service.name))
+        status.error = error
+        found.append(status)
+    return found
