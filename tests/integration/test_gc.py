@@ -1,0 +1,211 @@
+"""Garbage collection, and state that outlives the daemon, on the real engine."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import pytest
+
+from dockwarden import config as configuration
+from dockwarden import upgrade
+from dockwarden.history import History
+from dockwarden.skiplist import SkipList
+from tests.integration.helpers import cli, spawn, wait_for_text
+from tests.integration.upgrade_lab import Side, config, names_like, push_version, update, wait_serving
+from tests.support.images import LABEL, ImageFactory, load_untagged
+from tests.support.registry import Registry
+
+pytestmark = pytest.mark.engine
+
+# GC removes dangling images engine-wide. So that this test touches nothing but its own, its config spares
+# every dangling image younger than ~22 years, and the ones it means to collect claim to be from 1990.
+HERMETIC_MIN_AGE = "200000h"
+ANCIENT = "1990-01-01T00:00:00Z"
+OLD_BUT_NOT_ANCIENT = "2020-01-01T00:00:00Z"
+
+
+def exists(client: docker.DockerClient, kind: str, ident: str) -> bool:
+    try:
+        (client.api.inspect_image if kind == "image" else client.api.inspect_container)(ident)
+    except docker.errors.NotFound:
+        return False
+    return True
+
+
+def gc(cfg: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    proc = cli("gc", "-c", str(cfg), "--json", *args)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_gc_removes_garbage_and_never_what_is_used_or_retained(
+    docker_client: docker.DockerClient,
+    images: ImageFactory,
+    registry: Registry,
+    run_label: str,
+    containers: list[str],
+    tmp_path: Path,
+) -> None:
+    """GC removes an old unused dangling image, a labelled old stopped container, a killed upgrade's
+    leftovers and versions beyond keep_previous, each with its reason and bytes; it keeps an image used
+    only by a stopped container, one shared with another service, a retained version, a young dangling
+    image and containers the selector does not name. A dry run removes nothing."""
+    side = Side(docker_client, images, None)
+    client = docker_client
+    uid = uuid.uuid4().hex[:8]
+
+    def run(name: str, image: str, **kwargs: Any) -> Any:
+        containers.append(name)
+        return client.containers.run(
+            image, name=name, detach=True, **{"labels": {LABEL: run_label}, **kwargs}
+        )
+
+    # Services a and b share one image; a is upgraded with keep_previous 0, so the shared image is
+    # dangling afterwards, and only b's use protects it.
+    shared_tag, _, _ = push_version(side, registry, "shared")
+    a, b, r = f"dw-gc-a-{uid}", f"dw-gc-b-{uid}", f"dw-gc-r-{uid}"
+    run(a, shared_tag)
+    run(b, shared_tag)
+    shared_image = client.api.inspect_container(b)["Image"]
+    # Service r keeps one previous version.
+    r_tag, _, _ = push_version(side, registry, "retained")
+    run(r, r_tag)
+    r_first = client.api.inspect_container(r)["Image"]
+    cfg_path = config(
+        tmp_path,
+        {
+            "a": {"container": a, "keep_previous": 0},
+            "b": {"container": b, "update": "monitor"},
+            "r": {"container": r, "keep_previous": 1},
+        },
+        extra=(
+            f"gc:\n  min_age: {HERMETIC_MIN_AGE}\n"
+            f"  stopped_containers:\n    labels: [dwgc={uid}]\n    min_age: 1s"
+        ),
+    )
+    push_version(side, registry, "shared")
+    push_version(side, registry, "retained")
+    code, rows, stderr = update(cfg_path, "a", "r")
+    assert code == 0, stderr
+    assert {row["service"]: row["result"] for row in rows} == {"a": "upgraded", "r": "upgraded"}
+    assert not client.api.inspect_image(shared_image)["RepoTags"]  # dangling now, but b runs it
+
+    # Garbage, and things that look like garbage but are not.
+    used_by_stopped = load_untagged(client, run_label, ANCIENT)
+    containers.append(f"dw-gc-c-{uid}")
+    client.api.create_container(used_by_stopped, name=f"dw-gc-c-{uid}", labels={LABEL: run_label})
+    unused = load_untagged(client, run_label, ANCIENT)
+    young = load_untagged(client, run_label, OLD_BUT_NOT_ANCIENT)
+    beyond = load_untagged(client, run_label, ANCIENT)  # r's "oldest version", beyond keep_previous 1
+    beyond_tag = f"{registry.host}/retained:dockwarden-{r}-19900101T000000.000000Z"
+    client.api.tag(beyond, f"{registry.host}/retained", beyond_tag.rpartition(":")[2])
+    a_image = client.api.inspect_container(a)["Image"]
+    client.api.tag(a_image, f"{registry.host}/shared", f"dockwarden-{a}-pulled")  # a killed upgrade's
+    done = f"{a}--dockwarden-done"
+    containers.append(done)
+    client.api.create_container(a_image, name=done, labels={LABEL: run_label})
+    stopped = run(f"dw-gc-s1-{uid}", shared_tag, command=["true"], labels={LABEL: run_label, "dwgc": uid})
+    unlabelled = run(f"dw-gc-s2-{uid}", shared_tag, command=["true"])
+    running = run(f"dw-gc-s3-{uid}", shared_tag, labels={LABEL: run_label, "dwgc": uid})
+    for item in (stopped, unlabelled):
+        item.wait(timeout=30)
+    time.sleep(1.1)  # past the stopped containers' min_age
+
+    code, planned = gc(cfg_path, "--dry-run")
+    assert code == 0
+    assert planned["dry_run"] is True
+    by_name = {item["name"]: item for item in planned["removals"]}
+    expected = {
+        unused.removeprefix("sha256:")[:12]: "image",
+        f"dw-gc-s1-{uid}": "container",
+        done: "recover",
+        f"{registry.host}/shared:dockwarden-{a}-pulled": "tag",
+        beyond_tag: "tag",
+    }
+    mine = {name: item["kind"] for name, item in by_name.items() if uid in name or name in expected}
+    assert mine == expected
+    assert not any(item["done"] for item in planned["removals"])
+    assert by_name[unused.removeprefix("sha256:")[:12]]["bytes"] >= 64 * 1024
+    assert by_name[beyond_tag]["bytes"] >= 64 * 1024  # its last tag: the image goes with it
+    assert "dangling" in by_name[unused.removeprefix("sha256:")[:12]]["reason"]
+    assert "keep_previous=1" in by_name[beyond_tag]["reason"]
+    assert exists(client, "image", unused)
+
+    code, result = gc(cfg_path)
+    assert code == 0, result
+    done_items = {item["name"]: item for item in result["removals"] if item["done"]}
+    assert set(expected) <= set(done_items)
+    assert result["reclaimed_bytes"] is not None
+    # Gone:
+    assert not exists(client, "image", unused)
+    assert not exists(client, "image", beyond)
+    assert not exists(client, "container", f"dw-gc-s1-{uid}")
+    assert names_like(client, a) == [a]
+    assert (
+        f"{registry.host}/shared:dockwarden-{a}-pulled" not in client.api.inspect_image(a_image)["RepoTags"]
+    )
+    # Kept:
+    for image in (used_by_stopped, young, shared_image, r_first):
+        assert exists(client, "image", image), image
+    assert client.api.inspect_image(r_first)["RepoTags"]  # still tagged as r's retained version
+    for name in (f"dw-gc-c-{uid}", f"dw-gc-s2-{uid}", f"dw-gc-s3-{uid}", b):
+        assert exists(client, "container", name), name
+    running.reload()
+    assert running.status == "running"
+    # Each removal is in the history with its reason.
+    gc_entries = [e for e in History(configuration.load(cfg_path).state_dir).entries() if e["event"] == "gc"]
+    assert {e["name"] for e in gc_entries} >= set(expected)
+    assert all(e["reason"] for e in gc_entries)
+    # Everything left is the user's or in use: a second run finds nothing of ours.
+    code, again = gc(cfg_path, "--dry-run")
+    assert not [item for item in again["removals"] if uid in item["name"] or item["name"] in expected]
+
+
+def test_history_and_skip_list_survive_a_daemon_restart(
+    web: tuple[str, int, Side], registry: Registry, tmp_path: Path
+) -> None:
+    """A digest rolled back by one daemon is skipped by the next one, and `history` shows both runs."""
+    name, port, side = web
+    first = wait_serving(port)
+    cfg_path = config(tmp_path, {"web": {"container": name}})
+    _, _, broken = push_version(side, registry, "app", cmd=["sh", "-c", "exit 3"])
+    cfg = configuration.load(cfg_path)
+
+    for run_number, awaited in ((1, '"rollback.finished"'), (2, '"upgrade.skipped"')):
+        log = tmp_path / f"daemon-{run_number}.log"
+        proc = spawn("run", cfg_path, log)
+        try:
+            wait_for_text(log, awaited, timeout=90)
+            wait_for_text(log, '"update.cycle_finished"', timeout=30)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        assert wait_serving(port) == first
+        entry = SkipList(cfg.state_dir).get("web")
+        assert entry is not None
+        assert entry.digests == (broken,)
+
+    rows = json.loads(cli("history", "-c", str(cfg_path), "web", "--json").stdout)
+    events = [(row["event"], row.get("result") or row.get("status")) for row in rows]
+    assert events == [
+        ("skipped", None),
+        ("checked", "update-available"),
+        ("upgrade", upgrade.ROLLED_BACK),
+        ("checked", "update-available"),
+    ]
+    assert "failed before" in rows[0]["reason"]
+    assert rows[2]["to_digest"] == broken
+    assert rows[2]["step"] == "gate"
+    assert len(History(cfg.state_dir).entries()) == 4
+    # --limit and the table form.
+    assert len(json.loads(cli("history", "-c", str(cfg_path), "--json", "--limit", "1").stdout)) == 1
+    table = cli("history", "-c", str(cfg_path)).stdout
+    assert "rolled-back" in table
+    assert "gate" in table
