@@ -58,8 +58,11 @@ class History:
         try:
             with self._locked():
                 self._rotate_for(len(line))
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
                 try:
+                    size = os.fstat(fd).st_size
+                    if size and os.pread(fd, 1, size - 1) != b"\n":
+                        line = b"\n" + line  # a line cut by a crash must not swallow this one
                     os.write(fd, line)  # one write per line: a reader never sees half a record
                 finally:
                     os.close(fd)

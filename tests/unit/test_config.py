@@ -76,7 +76,7 @@ def test_every_problem_is_located(tmp_path: Path) -> None:
     """,
     )
     assert found == [
-        "1:11: '5x' is not a duration: write a number with a unit, like 30s, 5m, 1h or 1h30m",
+        "1:11: '5x' is not a duration: write a number with a unit, like 30s, 5m, 1h, 1h30m or 7d",
         "2:12: state_dir 'relative' must be an absolute path",
         "3:20: must be a whole number, not str '8'",
         "6:12: invalid image reference '127.0.0.1:5000/Sample:latest': repository component 'Sample' is not "
@@ -246,3 +246,80 @@ def test_dependency_loop_is_an_error(tmp_path: Path) -> None:
     )
     assert len(found) == 1
     assert "depends_on loops: " in found[0]
+
+
+def test_retention_gc_and_history_keys_load_with_defaults_and_overrides(tmp_path: Path) -> None:
+    """keep_previous (global, per service), gc and history_max_bytes load; defaults when absent."""
+    path = tmp_path / "dw.yaml"
+    path.write_text("services:\n  web: {}\n")
+    cfg = configuration.load(path)
+    assert cfg.services[0].keep_previous == 2
+    assert cfg.gc == configuration.Gc(True, "0 4 * * *", timedelta(hours=1), None)
+    assert cfg.history_max_bytes == 10 * 1024 * 1024
+    path.write_text(
+        textwrap.dedent(
+            """\
+            keep_previous: 5
+            history_max_bytes: 1048576
+            gc:
+              enabled: false
+              schedule: "30 3 * * sun"
+              min_age: 2d
+              stopped_containers:
+                labels: [com.example.role=batch, com.example.ephemeral]
+                min_age: 7d
+            services:
+              web: {}
+              api:
+                keep_previous: 0
+            """
+        )
+    )
+    cfg = configuration.load(path)
+    assert [s.keep_previous for s in cfg.services] == [5, 0]
+    assert cfg.gc.enabled is False
+    assert cfg.gc.min_age == timedelta(days=2)
+    assert cfg.gc.stopped_containers == configuration.StoppedContainers(
+        ("com.example.role=batch", "com.example.ephemeral"), timedelta(days=7)
+    )
+    assert cfg.history_max_bytes == 1024 * 1024
+
+
+def test_retention_and_gc_problems_are_located(tmp_path: Path) -> None:
+    """Negative keep_previous, a non-boolean, a bad cron, an empty or malformed selector list, a tiny
+    history and a service name too long for a tag each point at their line."""
+    long_name = "a" * 65
+    found = problems_for(
+        tmp_path,
+        f"""
+        keep_previous: -1
+        gc:
+          enabled: "yes"
+          schedule: "bad"
+          stopped_containers:
+            labels: []
+        history_max_bytes: 10
+        services:
+          {long_name}: {{}}
+          web:
+            keep_previous: x
+          api:
+            container: {long_name}
+          db:
+            keep_previous: 101
+    """,
+    )
+    assert found == [
+        "1:16: must be greater than or equal to 0",
+        "3:12: must be true or false, not str 'yes'",
+        "4:13: cron expression 'bad' has 1 fields; it needs 5 (minute hour day-of-month month day-of-week)",
+        "6:13: must have at least 1 item(s)",
+        "7:20: must be greater than or equal to 65536",
+        f"9:3: '{long_name}' is longer than 64 characters",
+        "11:20: must be a whole number, not str 'x'",
+        f"13:16: '{long_name}' is longer than 64 characters",
+        "15:20: must be less than or equal to 100",
+    ]
+    assert problems_for(tmp_path, "gc:\n  stopped_containers:\n    labels: ['a=b', 'x y']\n") == [
+        "3:21: label selector 'x y' must be KEY or KEY=VALUE"
+    ]

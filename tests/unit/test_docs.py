@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dockwarden import cli
-from dockwarden.config import ConfigSpec, ServiceSpec
+from dockwarden.config import ConfigSpec, GcSpec, ServiceSpec, StoppedContainersSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = (ROOT / "config" / "README.md").read_text()
@@ -32,6 +32,19 @@ def test_service_key_documented(key: str) -> None:
     """Each per-service key has a row in the reference and appears in the example file."""
     assert f"| `{key}` |" in REFERENCE
     assert re.search(rf"^\s+{key}:", EXAMPLE, re.MULTILINE), f"{key} missing from config/dockwarden.yaml"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [f"gc.{k}" for k in sorted(GcSpec.model_fields)]
+    + [f"gc.stopped_containers.{k}" for k in sorted(StoppedContainersSpec.model_fields)],
+)
+def test_nested_key_documented(key: str) -> None:
+    """Each key inside `gc` has its own row in the reference and appears in the example file."""
+    assert f"| `{key}` |" in REFERENCE
+    assert re.search(rf"^\s+#? ?{key.rpartition('.')[2]}:", EXAMPLE, re.MULTILINE), (
+        f"{key} not in the example"
+    )
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:

@@ -1,0 +1,142 @@
+"""What garbage collection would remove, and why: `gc.plan` on recorded engine lists (pure).
+
+The data is tests/data/retention-engine20.json (see test_retention): three retained versions of
+recorded-web, the oldest still run by recorded-other, and an old dangling image used only by a created
+container labelled role=batch.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from dockwarden import gc, retention
+from dockwarden.config import Config, Gc, Service, StoppedContainers
+
+DATA = json.loads((Path(__file__).parents[1] / "data" / "retention-engine20.json").read_text())
+IMAGES: list[dict[str, Any]] = DATA["images"]
+CONTAINERS: list[dict[str, Any]] = DATA["containers"]
+NOW = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
+DANGLING = next(i["Id"] for i in IMAGES if i["RepoTags"] == ["<none>:<none>"])
+STOPPED = next(c for c in CONTAINERS if c["Names"] == ["/recorded-stopped"])
+
+
+def _config(
+    keep: int = 2, stopped: StoppedContainers | None = None, min_age: timedelta | None = None
+) -> Config:
+    service = Service("web", "recorded-web", None, "auto", keep_previous=keep)
+    return Config(
+        path=Path("/x.yaml"),
+        interval=None,
+        schedule=None,
+        state_dir=Path("/nonexistent/state"),  # plan() never touches it
+        docker_host=None,
+        check_concurrency=1,
+        registry_timeout=timedelta(seconds=1),
+        services=(service,),
+        gc=Gc(min_age=min_age if min_age is not None else timedelta(hours=1), stopped_containers=stopped),
+    )
+
+
+def _plan(cfg: Config, containers: list[dict[str, Any]] = CONTAINERS, **kwargs: Any) -> list[gc.Removal]:
+    stopped_at = kwargs.pop("stopped_at", {STOPPED["Id"]: NOW - timedelta(days=30)})
+    images = kwargs.pop("images", IMAGES)
+    return gc.plan(cfg, containers, images, {i["Id"]: 1000 for i in images}, stopped_at, NOW)
+
+
+def test_nothing_used_or_retained_is_planned() -> None:
+    """With the recorded state, GC plans nothing: the dangling image has a (stopped) user, the oldest
+    version beyond keep_previous is run by another container, the others are within keep_previous."""
+    assert _plan(_config(keep=2)) == []
+
+
+def test_versions_beyond_a_lowered_keep_previous_are_untagged_but_used_ones_stay() -> None:
+    """keep_previous 0: the two unused versions are untagged (their image goes with the last tag, so
+    their bytes count); the one another container runs is not touched."""
+    todo = _plan(_config(keep=0))
+    known = retention.versions(IMAGES, "recorded-web")
+    used = {c["ImageID"] for c in CONTAINERS}
+    assert [(r.kind, r.target) for r in todo] == [
+        (gc.TAG, v.reference) for v in known if v.image_id not in used
+    ]
+    assert all(r.bytes == 1000 and r.service == "web" for r in todo)
+    assert all("keep_previous=0" in r.reason for r in todo)
+
+
+def test_a_dangling_image_goes_once_its_only_user_is_collected() -> None:
+    """The opt-in rule removes the old labelled stopped container, and then its dangling image too."""
+    rule = StoppedContainers(("role=batch",), timedelta(days=7))
+    todo = _plan(_config(stopped=rule))
+    assert [(r.kind, r.target) for r in todo] == [(gc.CONTAINER, STOPPED["Id"]), (gc.IMAGE, DANGLING)]
+    assert "role=batch" in todo[0].reason
+    assert "dangling" in todo[1].reason
+    assert todo[1].bytes == 1000
+
+
+def test_the_stopped_container_rule_needs_every_label_and_the_age() -> None:
+    """A selector it lacks, a value that differs, or a container stopped too recently: not removed."""
+    for rule in (
+        StoppedContainers(("role=batch", "tier"), timedelta(days=7)),
+        StoppedContainers(("role=web",), timedelta(days=7)),
+        StoppedContainers(("role",), timedelta(days=31)),
+    ):
+        assert _plan(_config(stopped=rule)) == [], rule
+
+
+def test_running_and_watched_containers_are_never_swept() -> None:
+    """A label match on a running container, or on the service's own stopped container, is not garbage."""
+    rule = StoppedContainers(("dockwarden.test",), timedelta(0))
+    web = next(c for c in CONTAINERS if c["Names"] == ["/recorded-web"])
+    stopped_web = {**web, "State": "exited"}
+    others = [c for c in CONTAINERS if c is not web]  # the stopped one: no known stop time, so kept
+    todo = _plan(
+        _config(stopped=rule), [stopped_web, *others], stopped_at={web["Id"]: NOW - timedelta(days=9)}
+    )
+    assert todo == []
+
+
+def test_young_dangling_images_are_spared() -> None:
+    """An unused dangling image younger than gc.min_age may belong to a build in progress."""
+    unused = [c for c in CONTAINERS if c is not STOPPED]
+    assert [r.target for r in _plan(_config(), unused)] == [DANGLING]
+    created = datetime.fromtimestamp(next(i["Created"] for i in IMAGES if i["Id"] == DANGLING), UTC)
+    assert _plan(_config(min_age=NOW - created + timedelta(days=1)), unused) == []
+
+
+def test_half_done_upgrades_and_pulled_tags_of_watched_containers_are_leftovers() -> None:
+    """A -done or -old copy of a watched container is converged; its -pulled tag untagged; those of
+    containers this config does not watch are left to their owner."""
+    web = next(c for c in CONTAINERS if c["Names"] == ["/recorded-web"])
+    copies = [
+        {**web, "Id": "c1", "Names": ["/recorded-web--dockwarden-done"], "State": "exited"},
+        {**web, "Id": "c2", "Names": ["/other--dockwarden-old"], "State": "exited"},
+    ]
+    latest = next(i for i in IMAGES if "127.0.0.1:5000/recorded:latest" in i["RepoTags"])
+    pulled = [
+        {
+            **latest,
+            "RepoTags": [
+                *latest["RepoTags"],
+                "127.0.0.1:5000/recorded:dockwarden-recorded-web-pulled",
+                "127.0.0.1:5000/recorded:dockwarden-other-pulled",
+            ],
+        },
+        *(i for i in IMAGES if i is not latest),
+    ]
+    todo = _plan(_config(), [*CONTAINERS, *copies], images=pulled)
+    assert [(r.kind, r.name, r.service) for r in todo] == [
+        (gc.RECOVER, "recorded-web--dockwarden-done", "web"),
+        (gc.TAG, "127.0.0.1:5000/recorded:dockwarden-recorded-web-pulled", "web"),
+    ]
+    assert todo[1].bytes == 0  # the image keeps its other tag and its container
+
+
+def test_label_selectors() -> None:
+    """KEY matches any value; KEY=VALUE only that value; all selectors must hold."""
+    labels = {"a": "1", "b": ""}
+    assert gc.matches(labels, ("a",))
+    assert gc.matches(labels, ("a=1", "b="))
+    assert not gc.matches(labels, ("a=2",))
+    assert not gc.matches(labels, ("a", "c"))

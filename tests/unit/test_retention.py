@@ -1,0 +1,141 @@
+"""Which versions to keep, which to let go, and where a rollback goes: pure functions on recorded lists.
+
+tests/data/retention-engine20.json is Engine 20.10's image and container lists after three upgrades of
+`recorded-web` with keep_previous 2, while `recorded-other` still runs the first version, plus an old
+dangling image used by a created container (`recorded-stopped`).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dockwarden import retention
+
+DATA = json.loads((Path(__file__).parents[1] / "data" / "retention-engine20.json").read_text())
+IMAGES: list[dict[str, Any]] = DATA["images"]
+CONTAINERS: list[dict[str, Any]] = DATA["containers"]
+REPO = "127.0.0.1:5000/recorded"
+NOW = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
+
+
+def _image(tag: str) -> str:
+    return next(i["Id"] for i in IMAGES if f"{REPO}:{tag}" in (i.get("RepoTags") or ()))
+
+
+def _running() -> str:
+    return next(c["ImageID"] for c in CONTAINERS if c["Names"] == ["/recorded-web"])
+
+
+def test_versions_are_read_from_tags_newest_first() -> None:
+    """The three retained versions of recorded-web are found by their tags, newest first, with digests."""
+    found = retention.versions(IMAGES, "recorded-web")
+    assert len(found) == 3
+    assert [v.retired_at for v in found] == sorted((v.retired_at for v in found), reverse=True)
+    assert all(v.reference.startswith(f"{REPO}:dockwarden-recorded-web-") for v in found)
+    assert all(len(v.digests) == 1 and v.digests[0].startswith("sha256:") for v in found)
+    assert _running() not in {v.image_id for v in found}
+
+
+def test_a_similar_container_name_does_not_own_the_versions() -> None:
+    """`recorded` and `recorded-web-2` see none of recorded-web's versions."""
+    assert retention.versions(IMAGES, "recorded") == []
+    assert retention.versions(IMAGES, "recorded-web-2") == []
+
+
+def test_tag_round_trip() -> None:
+    """A version tag is a valid Docker tag, parsed back to the time it was made."""
+    tag = retention.version_tag("web", NOW)
+    assert len(tag) <= 128
+    assert (
+        retention.versions([{"Id": "sha256:x", "RepoTags": [f"{REPO}:{tag}"], "RepoDigests": []}], "web")[
+            0
+        ].retired_at
+        == NOW
+    )
+
+
+def test_an_upgrade_keeps_the_replaced_image_and_lets_the_oldest_unused_go() -> None:
+    """After one more upgrade the replaced image is tagged; of the versions beyond keep_previous, the
+    one another container runs is held and reported, the others untagged."""
+    known = retention.versions(IMAGES, "recorded-web")
+    running = _running()
+    new = "sha256:" + "f" * 64
+    users = retention.users(CONTAINERS)
+    todo = retention.plan("recorded-web", REPO, known, new, running, 2, NOW, users, (f"{REPO}:latest",))
+    assert todo.tag == [(running, f"{REPO}:{retention.version_tag('recorded-web', NOW)}")]
+    # previous now: running (new tag), then the three known; keep 2 -> the two oldest known are beyond.
+    beyond = known[1:]
+    held = [v for v in beyond if users.get(v.image_id)]
+    assert [v for v, _ in todo.kept] == held
+    assert "recorded-other" in todo.kept[0][1]
+    assert [v for v, _ in todo.untag] == [v for v in beyond if not users.get(v.image_id)]
+    assert all("keep_previous=2" in why for _, why in todo.untag)
+    assert todo.remove == []
+
+
+def test_keep_previous_zero_removes_the_replaced_image_only_when_nothing_holds_it() -> None:
+    """With keep_previous 0 nothing is tagged; the replaced image is removed if it lost its last tag
+    and no container uses it, and left alone otherwise."""
+    old, new = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    todo = retention.plan("web", REPO, [], new, old, 0, NOW, {})
+    assert (todo.tag, todo.remove) == ([], [(old, "replaced, beyond keep_previous=0")])
+    assert retention.plan("web", REPO, [], new, old, 0, NOW, {old: ["other"]}).remove == []
+    assert retention.plan("web", REPO, [], new, old, 0, NOW, {}, (f"{REPO}:v1",)).remove == []
+
+
+def test_a_rollback_untags_the_version_it_runs_again_and_retires_the_one_it_left() -> None:
+    """Rolling back to the newest retained version: that version's tag goes (it runs), and the image
+    rolled away from becomes the newest previous version."""
+    known = retention.versions(IMAGES, "recorded-web")
+    left = _running()
+    target = known[0].image_id
+    todo = retention.plan("recorded-web", REPO, known, target, left, 2, NOW, {})
+    assert (known[0], "it is running again") in todo.untag
+    assert todo.tag == [(left, f"{REPO}:{retention.version_tag('recorded-web', NOW)}")]
+    # previous: left, known[1], known[2] -> known[2] is beyond keep_previous 2
+    assert (known[2], "beyond keep_previous=2") in todo.untag
+
+
+def test_retiring_a_version_twice_keeps_one_tag() -> None:
+    """An image that already has a version tag gets a fresh one and loses the older."""
+    known = retention.versions(IMAGES, "recorded-web")
+    again = known[1].image_id
+    todo = retention.plan("recorded-web", REPO, known, _running(), again, 5, NOW, {})
+    assert (known[1], "a newer tag holds this version") in todo.untag
+    assert todo.tag == [(again, f"{REPO}:{retention.version_tag('recorded-web', NOW)}")]
+
+
+def test_rollback_target_defaults_to_the_newest_older_version() -> None:
+    """Without --to, the newest retained version that is not the running image."""
+    known = retention.versions(IMAGES, "recorded-web")
+    assert retention.choose(known, _running(), IMAGES, REPO, None) == (known[0].image_id, known[0].digests[0])
+    # Running the newest retained one (after a rollback), the default goes one further back.
+    assert retention.choose(known, known[0].image_id, IMAGES, REPO, None)[0] == known[1].image_id
+
+
+def test_rollback_target_by_digest_or_image_id() -> None:
+    """--to takes a manifest digest or an image ID prefix; the running one and unknown ones are errors."""
+    known = retention.versions(IMAGES, "recorded-web")
+    digest = known[2].digests[0]
+    assert retention.choose(known, _running(), IMAGES, REPO, digest) == (known[2].image_id, digest)
+    prefix = known[1].image_id[:19]
+    assert retention.choose(known, _running(), IMAGES, REPO, prefix)[0] == known[1].image_id
+    with pytest.raises(retention.AlreadyRunning):
+        retention.choose(known, _running(), IMAGES, REPO, _running())
+    with pytest.raises(LookupError, match="never pulls"):
+        retention.choose(known, _running(), IMAGES, REPO, "sha256:" + "0" * 64)
+    with pytest.raises(LookupError, match="no retained version"):
+        retention.choose([], _running(), IMAGES, REPO, None)
+
+
+def test_pulled_tags_are_found_per_container() -> None:
+    """Only the container's own -pulled tag is its leftover."""
+    images = [
+        {"Id": "sha256:1", "RepoTags": [f"{REPO}:dockwarden-web-pulled", f"{REPO}:dockwarden-web-2-pulled"]}
+    ]
+    assert retention.pulled_references(images, "web") == [f"{REPO}:dockwarden-web-pulled"]
