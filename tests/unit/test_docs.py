@@ -42,7 +42,7 @@ def test_service_key_documented(key: str) -> None:
 def test_nested_key_documented(key: str) -> None:
     """Each key inside `gc` has its own row in the reference and appears in the example file."""
     assert f"| `{key}` |" in REFERENCE
-    assert re.search(rf"^\s+#? ?{key.rpartition('.')[2]}:", EXAMPLE, re.MULTILINE), (
+    assert re.search(rf"^\s+#?\s*{key.rpartition('.')[2]}:", EXAMPLE, re.MULTILINE), (
         f"{key} not in the example"
     )
 
