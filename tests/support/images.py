@@ -36,10 +36,16 @@ class ImageFactory:
         (self._dir / "rootfs" / "www").mkdir()
 
     def build(
-        self, tag: str, marker: str, cmd: list[str] | None = None, healthcheck: str | None = None
+        self,
+        tag: str,
+        marker: str,
+        cmd: list[str] | None = None,
+        healthcheck: str | None = None,
+        payload: int = 0,
     ) -> str:
-        """Build `tag` and return its image ID."""
+        """Build `tag` and return its image ID; `payload` adds that many random bytes (a distinct layer)."""
         (self._dir / "rootfs" / "www" / "index.html").write_text(marker + "\n")
+        (self._dir / "rootfs" / "payload.bin").write_bytes(os.urandom(payload))
         lines = [
             "FROM scratch",
             "COPY rootfs/ /",
