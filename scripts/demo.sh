@@ -2,7 +2,8 @@
 # The main job, end to end on this machine: a real engine, a real registry, a sample service, the daemon.
 # It starts the lab, runs a sample container from 127.0.0.1:5000, starts `dockwarden run`, pushes a new
 # image to the watched tag and shows the daemon upgrading the container, then pushes a broken image and
-# shows it rolled back. Everything it creates is removed at the end.
+# shows it rolled back; then status, a rollback on demand, the history and a GC dry run. Everything it
+# creates is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -118,4 +119,19 @@ step "7. v3 is now on the skip list: a manual update does not retry it (exit 0, 
 .venv/bin/dockwarden update -c "$WORK/dockwarden.yaml" 2>/dev/null || true
 kill "$DAEMON_PID" 2>/dev/null; wait "$DAEMON_PID" 2>/dev/null || true
 DAEMON_PID=
-step "Done: v2 kept serving through the broken push; nothing is left behind"
+
+step "8. Status: the running digest, the registry's (v3, from the last check), v1 retained, v3 skipped"
+.venv/bin/dockwarden status -c "$WORK/dockwarden.yaml"
+
+step "9. Roll back on demand to v1, the retained version (no pull; gated like an upgrade)"
+.venv/bin/dockwarden rollback -c "$WORK/dockwarden.yaml" web 2>/dev/null
+serving
+echo "retained now (v2, rolled away from, is kept for rolling forward):"
+$DOCKER images --format '  {{.Repository}}:{{.Tag}}' "$REPO" | grep dockwarden- || true
+
+step "10. The history of every decision, newest first"
+.venv/bin/dockwarden history -c "$WORK/dockwarden.yaml" --limit 12
+
+step "11. What garbage collection would remove on this host (a dry run: nothing is removed)"
+.venv/bin/dockwarden gc -c "$WORK/dockwarden.yaml" --dry-run 2>/dev/null || true
+step "Done: v2 kept serving through the broken push, v1 came back on demand; nothing is left behind"

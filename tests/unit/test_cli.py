@@ -124,3 +124,35 @@ def test_update_of_an_unknown_service_is_a_usage_error(
     path.write_text("services:\n  web: {}\n")
     assert cli.main(["update", "-c", str(path), "nosuch"]) == 2
     assert "no such service" in capsys.readouterr().err
+
+
+def test_new_commands_refuse_bad_input_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rollback, gc, history and status refuse an invalid config, an unknown service, a malformed
+    digest and a negative limit with exit 2, before touching the engine."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("services:\n  web:\n    keep_previous: -1\n")
+    for command in (["rollback", "web"], ["gc"], ["history"], ["status"]):
+        assert cli.main([command[0], "-c", str(bad), *command[1:]]) == 2
+    assert capsys.readouterr().err.count("must be greater than or equal to 0") == 4
+    good = tmp_path / "good.yaml"
+    good.write_text(f"state_dir: {tmp_path / 'state'}\nservices:\n  web: {{}}\n")
+    assert cli.main(["rollback", "-c", str(good), "api"]) == 2
+    assert cli.main(["history", "-c", str(good), "api"]) == 2
+    assert cli.main(["history", "-c", str(good), "--limit", "-1"]) == 2
+    assert "no such service" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["rollback", "-c", str(good), "web", "--to", "v1.2"])
+    assert caught.value.code == 2
+    assert "'v1.2' is not a digest" in capsys.readouterr().err
+
+
+def test_history_without_a_file_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """history on a fresh state_dir prints that there is none yet (or [] with --json) and exits 0."""
+    good = tmp_path / "good.yaml"
+    good.write_text(f"state_dir: {tmp_path / 'state'}\nservices:\n  web: {{}}\n")
+    assert cli.main(["history", "-c", str(good)]) == 0
+    assert capsys.readouterr().out == "no history yet\n"
+    assert cli.main(["history", "-c", str(good), "--json"]) == 0
+    assert capsys.readouterr().out == "[]\n"
