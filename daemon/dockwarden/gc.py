@@ -47,7 +47,8 @@ class Removal:
     bytes: int = 0  # estimated: the image's own layers, not those it shares with images that stay
     service: str | None = None  # the watched service it belongs to, if any (its lock is taken)
     done: bool = False
-    error: str | None = None
+    error: str | None = None  # the engine refused
+    left: str | None = None  # not attempted now: the service is being upgraded, or dockwarden is stopping
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +60,7 @@ class Removal:
             "service": self.service,
             "done": self.done,
             "error": self.error,
+            "left": self.left,
         }
 
 
@@ -259,12 +261,16 @@ def collect(
     policies = {s.name: s for s in cfg.services}
     for removal in todo:
         if cancel is not None and cancel.is_set():
-            removal.error = "not done: dockwarden is stopping"
+            removal.left = "dockwarden is stopping"
             continue
         try:
             _remove(engine, cfg, removal, policies)
-        except (EngineError, Busy, OSError) as exc:
-            removal.error = str(exc) if not isinstance(exc, Busy) else f"left for now: {exc}"
+        except Busy as exc:
+            removal.left = str(exc)  # its upgrade is running: the next collection will see to it
+            log.info("gc.kept", kind=removal.kind, target=removal.name, left=removal.left)
+            continue
+        except (EngineError, OSError) as exc:
+            removal.error = str(exc)
             log.warning("gc.kept", kind=removal.kind, target=removal.name, error=removal.error)
             continue
         removal.done = True
@@ -287,7 +293,7 @@ def collect(
     log.info(
         "gc.finished",
         removed=sum(1 for r in todo if r.done),
-        kept=sum(1 for r in todo if r.error),
+        kept=sum(1 for r in todo if r.error or r.left),
         reclaimed_bytes=result.reclaimed,
     )
     return result

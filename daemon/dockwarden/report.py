@@ -90,7 +90,11 @@ def gc_table(result: gc.Result) -> str:
     header = ("KIND", "WHAT", "BYTES", "REASON")
     rows = []
     for r in result.removals:
-        reason = r.reason if r.error is None else f"{r.reason}; NOT REMOVED: {r.error}"
+        reason = r.reason
+        if r.error is not None:
+            reason += f"; NOT REMOVED: {r.error}"
+        elif r.left is not None:
+            reason += f"; left for now: {r.left}"
         rows.append((r.kind, r.name, size(r.bytes) if r.bytes else "-", reason))
     done = [r for r in result.removals if r.done or result.dry_run]
     estimated = sum(r.bytes for r in done)

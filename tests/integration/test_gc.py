@@ -14,8 +14,11 @@ import docker.errors
 import pytest
 
 from dockwarden import config as configuration
+from dockwarden import gc as collection
 from dockwarden import upgrade
+from dockwarden.engine import Engine
 from dockwarden.history import History
+from dockwarden.locks import ContainerLock
 from dockwarden.skiplist import SkipList
 from tests.integration.helpers import cli, spawn, wait_for_text
 from tests.integration.upgrade_lab import Side, config, names_like, push_version, update, wait_serving
@@ -209,3 +212,38 @@ def test_history_and_skip_list_survive_a_daemon_restart(
     table = cli("history", "-c", str(cfg_path)).stdout
     assert "rolled-back" in table
     assert "gate" in table
+
+
+def test_gc_leaves_a_service_that_is_being_upgraded_for_later(
+    docker_client: docker.DockerClient,
+    images: ImageFactory,
+    registry: Registry,
+    run_label: str,
+    containers: list[str],
+    tmp_path: Path,
+) -> None:
+    """While a service's lock is held (its upgrade runs), GC does not touch its leftovers and does not
+    call that a failure; once the lock is free, the next collection removes them."""
+    side = Side(docker_client, images, None)
+    tag, _, _ = push_version(side, registry, "busy")
+    name = f"dw-gc-busy-{uuid.uuid4().hex[:8]}"
+    containers.append(name)
+    docker_client.containers.run(tag, name=name, detach=True, labels={LABEL: run_label})
+    pulled = f"{registry.host}/busy:dockwarden-{name}-pulled"
+    docker_client.api.tag(tag, f"{registry.host}/busy", f"dockwarden-{name}-pulled")
+    cfg = configuration.load(config(tmp_path, {"web": {"container": name}}))
+    engine = Engine.connect()
+    try:
+        with ContainerLock(cfg.state_dir, name):
+            held = collection.collect(engine, cfg)
+        removal = next(r for r in held.removals if r.name == pulled)
+        assert (removal.done, removal.error) == (False, None)
+        assert removal.left is not None
+        assert "pid" in removal.left.lower()
+        assert not held.failed()
+        assert pulled in docker_client.api.inspect_image(tag)["RepoTags"]
+        free = collection.collect(engine, cfg)
+    finally:
+        engine.close()
+    assert next(r for r in free.removals if r.name == pulled).done
+    assert pulled not in docker_client.api.inspect_image(tag)["RepoTags"]
