@@ -19,6 +19,7 @@ import http.client
 import itertools
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -241,6 +242,7 @@ def main() -> None:
         remove_labelled(client, run_label)
         registry.stop()
         images.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

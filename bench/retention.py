@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -209,6 +210,7 @@ def main() -> None:  # noqa: PLR0915 -- one measured story, top to bottom
         remove_labelled(client, run_label)
         registry.stop()
         images.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str))
