@@ -7,6 +7,7 @@ unreachable); 2 the config or the command line is wrong.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -14,9 +15,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import FrameType
-from typing import Any
 
 from dockwarden import __version__, check, daemon, gc, logs, report, status, update, upgrade
 from dockwarden import config as configuration
@@ -158,17 +158,25 @@ def _terminal_progress() -> upgrade.Progress | None:
     return show
 
 
-def _cancel_on_signals(cancel: threading.Event | None) -> dict[int, Any]:
-    """First Ctrl-C or SIGTERM: finish cleanly (an upgrade in its gate rolls back; none starts after it).
-    A second one interrupts at once; the next run's recovery converges whatever it left."""
+@contextlib.contextmanager
+def _cancel_on_signals() -> Iterator[threading.Event]:
+    """Yield an event that the first Ctrl-C or SIGTERM sets: finish cleanly (an upgrade in its gate rolls
+    back; none starts after it). A second one interrupts at once; the next run's recovery converges
+    whatever it left. The previous handlers are back afterwards."""
+    cancel = threading.Event()
 
     def handler(signum: int, _frame: FrameType | None) -> None:
-        if cancel is None or cancel.is_set():
+        if cancel.is_set():
             raise KeyboardInterrupt
         cancel.set()
         print("dockwarden: stopping; an upgrade in progress rolls back first", file=sys.stderr, flush=True)
 
-    return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield cancel
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def cmd_update(args: argparse.Namespace) -> int:
@@ -187,20 +195,18 @@ def cmd_update(args: argparse.Namespace) -> int:
     except EngineError as exc:
         print(f"dockwarden: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    options = update.Options(
-        named=bool(args.services),
-        force=args.force,
-        dry_run=args.dry_run,
-        cancel=threading.Event(),
-        checkpoint=_pause_hook(),
-        progress=_terminal_progress(),
-    )
-    previous = _cancel_on_signals(options.cancel)
     try:
-        result = updater.cycle(cfg, [known[n] for n in args.services] or cfg.services, options)
+        with _cancel_on_signals() as cancel:
+            options = update.Options(
+                named=bool(args.services),
+                force=args.force,
+                dry_run=args.dry_run,
+                cancel=cancel,
+                checkpoint=_pause_hook(),
+                progress=_terminal_progress(),
+            )
+            result = updater.cycle(cfg, [known[n] for n in args.services] or cfg.services, options)
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
         updater.close()
     print(report.update_json(result) if args.json else report.update_table(result))
     return EXIT_FAILED if result.failed() else EXIT_OK
@@ -228,13 +234,11 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     # Only the engine is needed: a rollback never asks the registry anything.
     updater = update.Updater(engine)
-    options = update.Options(named=True, cancel=threading.Event(), checkpoint=_pause_hook(), progress=None)
-    previous = _cancel_on_signals(options.cancel)
     try:
-        outcome = updater.rollback(cfg, service, args.to, options)
+        with _cancel_on_signals() as cancel:
+            options = update.Options(named=True, cancel=cancel, checkpoint=_pause_hook())
+            outcome = updater.rollback(cfg, service, args.to, options)
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
         updater.close()
     result = update.Report([outcome])
     print(report.update_json(result) if args.json else report.update_table(result))
@@ -251,13 +255,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
     except EngineError as exc:
         print(f"dockwarden: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    cancel = threading.Event()
-    previous = _cancel_on_signals(cancel)
     try:
-        result = gc.collect(engine, cfg, dry_run=args.dry_run, cancel=cancel)
+        with _cancel_on_signals() as cancel:
+            result = gc.collect(engine, cfg, dry_run=args.dry_run, cancel=cancel)
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
         engine.close()
     print(report.gc_json(result) if args.json else report.gc_table(result))
     return EXIT_FAILED if result.failed() else EXIT_OK

@@ -9,16 +9,15 @@ A history that cannot be written is a warning, never a reason to stop an upgrade
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
+
+from dockwarden.locks import serialised
 
 FILE_NAME = "history.jsonl"
 ROTATED = 4  # files kept beside the current one
@@ -39,16 +38,6 @@ class History:
         self.max_bytes = max_bytes
         self._warned = False
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
     def record(self, event: str, service: str | None = None, **fields: Any) -> None:
         entry = {"at": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": event}
         if service is not None:
@@ -56,7 +45,7 @@ class History:
         entry.update({k: v for k, v in fields.items() if v is not None})
         line = (json.dumps(entry, sort_keys=False, default=str) + "\n").encode()
         try:
-            with self._locked():
+            with serialised(self.path):
                 self._rotate_for(len(line))
                 fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
                 try:

@@ -7,18 +7,18 @@ restart does not start the loop again; an unreadable file is ignored with a warn
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
+
+from dockwarden.locks import serialised
 
 FILE_NAME = "skipped.json"
 
@@ -36,17 +36,6 @@ class Entry:
 class SkipList:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / FILE_NAME
-
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        # The daemon and a manual update may both write; serialise the read-modify-write.
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
 
     def _read(self) -> dict[str, Any]:
         try:
@@ -75,7 +64,7 @@ class SkipList:
 
     def add(self, service: str, digests: Sequence[str], reason: str) -> None:
         try:
-            with self._locked():
+            with serialised(self.path):
                 data = self._read()
                 data[service] = {
                     "digests": list(digests),
@@ -88,7 +77,7 @@ class SkipList:
 
     def clear(self, service: str) -> None:
         try:
-            with self._locked():
+            with serialised(self.path):
                 data = self._read()
                 if data.pop(service, None) is not None:
                     self._write(data)
