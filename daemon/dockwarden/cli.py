@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from types import FrameType
 
-from dockwarden import __version__, check, daemon, gc, logs, report, status, update, upgrade
+from dockwarden import __version__, check, gc, logs, report, status, update, upgrade
 from dockwarden import config as configuration
 from dockwarden.engine import Engine, EngineError
 from dockwarden.notify import Notifier
@@ -302,6 +302,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_USAGE
     logs.configure(sys.stdout)
+    from dockwarden import daemon  # noqa: PLC0415 -- APScheduler's import cost is only the daemon's to pay
+
     try:
         running = daemon.run(cfg, Notifier(), _pause_hook())
     except EngineError as exc:

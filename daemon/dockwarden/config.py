@@ -159,7 +159,7 @@ class ConfigSpec(_Strict):
     def _long_enough(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                schedule.interval_trigger(schedule.parse_duration(value))
+                schedule.check_interval(schedule.parse_duration(value))
             except schedule.ScheduleError as exc:
                 raise ValueError(str(exc)) from None
         return value

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
+if TYPE_CHECKING:
+    from apscheduler.triggers.base import BaseTrigger
+    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.interval import IntervalTrigger
 
 _DURATION = re.compile(r"(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?\Z")
 _DAY_NAMES = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
@@ -93,6 +95,10 @@ def cron_trigger(expression: str) -> CronTrigger:
             f"cron expression {expression!r} has {len(fields)} fields; it needs 5 "
             "(minute hour day-of-month month day-of-week)"
         )
+    # Imported here: APScheduler costs a quarter of a second at startup, and only the daemon and cron
+    # validation need it; `dockwarden rollback` is timed from the keypress.
+    from apscheduler.triggers.cron import CronTrigger  # noqa: PLC0415
+
     minute, hour, day, month, dow = fields
     day_of_week = "*" if dow == "*" else ",".join(_DAY_NAMES[d] for d in _expand_day_of_week(dow))
     try:
@@ -103,9 +109,16 @@ def cron_trigger(expression: str) -> CronTrigger:
         raise ScheduleError(f"cron expression {expression!r}: {exc}") from None
 
 
-def interval_trigger(every: timedelta, start: datetime | None = None) -> IntervalTrigger:
+def check_interval(every: timedelta) -> timedelta:
     if every < MIN_INTERVAL:
         raise ScheduleError(f"interval {format_duration(every)} is shorter than the minimum of 10s")
+    return every
+
+
+def interval_trigger(every: timedelta, start: datetime | None = None) -> IntervalTrigger:
+    from apscheduler.triggers.interval import IntervalTrigger  # noqa: PLC0415 -- see cron_trigger
+
+    check_interval(every)
     return IntervalTrigger(seconds=int(every.total_seconds()), start_date=start, timezone=UTC)
 
 

@@ -37,11 +37,11 @@ STEPS = (
     "pull",
     "plan",
     "set-aside",
-    "stop-old",
     "tag",
     "create",
     "connect",
     "verify",
+    "stop-old",
     "start",
     "gate",
     "commit",
@@ -220,9 +220,6 @@ class Upgrade:
             self._enter("set-aside")
             self.engine.rename(self.old["Id"], t.container + OLD_SUFFIX)
 
-            self._enter("stop-old")
-            self.engine.stop(self.old["Id"], stop_timeout(self.old))
-
             if switching:
                 self._enter("tag")
                 self.engine.tag(new_image["Id"], image_text)
@@ -238,6 +235,11 @@ class Upgrade:
             problems = recreate.differences(plan, self.engine.inspect_container(new_id))
             if problems:
                 raise StepFailed("verify", "the new container differs from the old: " + "; ".join(problems))
+
+            # Only now does the service stop: everything that can be prepared while the old version
+            # serves (tag, create, connect, verify) is done, so the outage is stop + start.
+            self._enter("stop-old")
+            self.engine.stop(self.old["Id"], stop_timeout(self.old))
 
             self._enter("start")
             self.engine.start(new_id)
