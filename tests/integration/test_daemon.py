@@ -10,9 +10,11 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from dockwarden import config as configuration
 from dockwarden.check import open_checker
@@ -239,3 +241,27 @@ def test_watchdog_is_fed_only_while_the_scheduler_lives(tmp_path: Path) -> None:
             running.requested = "stop"
             server.join(5)
             running.stop()
+
+
+def test_gc_runs_on_its_own_schedule_and_follows_a_reload(tmp_path: Path) -> None:
+    """The daemon schedules GC on gc.schedule (UTC cron) beside the check cycle, drops it when a reload
+    disables GC, and its job collects (logging gc.finished)."""
+    path = write_config(tmp_path / "dw.yaml", {}, extra='gc:\n  schedule: "30 3 * * *"\n  min_age: 200000h')
+    cfg = configuration.load(path)
+    running = Daemon(cfg, open_checker(cfg), Notifier({}))
+    running.start()
+    try:
+        job = running.scheduler.get_job("gc")
+        assert job is not None
+        fire = job.next_run_time.astimezone(UTC)
+        assert (fire.hour, fire.minute) == (3, 30)
+        assert fire - datetime.now(UTC) <= timedelta(days=1)
+        with capture_logs() as logs:
+            job.func()  # what the scheduler calls at 03:30
+        assert "gc.finished" in [e["event"] for e in logs]
+        path.write_text(path.read_text().replace("gc:\n", "gc:\n  enabled: false\n"))
+        running.reload()
+        assert running.scheduler.get_job("gc") is None
+        assert running.scheduler.get_job("check-cycle") is not None
+    finally:
+        running.stop()
