@@ -396,7 +396,16 @@ class Updater:
             )
             message = f"{exc}; versions kept for {service.name}: {kept or 'none'}"
             return Outcome(service.name, service.container, from_digest, None, upgrade.ERROR, message)
-        target = Target(service.name, service.container, ref, from_digest, digest, policy, image_id=image_id)
+        target = Target(
+            service.name,
+            service.container,
+            ref,
+            from_digest,
+            digest,
+            policy,
+            image_id=image_id,
+            stopped_ok=True,
+        )
         outcome = upgrade.Upgrade(
             self.engine, target, options.checkpoint, options.cancel, options.progress
         ).run()

@@ -66,6 +66,9 @@ class Target:
     policy: gate.Policy
     network_mode: str | None = None  # replaces HostConfig.NetworkMode (container:X whose X was recreated)
     image_id: str | None = None  # switch to this local image instead of pulling (a rollback)
+    # A rollback may replace a container that is not running: its version may be what crashed. An
+    # upgrade may not: starting a service the user stopped is not our call.
+    stopped_ok: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,7 @@ class Upgrade:
         self.new_image: dict[str, Any] = {}
         self.verdict: str | None = None
         self.pulled_ref: str | None = None
+        self.was_running = True
 
     def _enter(self, step: str) -> None:
         self._leave()
@@ -200,7 +204,8 @@ class Upgrade:
             if t.image_id is not None:
                 new_image = self.engine.inspect_image(t.image_id)  # a version kept here: never pulled
             self.old = self.engine.inspect_container(t.container)
-            if not (self.old.get("State") or {}).get("Running"):
+            self.was_running = bool((self.old.get("State") or {}).get("Running"))
+            if not self.was_running and not t.stopped_ok:
                 raise StepFailed("plan", "the container is not running; upgrade it after starting it")
             old_image = self.engine.inspect_image(self.old["Image"])
             switching = new_image is not None
@@ -285,7 +290,7 @@ class Upgrade:
         self.log.warning("rollback.started", step=step)
         undo_started = time.monotonic()
         try:
-            undo(self.engine, self.t.container, self.old, self.t.policy, self.checkpoint)
+            undo(self.engine, self.t.container, self.old, self.t.policy, self.checkpoint, self.was_running)
         except Exception as exc:  # any failure here is reported as rollback-failed, with its message
             self.log.error("rollback.failed", error=str(exc), duration_ms=_ms(undo_started))
             return self._outcome(ROLLBACK_FAILED, started, error, step, rollback_error=str(exc))
@@ -352,9 +357,10 @@ def undo(
     old: dict[str, Any],
     policy: gate.Policy,
     checkpoint: Checkpoint | None = None,
+    restart: bool = True,
 ) -> None:
     """Put `old` back as `name`: remove our successor if it holds the name, start the old one, rename it
-    back, check it runs.
+    back, check it runs. With `restart` False (it was not running before), only rename it back.
 
     Started before it is renamed back, so that a kill in between leaves a running container that still
     carries the set-aside name, which the next recovery finds; the reverse order could leave the old one
@@ -372,6 +378,11 @@ def undo(
             engine.remove(holder["Id"])
     current = engine.inspect_container(old["Id"])
     _retag(engine, current)
+    if not restart:
+        if current["Name"].lstrip("/") != name:
+            step("undo-rename-old")
+            engine.rename(old["Id"], name)
+        return
     step("undo-start-old")
     _start_with_retries(engine, old["Id"])
     if current["Name"].lstrip("/") != name:

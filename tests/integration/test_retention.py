@@ -165,3 +165,21 @@ def test_rollback_to_a_named_digest_and_clear_errors(
     assert table[0].split() == ["TIME", "SERVICE", "EVENT", "DETAIL"]
     assert "rollback  up-to-date" in table[1]
     assert any("rollback  reverted" in line for line in table[2:6])
+
+
+def test_a_service_whose_new_version_crashed_can_be_rolled_back(
+    web: tuple[str, int, Side], registry: Registry, tmp_path: Path
+) -> None:
+    """An upgrade passed its gate, then the container died: `rollback` brings the previous version up
+    (an upgrade would refuse a container that is not running; a rollback is asked for exactly then)."""
+    name, port, side = web
+    first = wait_serving(port)
+    cfg_path = config(tmp_path, {"web": {"container": name}})
+    push_version(side, registry, "app")
+    assert update(cfg_path)[1][0]["result"] == upgrade.UPGRADED
+    side.client.containers.get(name).stop(timeout=5)
+    code, _, _ = update(cfg_path, "--force")
+    assert code == 0  # up to date: nothing to do, and a stopped container is not touched
+    code, row, stderr = rollback(cfg_path, "web")
+    assert (code, row["result"]) == (0, "reverted"), stderr
+    assert wait_serving(port) == first
