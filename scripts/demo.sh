@@ -127,7 +127,7 @@ step "9. Roll back on demand to v1, the retained version (no pull; gated like an
 .venv/bin/dockwarden rollback -c "$WORK/dockwarden.yaml" web 2>/dev/null
 serving
 echo "retained now (v2, rolled away from, is kept for rolling forward):"
-$DOCKER images --format '  {{.Repository}}:{{.Tag}}' "$REPO" | grep dockwarden- || true
+$DOCKER images --format '  {{.Repository}}:{{.Tag}}' "$REPO" | grep ':dockwarden-' || true
 
 step "10. The history of every decision, newest first"
 .venv/bin/dockwarden history -c "$WORK/dockwarden.yaml" --limit 12

@@ -102,7 +102,7 @@ def gc_table(result: gc.Result) -> str:
         summary = f"would remove {len(done)} items, about {size(estimated)}"
     else:
         summary = f"removed {len(done)} of {len(result.removals)} items, reclaimed {size(result.reclaimed)}"
-    return (_table(header, rows) + "\n\n" if rows else "nothing to collect\n\n") + summary
+    return _table(header, rows) + "\n\n" + summary if rows else "nothing to collect"
 
 
 def gc_json(result: gc.Result) -> str:
