@@ -1,26 +1,21 @@
 """What garbage collection would remove, and why: `gc.plan` on recorded engine lists (pure).
 
-The data is tests/data/retention-engine20.json (see test_retention): three retained versions of
+On the lists recorded on Engine 20.10 and 26.1 (tests/unit/conftest.py): three retained versions of
 recorded-web, the oldest still run by recorded-other, and an old dangling image used only by a created
 container labelled role=batch.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from dockwarden import gc, retention
 from dockwarden.config import Config, Gc, Service, StoppedContainers
+from tests.unit.conftest import Recorded
 
-DATA = json.loads((Path(__file__).parents[1] / "data" / "retention-engine20.json").read_text())
-IMAGES: list[dict[str, Any]] = DATA["images"]
-CONTAINERS: list[dict[str, Any]] = DATA["containers"]
 NOW = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
-DANGLING = next(i["Id"] for i in IMAGES if i["RepoTags"] == ["<none>:<none>"])
-STOPPED = next(c for c in CONTAINERS if c["Names"] == ["/recorded-stopped"])
 
 
 def _config(
@@ -40,24 +35,27 @@ def _config(
     )
 
 
-def _plan(cfg: Config, containers: list[dict[str, Any]] = CONTAINERS, **kwargs: Any) -> list[gc.Removal]:
-    stopped_at = kwargs.pop("stopped_at", {STOPPED["Id"]: NOW - timedelta(days=30)})
-    images = kwargs.pop("images", IMAGES)
+def _plan(
+    rec: Recorded, cfg: Config, containers: list[dict[str, Any]] | None = None, **kwargs: Any
+) -> list[gc.Removal]:
+    containers = rec.containers if containers is None else containers
+    stopped_at = kwargs.pop("stopped_at", {rec.stopped["Id"]: NOW - timedelta(days=30)})
+    images = kwargs.pop("images", rec.images)
     return gc.plan(cfg, containers, images, {i["Id"]: 1000 for i in images}, stopped_at, NOW)
 
 
-def test_nothing_used_or_retained_is_planned() -> None:
+def test_nothing_used_or_retained_is_planned(rec: Recorded) -> None:
     """With the recorded state, GC plans nothing: the dangling image has a (stopped) user, the oldest
     version beyond keep_previous is run by another container, the others are within keep_previous."""
-    assert _plan(_config(keep=2)) == []
+    assert _plan(rec, _config(keep=2)) == []
 
 
-def test_versions_beyond_a_lowered_keep_previous_are_untagged_but_used_ones_stay() -> None:
+def test_versions_beyond_a_lowered_keep_previous_are_untagged_but_used_ones_stay(rec: Recorded) -> None:
     """keep_previous 0: the two unused versions are untagged (their image goes with the last tag, so
     their bytes count); the one another container runs is not touched."""
-    todo = _plan(_config(keep=0))
-    known = retention.versions(IMAGES, "recorded-web")
-    used = {c["ImageID"] for c in CONTAINERS}
+    todo = _plan(rec, _config(keep=0))
+    known = retention.versions(rec.images, "recorded-web")
+    used = {c["ImageID"] for c in rec.containers}
     assert [(r.kind, r.target) for r in todo] == [
         (gc.TAG, v.reference) for v in known if v.image_id not in used
     ]
@@ -65,55 +63,55 @@ def test_versions_beyond_a_lowered_keep_previous_are_untagged_but_used_ones_stay
     assert all("keep_previous=0" in r.reason for r in todo)
 
 
-def test_a_dangling_image_goes_once_its_only_user_is_collected() -> None:
+def test_a_dangling_image_goes_once_its_only_user_is_collected(rec: Recorded) -> None:
     """The opt-in rule removes the old labelled stopped container, and then its dangling image too."""
     rule = StoppedContainers(("role=batch",), timedelta(days=7))
-    todo = _plan(_config(stopped=rule))
-    assert [(r.kind, r.target) for r in todo] == [(gc.CONTAINER, STOPPED["Id"]), (gc.IMAGE, DANGLING)]
+    todo = _plan(rec, _config(stopped=rule))
+    assert [(r.kind, r.target) for r in todo] == [(gc.CONTAINER, rec.stopped["Id"]), (gc.IMAGE, rec.dangling)]
     assert "role=batch" in todo[0].reason
     assert "dangling" in todo[1].reason
     assert todo[1].bytes == 1000
 
 
-def test_the_stopped_container_rule_needs_every_label_and_the_age() -> None:
+def test_the_stopped_container_rule_needs_every_label_and_the_age(rec: Recorded) -> None:
     """A selector it lacks, a value that differs, or a container stopped too recently: not removed."""
     for rule in (
         StoppedContainers(("role=batch", "tier"), timedelta(days=7)),
         StoppedContainers(("role=web",), timedelta(days=7)),
         StoppedContainers(("role",), timedelta(days=31)),
     ):
-        assert _plan(_config(stopped=rule)) == [], rule
+        assert _plan(rec, _config(stopped=rule)) == [], rule
 
 
-def test_running_and_watched_containers_are_never_swept() -> None:
+def test_running_and_watched_containers_are_never_swept(rec: Recorded) -> None:
     """A label match on a running container, or on the service's own stopped container, is not garbage."""
     rule = StoppedContainers(("dockwarden.test",), timedelta(0))
-    web = next(c for c in CONTAINERS if c["Names"] == ["/recorded-web"])
+    web = next(c for c in rec.containers if c["Names"] == ["/recorded-web"])
     stopped_web = {**web, "State": "exited"}
-    others = [c for c in CONTAINERS if c is not web]  # the stopped one: no known stop time, so kept
+    others = [c for c in rec.containers if c is not web]  # the stopped one: no known stop time, so kept
     todo = _plan(
-        _config(stopped=rule), [stopped_web, *others], stopped_at={web["Id"]: NOW - timedelta(days=9)}
+        rec, _config(stopped=rule), [stopped_web, *others], stopped_at={web["Id"]: NOW - timedelta(days=9)}
     )
     assert todo == []
 
 
-def test_young_dangling_images_are_spared() -> None:
+def test_young_dangling_images_are_spared(rec: Recorded) -> None:
     """An unused dangling image younger than gc.min_age may belong to a build in progress."""
-    unused = [c for c in CONTAINERS if c is not STOPPED]
-    assert [r.target for r in _plan(_config(), unused)] == [DANGLING]
-    created = datetime.fromtimestamp(next(i["Created"] for i in IMAGES if i["Id"] == DANGLING), UTC)
-    assert _plan(_config(min_age=NOW - created + timedelta(days=1)), unused) == []
+    unused = [c for c in rec.containers if c is not rec.stopped]
+    assert [r.target for r in _plan(rec, _config(), unused)] == [rec.dangling]
+    created = datetime.fromtimestamp(next(i["Created"] for i in rec.images if i["Id"] == rec.dangling), UTC)
+    assert _plan(rec, _config(min_age=NOW - created + timedelta(days=1)), unused) == []
 
 
-def test_half_done_upgrades_and_pulled_tags_of_watched_containers_are_leftovers() -> None:
+def test_half_done_upgrades_and_pulled_tags_of_watched_containers_are_leftovers(rec: Recorded) -> None:
     """A -done or -old copy of a watched container is converged; its -pulled tag untagged; those of
     containers this config does not watch are left to their owner."""
-    web = next(c for c in CONTAINERS if c["Names"] == ["/recorded-web"])
+    web = next(c for c in rec.containers if c["Names"] == ["/recorded-web"])
     copies = [
         {**web, "Id": "c1", "Names": ["/recorded-web--dockwarden-done"], "State": "exited"},
         {**web, "Id": "c2", "Names": ["/other--dockwarden-old"], "State": "exited"},
     ]
-    latest = next(i for i in IMAGES if "127.0.0.1:5000/recorded:latest" in i["RepoTags"])
+    latest = next(i for i in rec.images if "127.0.0.1:5000/recorded:latest" in i["RepoTags"])
     pulled = [
         {
             **latest,
@@ -123,9 +121,9 @@ def test_half_done_upgrades_and_pulled_tags_of_watched_containers_are_leftovers(
                 "127.0.0.1:5000/recorded:dockwarden-other-pulled",
             ],
         },
-        *(i for i in IMAGES if i is not latest),
+        *(i for i in rec.images if i is not latest),
     ]
-    todo = _plan(_config(), [*CONTAINERS, *copies], images=pulled)
+    todo = _plan(rec, _config(), [*rec.containers, *copies], images=pulled)
     assert [(r.kind, r.name, r.service) for r in todo] == [
         (gc.RECOVER, "recorded-web--dockwarden-done", "web"),
         (gc.TAG, "127.0.0.1:5000/recorded:dockwarden-recorded-web-pulled", "web"),

@@ -1,50 +1,36 @@
 """Which versions to keep, which to let go, and where a rollback goes: pure functions on recorded lists.
 
-tests/data/retention-engine20.json is Engine 20.10's image and container lists after three upgrades of
-`recorded-web` with keep_previous 2, while `recorded-other` still runs the first version, plus an old
-dangling image used by a created container (`recorded-stopped`).
+The lists are recorded on Engine 20.10 and 26.1 (tests/unit/conftest.py says what they hold); each test
+that reads them runs on both.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from dockwarden import retention
+from tests.unit.conftest import Recorded
 
-DATA = json.loads((Path(__file__).parents[1] / "data" / "retention-engine20.json").read_text())
-IMAGES: list[dict[str, Any]] = DATA["images"]
-CONTAINERS: list[dict[str, Any]] = DATA["containers"]
 REPO = "127.0.0.1:5000/recorded"
 NOW = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
 
 
-def _image(tag: str) -> str:
-    return next(i["Id"] for i in IMAGES if f"{REPO}:{tag}" in (i.get("RepoTags") or ()))
-
-
-def _running() -> str:
-    return next(c["ImageID"] for c in CONTAINERS if c["Names"] == ["/recorded-web"])
-
-
-def test_versions_are_read_from_tags_newest_first() -> None:
+def test_versions_are_read_from_tags_newest_first(rec: Recorded) -> None:
     """The three retained versions of recorded-web are found by their tags, newest first, with digests."""
-    found = retention.versions(IMAGES, "recorded-web")
+    found = retention.versions(rec.images, "recorded-web")
     assert len(found) == 3
     assert [v.retired_at for v in found] == sorted((v.retired_at for v in found), reverse=True)
     assert all(v.reference.startswith(f"{REPO}:dockwarden-recorded-web-") for v in found)
     assert all(len(v.digests) == 1 and v.digests[0].startswith("sha256:") for v in found)
-    assert _running() not in {v.image_id for v in found}
+    assert rec.running not in {v.image_id for v in found}
 
 
-def test_a_similar_container_name_does_not_own_the_versions() -> None:
+def test_a_similar_container_name_does_not_own_the_versions(rec: Recorded) -> None:
     """`recorded` and `recorded-web-2` see none of recorded-web's versions."""
-    assert retention.versions(IMAGES, "recorded") == []
-    assert retention.versions(IMAGES, "recorded-web-2") == []
+    assert retention.versions(rec.images, "recorded") == []
+    assert retention.versions(rec.images, "recorded-web-2") == []
 
 
 def test_tag_round_trip() -> None:
@@ -59,13 +45,13 @@ def test_tag_round_trip() -> None:
     )
 
 
-def test_an_upgrade_keeps_the_replaced_image_and_lets_the_oldest_unused_go() -> None:
+def test_an_upgrade_keeps_the_replaced_image_and_lets_the_oldest_unused_go(rec: Recorded) -> None:
     """After one more upgrade the replaced image is tagged; of the versions beyond keep_previous, the
     one another container runs is held and reported, the others untagged."""
-    known = retention.versions(IMAGES, "recorded-web")
-    running = _running()
+    known = retention.versions(rec.images, "recorded-web")
+    running = rec.running
     new = "sha256:" + "f" * 64
-    users = retention.users(CONTAINERS)
+    users = retention.users(rec.containers)
     todo = retention.plan("recorded-web", REPO, known, new, running, 2, NOW, users, (f"{REPO}:latest",))
     assert todo.tag == [(running, f"{REPO}:{retention.version_tag('recorded-web', NOW)}")]
     # previous now: running (new tag), then the three known; keep 2 -> the two oldest known are beyond.
@@ -88,11 +74,11 @@ def test_keep_previous_zero_removes_the_replaced_image_only_when_nothing_holds_i
     assert retention.plan("web", REPO, [], new, old, 0, NOW, {}, (f"{REPO}:v1",)).remove == []
 
 
-def test_a_rollback_untags_the_version_it_runs_again_and_retires_the_one_it_left() -> None:
+def test_a_rollback_untags_the_version_it_runs_again_and_retires_the_one_it_left(rec: Recorded) -> None:
     """Rolling back to the newest retained version: that version's tag goes (it runs), and the image
     rolled away from becomes the newest previous version."""
-    known = retention.versions(IMAGES, "recorded-web")
-    left = _running()
+    known = retention.versions(rec.images, "recorded-web")
+    left = rec.running
     target = known[0].image_id
     todo = retention.plan("recorded-web", REPO, known, target, left, 2, NOW, {})
     assert (known[0], "it is running again") in todo.untag
@@ -101,36 +87,39 @@ def test_a_rollback_untags_the_version_it_runs_again_and_retires_the_one_it_left
     assert (known[2], "beyond keep_previous=2") in todo.untag
 
 
-def test_retiring_a_version_twice_keeps_one_tag() -> None:
+def test_retiring_a_version_twice_keeps_one_tag(rec: Recorded) -> None:
     """An image that already has a version tag gets a fresh one and loses the older."""
-    known = retention.versions(IMAGES, "recorded-web")
+    known = retention.versions(rec.images, "recorded-web")
     again = known[1].image_id
-    todo = retention.plan("recorded-web", REPO, known, _running(), again, 5, NOW, {})
+    todo = retention.plan("recorded-web", REPO, known, rec.running, again, 5, NOW, {})
     assert (known[1], "a newer tag holds this version") in todo.untag
     assert todo.tag == [(again, f"{REPO}:{retention.version_tag('recorded-web', NOW)}")]
 
 
-def test_rollback_target_defaults_to_the_newest_older_version() -> None:
+def test_rollback_target_defaults_to_the_newest_older_version(rec: Recorded) -> None:
     """Without --to, the newest retained version that is not the running image."""
-    known = retention.versions(IMAGES, "recorded-web")
-    assert retention.choose(known, _running(), IMAGES, REPO, None) == (known[0].image_id, known[0].digests[0])
+    known = retention.versions(rec.images, "recorded-web")
+    assert retention.choose(known, rec.running, rec.images, REPO, None) == (
+        known[0].image_id,
+        known[0].digests[0],
+    )
     # Running the newest retained one (after a rollback), the default goes one further back.
-    assert retention.choose(known, known[0].image_id, IMAGES, REPO, None)[0] == known[1].image_id
+    assert retention.choose(known, known[0].image_id, rec.images, REPO, None)[0] == known[1].image_id
 
 
-def test_rollback_target_by_digest_or_image_id() -> None:
+def test_rollback_target_by_digest_or_image_id(rec: Recorded) -> None:
     """--to takes a manifest digest or an image ID prefix; the running one and unknown ones are errors."""
-    known = retention.versions(IMAGES, "recorded-web")
+    known = retention.versions(rec.images, "recorded-web")
     digest = known[2].digests[0]
-    assert retention.choose(known, _running(), IMAGES, REPO, digest) == (known[2].image_id, digest)
+    assert retention.choose(known, rec.running, rec.images, REPO, digest) == (known[2].image_id, digest)
     prefix = known[1].image_id[:19]
-    assert retention.choose(known, _running(), IMAGES, REPO, prefix)[0] == known[1].image_id
+    assert retention.choose(known, rec.running, rec.images, REPO, prefix)[0] == known[1].image_id
     with pytest.raises(retention.AlreadyRunning):
-        retention.choose(known, _running(), IMAGES, REPO, _running())
+        retention.choose(known, rec.running, rec.images, REPO, rec.running)
     with pytest.raises(LookupError, match="never pulls"):
-        retention.choose(known, _running(), IMAGES, REPO, "sha256:" + "0" * 64)
+        retention.choose(known, rec.running, rec.images, REPO, "sha256:" + "0" * 64)
     with pytest.raises(LookupError, match="no retained version"):
-        retention.choose([], _running(), IMAGES, REPO, None)
+        retention.choose([], rec.running, rec.images, REPO, None)
 
 
 def test_pulled_tags_are_found_per_container() -> None:

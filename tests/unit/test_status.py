@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from dockwarden import report, status
 from dockwarden.config import Service
 from dockwarden.skiplist import Entry
+from tests.unit.conftest import Recorded
 
-DATA = json.loads((Path(__file__).parents[1] / "data" / "retention-engine20.json").read_text())
-IMAGES: list[dict[str, Any]] = DATA["images"]
-WEB = next(c for c in DATA["containers"] if c["Names"] == ["/recorded-web"])
-# What inspect says of recorded-web, reduced to the fields status reads.
-INSPECT = {
-    "Image": WEB["ImageID"],
-    "State": {"Status": "running", "Health": {"Status": "healthy"}},
-    "Config": {"Image": "127.0.0.1:5000/recorded:latest"},
-}
+
+def _inspect(rec: Recorded) -> dict[str, Any]:
+    """What inspect says of recorded-web, reduced to the fields status reads."""
+    return {
+        "Image": rec.running,
+        "State": {"Status": "running", "Health": {"Status": "healthy"}},
+        "Config": {"Image": "127.0.0.1:5000/recorded:latest"},
+    }
+
+
 ENTRIES = [  # newest first, as History.entries returns them
     {"at": "2026-11-28T07:30:00.000+00:00", "event": "checked", "registry_digest": "sha256:" + "9" * 64},
     {"at": "2026-11-28T07:29:00.000+00:00", "event": "upgrade", "result": "upgraded"},
@@ -26,14 +26,16 @@ ENTRIES = [  # newest first, as History.entries returns them
 ]
 
 
-def test_status_combines_engine_history_and_skip_list() -> None:
+def test_status_combines_engine_history_and_skip_list(rec: Recorded) -> None:
     """State and health from inspect, running digest from the image, registry digest and last upgrade
     from the newest history entries, retained versions newest first, the skip entry as is."""
     skipped = Entry(("sha256:" + "7" * 64,), "gate: unhealthy", "2026-11-28T07:00:00+00:00")
-    found = status.describe(Service("web", "recorded-web", None, "auto"), INSPECT, IMAGES, ENTRIES, skipped)
+    found = status.describe(
+        Service("web", "recorded-web", None, "auto"), _inspect(rec), rec.images, ENTRIES, skipped
+    )
     assert (found.state, found.health) == ("running", "healthy")
     assert found.image == "127.0.0.1:5000/recorded:latest"
-    image = next(i for i in IMAGES if i["Id"] == WEB["ImageID"])
+    image = next(i for i in rec.images if i["Id"] == rec.running)
     assert found.running_digest == image["RepoDigests"][0].partition("@")[2]
     assert found.registry_digest == "sha256:" + "9" * 64
     assert found.last_upgrade == ENTRIES[1]
@@ -49,9 +51,9 @@ def test_status_combines_engine_history_and_skip_list() -> None:
     assert "upgraded 2026-11-28 07:29" in row
 
 
-def test_a_missing_container_still_shows_what_is_known() -> None:
+def test_a_missing_container_still_shows_what_is_known(rec: Recorded) -> None:
     """Without its container a service is `missing`, with its history and retained versions."""
-    found = status.describe(Service("web", "recorded-web", None, "auto"), None, IMAGES, ENTRIES, None)
+    found = status.describe(Service("web", "recorded-web", None, "auto"), None, rec.images, ENTRIES, None)
     assert found.state == "missing"
     assert found.running_digest is None
     assert found.registry_digest == "sha256:" + "9" * 64
