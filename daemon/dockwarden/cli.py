@@ -106,7 +106,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return EXIT_USAGE
-    print(f"{cfg.path}: valid; {len(cfg.services)} services, {cfg.describe_schedule()}")
+    print(
+        f"{cfg.path}: valid; {len(cfg.services)} services, {cfg.describe_schedule()}, "
+        f"keep_previous {cfg.keep_previous}, {cfg.describe_gc()}"
+    )
     return EXIT_OK
 
 

@@ -215,6 +215,7 @@ class Config:
     health_timeout_max: timedelta = timedelta(minutes=5)
     gc: Gc = Gc()
     history_max_bytes: int = 10 * 1024 * 1024
+    keep_previous: int = 2  # the default of the services' own
 
     def service(self, name: str) -> Service | None:
         return next((s for s in self.services if s.name == name), None)
@@ -223,6 +224,9 @@ class Config:
         if self.schedule is not None:
             return schedule.cron_trigger(self.schedule)
         return schedule.interval_trigger(self.interval or schedule.parse_duration(DEFAULT_INTERVAL))
+
+    def describe_gc(self) -> str:
+        return f"gc cron {self.gc.schedule} (UTC)" if self.gc.enabled else "gc off"
 
     def describe_schedule(self) -> str:
         if self.schedule is not None:
@@ -350,6 +354,7 @@ def load(path: Path) -> Config:
         health_timeout_max=schedule.parse_duration(spec.health_timeout_max),
         gc=_gc(spec.gc),
         history_max_bytes=spec.history_max_bytes,
+        keep_previous=spec.keep_previous,
     )
 
 

@@ -141,7 +141,7 @@ class Daemon:
             config=str(self.config.path),
             services=len(self.config.services),
             schedule=self.config.describe_schedule(),
-            gc=f"cron {self.config.gc.schedule} (UTC)" if self.config.gc.enabled else "off",
+            gc=self.config.describe_gc(),
             engine_api=self.checker.engine.api_version,
             platform=str(self.checker.platform),
         )
