@@ -25,6 +25,10 @@ def write_config(path: Path, services: dict[str, dict[str, Any]], extra: str = "
     lines = ["interval: 1m", f"state_dir: {path.parent / 'state'}"]
     if extra:
         lines.append(textwrap.dedent(extra).strip())
+    if "gc:" not in extra:
+        # A daemon a test starts must not collect engine-wide garbage (if CI ran at the default 04:00 UTC,
+        # it would race the GC tests' own carefully dated images).
+        lines.append("gc: {enabled: false}")
     lines.append("services:" if services else "services: {}")
     for name, spec in services.items():
         lines.append(f"  {name}:")

@@ -231,7 +231,8 @@ def test_gc_leaves_a_service_that_is_being_upgraded_for_later(
     docker_client.containers.run(tag, name=name, detach=True, labels={LABEL: run_label})
     pulled = f"{registry.host}/busy:dockwarden-{name}-pulled"
     docker_client.api.tag(tag, f"{registry.host}/busy", f"dockwarden-{name}-pulled")
-    cfg = configuration.load(config(tmp_path, {"web": {"container": name}}))
+    hermetic = f"gc:\n  min_age: {HERMETIC_MIN_AGE}"
+    cfg = configuration.load(config(tmp_path, {"web": {"container": name}}, extra=hermetic))
     engine = Engine.connect()
     try:
         with ContainerLock(cfg.state_dir, name):
