@@ -173,12 +173,13 @@ def plan(  # noqa: PLR0912 -- one block per rule, in the order they run
         for version, reason in todo_versions.untag:
             todo.append(Removal(TAG, version.reference, version.reference, reason, service=service.name))
             untagged[version.image_id] = untagged.get(version.image_id, 0) + 1
-    # Bytes of an untag: the image's, when that was its last tag and nothing uses it (the engine deletes it).
-    for removal in todo:
+    # Bytes of an untag: the image's, when that was its last tag and nothing uses it (the engine deletes
+    # it then), credited once, to the last of its tags to go.
+    for removal in reversed(todo):
         if removal.kind == TAG:
             image_id = _image_of(images, removal.target)
             image = next((i for i in images if i["Id"] == image_id), {})
-            if len(_tags(image)) == untagged.get(image_id) and not used_by.get(image_id):
+            if len(_tags(image)) == untagged.pop(image_id, -1) and not used_by.get(image_id):
                 removal.bytes = sizes.get(image_id, 0)
 
     # 4. Dangling images nothing uses, old enough not to be a build in progress.

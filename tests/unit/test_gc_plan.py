@@ -138,3 +138,24 @@ def test_label_selectors() -> None:
     assert gc.matches(labels, ("a=1", "b="))
     assert not gc.matches(labels, ("a=2",))
     assert not gc.matches(labels, ("a", "c"))
+
+
+def test_an_image_losing_two_tags_is_counted_once(rec: Recorded) -> None:
+    """A retained version beyond keep_previous that also carries a -pulled tag: both tags go, its
+    bytes are counted once."""
+    known = retention.versions(rec.images, "recorded-web")
+    unused = next(v for v in known if v.image_id != rec.container("recorded-other")["ImageID"])
+    images = [
+        {**i, "RepoTags": [*i["RepoTags"], "127.0.0.1:5000/recorded:dockwarden-recorded-web-pulled"]}
+        if i["Id"] == unused.image_id
+        else i
+        for i in rec.images
+    ]
+    todo = _plan(rec, _config(keep=0), images=images)
+    mine = [r for r in todo if _image_of(images, r.target) == unused.image_id]
+    assert len(mine) == 2
+    assert sorted(r.bytes for r in mine) == [0, 1000]
+
+
+def _image_of(images: list[dict[str, Any]], reference: str) -> str:
+    return next((str(i["Id"]) for i in images if reference in (i.get("RepoTags") or ())), "")
