@@ -245,5 +245,5 @@ def _let_go(
         image_id=image_id,
         reason=reason,
         image_deleted=deleted,
-        bytes=size if deleted else 0,
+        image_size=size if deleted else None,  # shared layers included: not what the disk got back
     )
