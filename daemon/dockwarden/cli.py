@@ -215,6 +215,15 @@ def cmd_update(args: argparse.Namespace) -> int:
     return EXIT_FAILED if result.failed() else EXIT_OK
 
 
+def _connect(cfg: configuration.Config) -> Engine | None:
+    """The engine, or None after saying why not (the commands that need no registry)."""
+    try:
+        return Engine.connect(cfg.docker_host)
+    except EngineError as exc:
+        print(f"dockwarden: {exc}", file=sys.stderr)
+        return None
+
+
 def _service(cfg: configuration.Config, name: str) -> configuration.Service | None:
     found = cfg.service(name)
     if found is None:
@@ -230,10 +239,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     if service is None:
         return EXIT_USAGE
     logs.configure(sys.stderr)
-    try:
-        engine = Engine.connect(cfg.docker_host)
-    except EngineError as exc:
-        print(f"dockwarden: {exc}", file=sys.stderr)
+    engine = _connect(cfg)
+    if engine is None:
         return EXIT_FAILED
     # Only the engine is needed: a rollback never asks the registry anything.
     updater = update.Updater(engine)
@@ -253,10 +260,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_USAGE
     logs.configure(sys.stderr, level=logging.WARNING if args.json else logging.INFO)
-    try:
-        engine = Engine.connect(cfg.docker_host)
-    except EngineError as exc:
-        print(f"dockwarden: {exc}", file=sys.stderr)
+    engine = _connect(cfg)
+    if engine is None:
         return EXIT_FAILED
     try:
         with _cancel_on_signals() as cancel:
@@ -287,15 +292,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return EXIT_USAGE
+    engine = _connect(cfg)
+    if engine is None:
+        return EXIT_FAILED
     try:
-        engine = Engine.connect(cfg.docker_host)
-        try:
-            found = status.gather(engine, cfg)
-        finally:
-            engine.close()
+        found = status.gather(engine, cfg)
     except EngineError as exc:
         print(f"dockwarden: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        engine.close()
     print(report.status_json(found) if args.json else report.status_table(found))
     return EXIT_OK
 

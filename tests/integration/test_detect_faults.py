@@ -243,10 +243,11 @@ def test_slow_registry_is_a_timeout(
         proxy.stop()
 
 
-def test_check_without_engine_exits_1(tmp_path: Path) -> None:
-    """`check` against an engine that does not answer explains it on stderr and exits 1."""
+@pytest.mark.parametrize("command", [["check"], ["rollback", "web"], ["gc"], ["status"]])
+def test_commands_without_engine_exit_1(tmp_path: Path, command: list[str]) -> None:
+    """check, rollback, gc and status against an engine that does not answer explain it and exit 1."""
     cfg = write_config(tmp_path / "dw.yaml", {"web": {}}, extra=f"docker_host: unix://{tmp_path}/none.sock")
-    proc = cli("check", "-c", str(cfg))
+    proc = cli(command[0], "-c", str(cfg), *command[1:])
     assert proc.returncode == 1
     assert "cannot connect to the Docker engine" in proc.stderr
     assert "Traceback" not in proc.stderr
