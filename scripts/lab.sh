@@ -148,11 +148,23 @@ down() {
         kill "$(cat "$LAB_DIR/registry.pid")" 2>/dev/null || true
         rm -f "$LAB_DIR/registry.pid"
     fi
-    for pidfile in /var/run/docker.pid /var/run/dwlab-docker26.pid; do
-        if [[ -f $pidfile ]]; then
-            kill "$(cat "$pidfile")" 2>/dev/null || true
-        fi
+    # The engines this script started: by pidfile, and by command line (an engine stopped and started in
+    # quick succession can lose its pidfile to the old one's exit).
+    local pids=()
+    pids+=($(cat /var/run/docker.pid /var/run/dwlab-docker26.pid 2>/dev/null || true))
+    pids+=($(pgrep -f "^/usr/sbin/dockerd --host unix://$DOCKER_SOCK\$" || true))
+    pids+=($(pgrep -f "^$ENGINE26_DIR/usr/sbin/dockerd " || true))
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    # Wait until the engines and their managed containerd are gone: a containerd still shutting down holds
+    # its metadata database, and an `up` right after would time out waiting for the new one.
+    pids+=($(pgrep -f 'containerd --config /var/run/(docker|dwlab-docker26)/containerd/' || true))
+    for _ in $(seq 150); do
+        local alive=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [[ $alive == 0 ]] && return 0
+        sleep 0.2
     done
+    say "some engine processes did not exit within 30s: ${pids[*]}"
 }
 
 main() {
