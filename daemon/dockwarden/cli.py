@@ -21,6 +21,7 @@ from types import FrameType
 from dockwarden import __version__, check, gc, logs, report, status, update, upgrade
 from dockwarden import config as configuration
 from dockwarden.engine import Engine, EngineError
+from dockwarden.history import History
 from dockwarden.notify import Notifier
 
 EXIT_OK = 0
@@ -128,7 +129,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         summary = checker.cycle(cfg.services, cfg.check_concurrency)
     finally:
         checker.close()
-    update.record_checks(update.open_history(cfg), summary.results)
+    update.record_checks(History.of(cfg), summary.results)
     print(report.check_json(summary.results) if args.json else report.check_table(summary.results))
     return EXIT_FAILED if summary.count(check.ERROR) else EXIT_OK
 
@@ -281,7 +282,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.limit < 0:
         print("dockwarden: --limit must be 0 (all) or more", file=sys.stderr)
         return EXIT_USAGE
-    entries = update.open_history(cfg).entries(args.service)
+    entries = History.of(cfg).entries(args.service)
     if args.limit:
         entries = entries[: args.limit]
     print(report.history_json(entries) if args.json else report.history_table(entries))

@@ -258,7 +258,7 @@ def collect(
     result.removals = todo
     if dry_run:
         return result
-    journal = History(cfg.state_dir, cfg.history_max_bytes)
+    journal = History.of(cfg)
     policies = {s.name: s for s in cfg.services}
     for removal in todo:
         if cancel is not None and cancel.is_set():

@@ -13,11 +13,14 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from dockwarden.locks import serialised
+
+if TYPE_CHECKING:
+    from dockwarden.config import Config
 
 FILE_NAME = "history.jsonl"
 ROTATED = 4  # files kept beside the current one
@@ -37,6 +40,11 @@ class History:
         self.path = state_dir / FILE_NAME
         self.max_bytes = max_bytes
         self._warned = False
+
+    @classmethod
+    def of(cls, cfg: Config) -> History:
+        """The history of the config's state_dir, rotated at its history_max_bytes."""
+        return cls(cfg.state_dir, cfg.history_max_bytes)
 
     def record(self, event: str, service: str | None = None, **fields: Any) -> None:
         entry = {"at": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": event}

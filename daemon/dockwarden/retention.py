@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from dockwarden import imageref
+from dockwarden import history, imageref
 from dockwarden.engine import Engine, EngineError
 
 PREFIX = "dockwarden-"
@@ -220,7 +220,7 @@ def apply(engine: Engine, service: str, todo: Plan, record: Record) -> None:
             log.error("retention.failed", action="tag", image=image_id[:19], error=str(exc))
             continue
         log.info("retention.kept", image=image_id[:19], reference=reference)
-        record("retained", image_id=image_id, reference=reference)
+        record(history.RETAINED, image_id=image_id, reference=reference)
     for version, reason in todo.untag:
         _let_go(engine, log, record, version.reference, version.image_id, reason, version.size)
     for image_id, reason in todo.remove:
@@ -240,7 +240,7 @@ def _let_go(
     deleted = any("Deleted" in item for item in removed)
     log.info("retention.released", reference=reference, reason=reason, image_deleted=deleted)
     record(
-        "released",
+        history.RELEASED,
         reference=reference,
         image_id=image_id,
         reason=reason,

@@ -89,7 +89,7 @@ def describe(
 
 
 def gather(engine: Engine, cfg: Config) -> list[ServiceStatus]:
-    journal = History(cfg.state_dir, cfg.history_max_bytes)
+    journal = History.of(cfg)
     entries = journal.entries()
     skips = SkipList(cfg.state_dir).all()
     images = engine.images()

@@ -50,10 +50,6 @@ class Report:
         )
 
 
-def open_history(cfg: Config) -> History:
-    return History(cfg.state_dir, cfg.history_max_bytes)
-
-
 def record_checks(journal: History, results: Iterable[CheckResult]) -> None:
     for r in results:
         journal.record(
@@ -219,7 +215,7 @@ class Updater:
             raise TypeError("an update cycle needs a Checker")
         summary = self.checker.cycle(services, cfg.check_concurrency, options.cancel)
         results = {r.service: r for r in summary.results}
-        journal = open_history(cfg)
+        journal = History.of(cfg)
         if not options.dry_run:
             record_checks(journal, summary.results)
         report = Report()
@@ -335,7 +331,7 @@ class Updater:
             retention.users(containers),
             old_tags,
         )
-        journal = open_history(cfg)
+        journal = History.of(cfg)
         retention.apply(
             self.engine, service.name, todo, lambda event, **f: journal.record(event, service.name, **f)
         )
@@ -343,7 +339,7 @@ class Updater:
     def rollback(self, cfg: Config, service: Service, to: str | None, options: Options) -> Outcome:
         """Switch `service` back to a version kept on this host (never pulling), through the same
         transaction as an upgrade; the digest it leaves goes on the skip list."""
-        journal = open_history(cfg)
+        journal = History.of(cfg)
         try:
             with ContainerLock(cfg.state_dir, service.container):
                 self.upgrading.set()
