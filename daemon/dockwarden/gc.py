@@ -75,14 +75,6 @@ class Result:
         return self.error is not None or any(r.error for r in self.removals)
 
 
-def _name(container: dict[str, Any]) -> str:
-    return str((container.get("Names") or ["?"])[0]).lstrip("/")
-
-
-def _tags(image: dict[str, Any]) -> list[str]:
-    return [t for t in image.get("RepoTags") or () if t != "<none>:<none>"]
-
-
 def matches(labels: dict[str, str], selectors: tuple[str, ...]) -> bool:
     """Every selector holds: KEY present, or KEY=VALUE exactly."""
     for selector in selectors:
@@ -116,7 +108,7 @@ def plan(  # noqa: PLR0912 -- one block per rule, in the order they run
     rule: StoppedContainers | None = cfg.gc.stopped_containers
     if rule is not None:
         for item in containers:
-            name = _name(item)
+            name = retention.container_name(item)
             if item.get("State") not in STOPPED_STATES or name in watched or name.endswith(suffixes):
                 continue
             if not matches(item.get("Labels") or {}, rule.labels):
@@ -132,7 +124,7 @@ def plan(  # noqa: PLR0912 -- one block per rule, in the order they run
 
     # 2. Half-done upgrades of watched containers: converged (finished or undone), never just deleted.
     for item in containers:
-        name = _name(item)
+        name = retention.container_name(item)
         for suffix in suffixes:
             base = name.removesuffix(suffix)
             if name.endswith(suffix) and base in watched:
@@ -149,7 +141,7 @@ def plan(  # noqa: PLR0912 -- one block per rule, in the order they run
 
     remaining = [c for c in containers if str(c["Id"]) not in removed_containers]
     used_by = retention.users(remaining)
-    running_image = {_name(c): str(c.get("ImageID") or "") for c in remaining}
+    running_image = {retention.container_name(c): str(c.get("ImageID") or "") for c in remaining}
 
     # 3. dockwarden's tags: -pulled left by a killed upgrade, retained versions beyond keep_previous.
     untagged: dict[str, int] = {}  # image ID -> tags removed from it
@@ -179,13 +171,13 @@ def plan(  # noqa: PLR0912 -- one block per rule, in the order they run
         if removal.kind == TAG:
             image_id = _image_of(images, removal.target)
             image = next((i for i in images if i["Id"] == image_id), {})
-            if len(_tags(image)) == untagged.pop(image_id, -1) and not used_by.get(image_id):
+            if len(retention.tags(image)) == untagged.pop(image_id, -1) and not used_by.get(image_id):
                 removal.bytes = sizes.get(image_id, 0)
 
     # 4. Dangling images nothing uses, old enough not to be a build in progress.
     for image in images:
         image_id = str(image["Id"])
-        if _tags(image) or used_by.get(image_id):
+        if retention.tags(image) or used_by.get(image_id):
             continue
         age = now - datetime.fromtimestamp(int(image.get("Created") or 0), UTC)
         if age < cfg.gc.min_age:

@@ -99,12 +99,27 @@ def pulled_references(images: list[dict[str, Any]], container: str) -> list[str]
     return [r for image in images for r in image.get("RepoTags") or () if _split(r)[1] == wanted]
 
 
+def container_name(item: dict[str, Any]) -> str:
+    """A container's name from the list API."""
+    return str((item.get("Names") or ["?"])[0]).lstrip("/")
+
+
+def tags(image: dict[str, Any]) -> list[str]:
+    """An image's tags from the list API (Engine 20.10 lists an untagged image as `<none>:<none>`)."""
+    return [t for t in image.get("RepoTags") or () if t != "<none>:<none>"]
+
+
+def digests_of(images: list[dict[str, Any]], image_id: str, repo: str) -> list[str]:
+    """The manifest digests image `image_id` is known by in repository `repo`, sorted."""
+    image = next((i for i in images if i["Id"] == image_id), {})
+    return sorted(imageref.digests_for(repo, list(image.get("RepoDigests") or ())))
+
+
 def users(containers: list[dict[str, Any]]) -> dict[str, list[str]]:
     """Image ID -> names of the containers (running or stopped) created from it."""
     found: dict[str, list[str]] = {}
     for item in containers:
-        name = str((item.get("Names") or ["?"])[0]).lstrip("/")
-        found.setdefault(str(item.get("ImageID") or ""), []).append(name)
+        found.setdefault(str(item.get("ImageID") or ""), []).append(container_name(item))
     return found
 
 

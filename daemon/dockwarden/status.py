@@ -82,8 +82,7 @@ def describe(
         ref = None
     status.image = str(ref.with_tag_default()) if ref is not None else text
     if ref is not None:
-        image = next((i for i in images if i["Id"] == status.image_id), {})
-        found = sorted(imageref.digests_for(ref.name, list(image.get("RepoDigests") or ())))
+        found = retention.digests_of(images, status.image_id, ref.name)
         status.running_digest = found[0] if found else None
     return status
 

@@ -312,13 +312,8 @@ class Updater:
         except EngineError as exc:
             self.log.error("retention.failed", service=service.name, error=str(exc))
             return
-        old_tags = next(
-            (
-                tuple(t for t in image.get("RepoTags") or () if t != "<none>:<none>")
-                for image in images
-                if image["Id"] == outcome.old_image
-            ),
-            (),
+        old_tags = tuple(
+            tag for image in images if image["Id"] == outcome.old_image for tag in retention.tags(image)
         )
         todo = retention.plan(
             service.container,
@@ -372,14 +367,7 @@ class Updater:
             return Outcome(service.name, service.container, None, None, upgrade.ERROR, str(exc))
         ref = ref.with_tag_default()
         running = str(container["Image"])
-        running_digests = next(
-            (
-                sorted(imageref.digests_for(ref.name, list(i.get("RepoDigests") or ())))
-                for i in images
-                if i["Id"] == running
-            ),
-            [],
-        )
+        running_digests = retention.digests_of(images, running, ref.name)
         from_digest = running_digests[0] if running_digests else None
         known = retention.versions(images, service.container)
         try:
