@@ -189,11 +189,10 @@ class Engine:
 
     def containers_in_namespace_of(self, container_id: str, name: str) -> list[str]:
         """Names of containers that use `network_mode: container:X` with X this container."""
-        found = self._call("listing containers", self._client.api.containers, all=True)
         modes = {f"container:{container_id}", f"container:{name}"}
         return sorted(
             str(item["Names"][0]).lstrip("/")
-            for item in found
+            for item in self.containers()
             if (item.get("HostConfig") or {}).get("NetworkMode") in modes and item.get("Names")
         )
 
@@ -274,23 +273,19 @@ class Engine:
         """Every container, running or not, as the list API describes it."""
         return list(self._call("listing containers", self._client.api.containers, all=True))
 
-    def images(self, dangling: bool = False) -> list[dict[str, Any]]:
+    def images(self) -> list[dict[str, Any]]:
         """Top-level images (not build intermediates), as the list API describes them."""
-        filters = {"dangling": True} if dangling else None
-        return list(self._call("listing images", self._client.api.images, filters=filters))
+        return list(self._call("listing images", self._client.api.images))
 
-    def image_sizes(self) -> dict[str, int]:
-        """Image ID -> bytes that only this image uses (its size minus layers shared with others)."""
+    def disk_usage(self) -> tuple[int, dict[str, int]]:
+        """What `docker system df` reports: bytes all image layers take on disk, and per image ID the bytes
+        only that image uses (its size minus layers shared with others)."""
         usage = self._call("reading disk usage", self._client.api.df)
         sizes = {}
         for item in usage.get("Images") or ():
             size, shared = int(item.get("Size") or 0), int(item.get("SharedSize") or 0)
             sizes[str(item["Id"])] = max(0, size - max(0, shared))
-        return sizes
-
-    def layers_size(self) -> int:
-        """Bytes all image layers take on disk, as `docker system df` reports them."""
-        return int(self._call("reading disk usage", self._client.api.df).get("LayersSize") or 0)
+        return int(usage.get("LayersSize") or 0), sizes
 
     def remove_image(self, reference: str) -> list[dict[str, str]]:
         """`docker rmi` without force: untags a reference, and deletes the image if that was its last one.

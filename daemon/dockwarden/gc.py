@@ -240,8 +240,7 @@ def collect(
     try:
         containers = engine.containers()
         images = engine.images()
-        sizes = engine.image_sizes()
-        before = engine.layers_size()
+        before, sizes = engine.disk_usage()  # one df: the engine sizes every image and container for it
         todo = plan(cfg, containers, images, sizes, _stopped_at(engine, containers, cfg), datetime.now(UTC))
     except EngineError as exc:
         result.error = str(exc)
@@ -280,7 +279,7 @@ def collect(
             bytes=removal.bytes,
         )
     try:
-        result.reclaimed = max(0, before - engine.layers_size())
+        result.reclaimed = max(0, before - engine.disk_usage()[0])
     except EngineError:
         result.reclaimed = None
     log.info(
