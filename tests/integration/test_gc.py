@@ -27,9 +27,11 @@ from tests.support.registry import Registry
 
 pytestmark = pytest.mark.engine
 
-# GC removes dangling images engine-wide. So that this test touches nothing but its own, its config spares
-# every dangling image younger than ~22 years, and the ones it means to collect claim to be from 1990.
+# GC removes dangling images engine-wide. So that the GC scene touches nothing but its own, its config
+# spares every dangling image younger than ~22 years, and the ones it means to collect claim to be from
+# 1990. Every other GC a test runs spares even those (~114 years), so it cannot race the scene for them.
 HERMETIC_MIN_AGE = "200000h"
+SPARE_ALL_DANGLING = "1000000h"
 ANCIENT = "1990-01-01T00:00:00Z"
 OLD_BUT_NOT_ANCIENT = "2020-01-01T00:00:00Z"
 
@@ -231,7 +233,7 @@ def test_gc_leaves_a_service_that_is_being_upgraded_for_later(
     docker_client.containers.run(tag, name=name, detach=True, labels={LABEL: run_label})
     pulled = f"{registry.host}/busy:dockwarden-{name}-pulled"
     docker_client.api.tag(tag, f"{registry.host}/busy", f"dockwarden-{name}-pulled")
-    hermetic = f"gc:\n  min_age: {HERMETIC_MIN_AGE}"
+    hermetic = f"gc:\n  min_age: {SPARE_ALL_DANGLING}"
     cfg = configuration.load(config(tmp_path, {"web": {"container": name}}, extra=hermetic))
     engine = Engine.connect()
     try:
