@@ -35,8 +35,10 @@ from tests.support.images import LABEL, ImageFactory, remove_labelled
 from tests.support.registry import MANIFEST_V2, Registry, start_registry
 
 from bench.downtime import HANDLES_TERM, Load, _free_port, _run_app, script_upgrade
+from dockwarden import check, cycle
 from dockwarden import config as configuration
-from dockwarden.update import Options, open_updater
+from dockwarden.history import History
+from dockwarden.runner import Runner
 
 PAYLOAD = 256 * 1024
 REPO = "bench-retention"
@@ -87,16 +89,14 @@ def dockwarden_side(
         f"services:\n  web: {{container: {name}, image: '{repo}:latest'}}\n"
     )
     cfg = configuration.load(cfg_path)
-    updater = open_updater(cfg)
     started = time.monotonic()
-    try:
+    with check.connect(cfg) as checker:
+        runner = Runner(checker.engine, cfg.state_dir, History.of(cfg))
         for version in range(1, cycles + 1):
             publish(registry, version)
-            report = updater.cycle(cfg, cfg.services, Options())
+            report = cycle.run(checker, runner, cfg, cfg.services, cycle.Options())
             if [o.result for o in report.outcomes] != ["upgraded"]:
                 raise RuntimeError(f"cycle {version}: {report.outcomes}")
-    finally:
-        updater.close()
     result: dict[str, Any] = {"seconds": time.monotonic() - started, "name": name, "port": port}
     result["cfg"] = cfg_path
     return result

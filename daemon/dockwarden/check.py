@@ -8,11 +8,13 @@ life of the process (digests are content addresses, so what we learn about one n
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, TypeVar
 
 import structlog
@@ -25,19 +27,24 @@ from dockwarden.engine import NotFound as ContainerMissing
 from dockwarden.imageref import ImageRef
 
 T = TypeVar("T")
-UP_TO_DATE = "up-to-date"
-UPDATE_AVAILABLE = "update-available"
-ERROR = "error"
 
 
-@dataclass(frozen=True)
+class Status(StrEnum):
+    """What a check found for one service (`check --json`'s `status`)."""
+
+    UP_TO_DATE = "up-to-date"
+    UPDATE_AVAILABLE = "update-available"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, kw_only=True)
 class CheckResult:
     service: str
     container: str
     image: str
     running_digest: str | None
     registry_digest: str | None
-    status: str
+    status: Status
     error: str | None = None
     reason: str | None = None  # stable short code for an error, e.g. "unreachable", "rate-limited"
     duration: float = 0.0
@@ -148,15 +155,15 @@ def _check_group(
         took = time.monotonic() - started
         return [
             CheckResult(
-                m.service.name,
-                m.service.container,
-                str(ref),
-                _one(m.digests),
-                None,
-                ERROR,
-                str(exc),
-                exc.reason,
-                took,
+                service=m.service.name,
+                container=m.service.container,
+                image=str(ref),
+                running_digest=_one(m.digests),
+                registry_digest=None,
+                status=Status.ERROR,
+                error=str(exc),
+                reason=exc.reason,
+                duration=took,
             )
             for m in members
         ]
@@ -164,26 +171,26 @@ def _check_group(
     for member in members:
         running = _one(member.digests)
         if head.digest in member.digests:
-            status, error, reason = UP_TO_DATE, None, None
+            status, error, reason = Status.UP_TO_DATE, None, None
             running = head.digest
         else:
             try:
                 same = _config_digest(client, ref, head.digest, platform, cache) == member.image_id
-                status, error, reason = (UP_TO_DATE if same else UPDATE_AVAILABLE), None, None
+                status, error, reason = (Status.UP_TO_DATE if same else Status.UPDATE_AVAILABLE), None, None
             except registry.RegistryError as exc:
-                status, error, reason = ERROR, str(exc), exc.reason
+                status, error, reason = Status.ERROR, str(exc), exc.reason
         results.append(
             CheckResult(
-                member.service.name,
-                member.service.container,
-                str(ref),
-                running,
-                head.digest,
-                status,
-                error,
-                reason,
-                time.monotonic() - started,
-                head.ratelimit_remaining,
+                service=member.service.name,
+                container=member.service.container,
+                image=str(ref),
+                running_digest=running,
+                registry_digest=head.digest,
+                status=status,
+                error=error,
+                reason=reason,
+                duration=time.monotonic() - started,
+                ratelimit_remaining=head.ratelimit_remaining,
             )
         )
     return results
@@ -269,7 +276,15 @@ def _failure(service: Service, message: str, reason: str, started: float | None 
     """A service that never reached the registry: its container or the engine failed, or the cycle stopped."""
     took = time.monotonic() - started if started is not None else 0.0
     return CheckResult(
-        service.name, service.container, str(service.image or ""), None, None, ERROR, message, reason, took
+        service=service.name,
+        container=service.container,
+        image=str(service.image or ""),
+        running_digest=None,
+        registry_digest=None,
+        status=Status.ERROR,
+        error=message,
+        reason=reason,
+        duration=took,
     )
 
 
@@ -285,11 +300,11 @@ def _log_result(log: Any, result: CheckResult) -> None:
     }
     if result.ratelimit_remaining is not None:
         fields["ratelimit_remaining"] = result.ratelimit_remaining
-    if result.status == ERROR:
+    if result.status == Status.ERROR:
         log.warning("check.failed", reason=result.reason, error=result.error, **fields)
         return
     log.info("service.checked", **fields)
-    if result.status == UPDATE_AVAILABLE:
+    if result.status == Status.UPDATE_AVAILABLE:
         log.info(
             "update.available",
             service=result.service,
@@ -304,7 +319,7 @@ class CycleSummary:
     results: list[CheckResult]
     duration: float
 
-    def count(self, status: str) -> int:
+    def count(self, status: Status) -> int:
         return sum(1 for r in self.results if r.status == status)
 
 
@@ -367,10 +382,9 @@ class Checker:
         return self._pool is None or self._pool.wait_idle(timeout)
 
     def close(self) -> None:
+        """Stop the check threads; the engine and the registry client are their opener's to close."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-        self.client.close()
-        self.engine.close()
 
     def cycle(
         self, services: Iterable[Service], concurrency: int, cancel: threading.Event | None = None
@@ -387,24 +401,37 @@ class Checker:
         log.info(
             "cycle.finished",
             checked=len(results),
-            up_to_date=summary.count(UP_TO_DATE),
-            update_available=summary.count(UPDATE_AVAILABLE),
-            errors=summary.count(ERROR),
+            up_to_date=summary.count(Status.UP_TO_DATE),
+            update_available=summary.count(Status.UPDATE_AVAILABLE),
+            errors=summary.count(Status.ERROR),
             cancelled=bool(cancel and cancel.is_set()),
             duration_ms=round(summary.duration * 1000, 1),
         )
         return summary
 
 
-def open_checker(cfg: Config) -> Checker:
-    """Connect to the engine named by the config (or the environment) and build a Checker."""
+@contextlib.contextmanager
+def connect(cfg: Config) -> Iterator[Checker]:
+    """Open the engine named by the config (or the environment) and a registry client, and yield a
+    Checker on them; close all three on exit. Raises EngineError if the engine cannot be used."""
     engine = Engine.connect(cfg.docker_host)
-    engine.ping()
-    client = registry.RegistryClient(
-        credentials=registry_credentials,
-        timeout=cfg.registry_timeout.total_seconds(),
-        pool_size=cfg.check_concurrency,
-    )
-    platform = engine.platform()
-    cache = DigestCache(cfg.state_dir / digests.FILE_NAME, str(platform))
-    return Checker(engine, client, platform, cache)
+    try:
+        engine.ping()
+        platform = engine.platform()
+        client = registry.RegistryClient(
+            credentials=registry_credentials,
+            timeout=cfg.registry_timeout.total_seconds(),
+            pool_size=cfg.check_concurrency,
+        )
+        try:
+            checker = Checker(
+                engine, client, platform, DigestCache(cfg.state_dir / digests.FILE_NAME, str(platform))
+            )
+            try:
+                yield checker
+            finally:
+                checker.close()
+        finally:
+            client.close()
+    finally:
+        engine.close()

@@ -14,15 +14,16 @@ import re
 import signal
 import sys
 import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
-from dockwarden import __version__, check, gc, logs, report, status, update, upgrade
+from dockwarden import __version__, check, cycle, gc, logs, report, status, upgrade
 from dockwarden import config as configuration
 from dockwarden.engine import Engine, EngineError
 from dockwarden.history import History
 from dockwarden.notify import Notifier
+from dockwarden.rollback import rollback
+from dockwarden.runner import Runner
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -94,19 +95,50 @@ def _digest(text: str) -> str:
     return f"sha256:{value}"
 
 
-def _load(args: argparse.Namespace) -> configuration.Config | None:
+class _Exit(Exception):
+    """End the command with `code`, after printing `message` (if any) to stderr."""
+
+    def __init__(self, code: int, message: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _config(args: argparse.Namespace, quiet: bool = False) -> configuration.Config:
+    """The loaded config, after configuring logs to stderr (`quiet`: warnings only, for --json output);
+    every problem is printed as FILE:LINE:COL and the command ends with EXIT_USAGE."""
     try:
-        return configuration.load(configuration.resolve_path(args.config))
+        cfg = configuration.load(configuration.resolve_path(args.config))
     except configuration.ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return None
+        raise _Exit(EXIT_USAGE, "\n".join(str(p) for p in exc.problems)) from None
+    # stdout carries the report; logs go to stderr so `--json` output stays parseable.
+    logs.configure(sys.stderr, level=logging.WARNING if quiet else logging.INFO)
+    return cfg
+
+
+def _service(cfg: configuration.Config, name: str) -> configuration.Service:
+    found = cfg.service(name)
+    if found is None:
+        raise _Exit(EXIT_USAGE, f"dockwarden: no such service in {cfg.path}: {name}")
+    return found
+
+
+@contextlib.contextmanager
+def _engine(cfg: configuration.Config) -> Iterator[Engine]:
+    """The engine alone, for the commands that need no registry; closed on exit."""
+    engine = Engine.connect(cfg.docker_host)
+    try:
+        yield engine
+    finally:
+        engine.close()
+
+
+def _show(args: argparse.Namespace, as_json: str, as_table: str) -> None:
+    print(as_json if args.json else as_table)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    if cfg is None:
-        return EXIT_USAGE
+    cfg = _config(args, quiet=True)
     print(
         f"{cfg.path}: valid; {len(cfg.services)} services, {cfg.describe_schedule()}, "
         f"keep_previous {cfg.keep_previous}, {cfg.describe_gc()}"
@@ -115,38 +147,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    if cfg is None:
-        return EXIT_USAGE
-    # stdout carries the report; logs go to stderr so `--json` output stays parseable.
-    logs.configure(sys.stderr, level=logging.WARNING if args.json else logging.INFO)
-    try:
-        checker = check.open_checker(cfg)
-    except EngineError as exc:
-        print(f"dockwarden: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    try:
+    cfg = _config(args, quiet=args.json)
+    with check.connect(cfg) as checker:
         summary = checker.cycle(cfg.services, cfg.check_concurrency)
-    finally:
-        checker.close()
-    update.record_checks(History.of(cfg), summary.results)
-    print(report.check_json(summary.results) if args.json else report.check_table(summary.results))
-    return EXIT_FAILED if summary.count(check.ERROR) else EXIT_OK
-
-
-def _pause_hook() -> upgrade.Checkpoint | None:
-    """Test-only: DOCKWARDEN_TEST_PAUSE_BEFORE=STEP parks the transaction before STEP, to be killed there."""
-    step = os.environ.get("DOCKWARDEN_TEST_PAUSE_BEFORE")
-    if not step:
-        return None
-
-    def pause(current: str) -> None:
-        if current == step:
-            print(f"dockwarden: paused before {step}", file=sys.stderr, flush=True)
-            while True:
-                time.sleep(3600)
-
-    return pause
+    cycle.record_checks(History.of(cfg), summary.results)
+    _show(args, report.check_json(summary.results), report.check_table(summary.results))
+    return EXIT_FAILED if summary.count(check.Status.ERROR) else EXIT_OK
 
 
 def _terminal_progress() -> upgrade.Progress | None:
@@ -183,144 +189,80 @@ def _cancel_on_signals() -> Iterator[threading.Event]:
             signal.signal(signum, old)
 
 
-def cmd_update(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    if cfg is None:
-        return EXIT_USAGE
-    known = {s.name: s for s in cfg.services}
-    unknown = [name for name in args.services if name not in known]
+def cmd_update(args: argparse.Namespace, checkpoint: upgrade.Checkpoint | None = None) -> int:
+    # Every step is worth keeping in the log, even with --json.
+    cfg = _config(args)
+    unknown = [name for name in args.services if cfg.service(name) is None]
     if unknown:
-        print(f"dockwarden: no such service in {cfg.path}: {', '.join(unknown)}", file=sys.stderr)
-        return EXIT_USAGE
-    # Every step is worth keeping in the log; stdout alone carries the report, so --json stays parseable.
-    logs.configure(sys.stderr)
-    try:
-        updater = update.open_updater(cfg)
-    except EngineError as exc:
-        print(f"dockwarden: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    try:
-        with _cancel_on_signals() as cancel:
-            options = update.Options(
-                named=bool(args.services),
-                force=args.force,
-                dry_run=args.dry_run,
-                cancel=cancel,
-                checkpoint=_pause_hook(),
-                progress=_terminal_progress(),
-            )
-            result = updater.cycle(cfg, [known[n] for n in args.services] or cfg.services, options)
-    finally:
-        updater.close()
-    print(report.update_json(result) if args.json else report.update_table(result))
+        raise _Exit(EXIT_USAGE, f"dockwarden: no such service in {cfg.path}: {', '.join(unknown)}")
+    services = [_service(cfg, name) for name in args.services] or list(cfg.services)
+    with check.connect(cfg) as checker, _cancel_on_signals() as cancel:
+        hooks = upgrade.Hooks(cancel=cancel, checkpoint=checkpoint, progress=_terminal_progress())
+        runner = Runner(checker.engine, cfg.state_dir, History.of(cfg), hooks)
+        options = cycle.Options(
+            named=bool(args.services), force=args.force, dry_run=args.dry_run, cancel=cancel
+        )
+        result = cycle.run(checker, runner, cfg, services, options)
+    _show(args, report.update_json(result), report.update_table(result))
     return EXIT_FAILED if result.failed() else EXIT_OK
 
 
-def _connect(cfg: configuration.Config) -> Engine | None:
-    """The engine, or None after saying why not (the commands that need no registry)."""
-    try:
-        return Engine.connect(cfg.docker_host)
-    except EngineError as exc:
-        print(f"dockwarden: {exc}", file=sys.stderr)
-        return None
-
-
-def _service(cfg: configuration.Config, name: str) -> configuration.Service | None:
-    found = cfg.service(name)
-    if found is None:
-        print(f"dockwarden: no such service in {cfg.path}: {name}", file=sys.stderr)
-    return found
-
-
-def cmd_rollback(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    if cfg is None:
-        return EXIT_USAGE
+def cmd_rollback(args: argparse.Namespace, checkpoint: upgrade.Checkpoint | None = None) -> int:
+    cfg = _config(args)
     service = _service(cfg, args.service)
-    if service is None:
-        return EXIT_USAGE
-    logs.configure(sys.stderr)
-    engine = _connect(cfg)
-    if engine is None:
-        return EXIT_FAILED
     # Only the engine is needed: a rollback never asks the registry anything.
-    updater = update.Updater(engine)
-    try:
-        with _cancel_on_signals() as cancel:
-            options = update.Options(named=True, cancel=cancel, checkpoint=_pause_hook())
-            outcome = updater.rollback(cfg, service, args.to, options)
-    finally:
-        updater.close()
-    result = update.Report([outcome])
-    print(report.update_json(result) if args.json else report.update_table(result))
-    return EXIT_OK if outcome.result in (update.REVERTED, upgrade.UP_TO_DATE) else EXIT_FAILED
+    with _engine(cfg) as engine, _cancel_on_signals() as cancel:
+        runner = Runner(
+            engine, cfg.state_dir, History.of(cfg), upgrade.Hooks(cancel=cancel, checkpoint=checkpoint)
+        )
+        outcome = rollback(runner, cfg, service, args.to)
+    result = cycle.Report(outcomes=[outcome])
+    _show(args, report.update_json(result), report.update_table(result))
+    return EXIT_OK if outcome.result in (upgrade.Result.REVERTED, upgrade.Result.UP_TO_DATE) else EXIT_FAILED
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    if cfg is None:
-        return EXIT_USAGE
-    logs.configure(sys.stderr, level=logging.WARNING if args.json else logging.INFO)
-    engine = _connect(cfg)
-    if engine is None:
-        return EXIT_FAILED
-    try:
-        with _cancel_on_signals() as cancel:
-            result = gc.collect(engine, cfg, dry_run=args.dry_run, cancel=cancel)
-    finally:
-        engine.close()
-    print(report.gc_json(result) if args.json else report.gc_table(result))
+    cfg = _config(args, quiet=args.json)
+    with _engine(cfg) as engine, _cancel_on_signals() as cancel:
+        result = gc.collect(engine, cfg, dry_run=args.dry_run, cancel=cancel)
+    _show(args, report.gc_json(result), report.gc_table(result))
     return EXIT_FAILED if result.failed() else EXIT_OK
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    if cfg is None:
-        return EXIT_USAGE
-    if args.service is not None and _service(cfg, args.service) is None:
-        return EXIT_USAGE
+    cfg = _config(args, quiet=True)
+    if args.service is not None:
+        _service(cfg, args.service)
     if args.limit < 0:
-        print("dockwarden: --limit must be 0 (all) or more", file=sys.stderr)
-        return EXIT_USAGE
+        raise _Exit(EXIT_USAGE, "dockwarden: --limit must be 0 (all) or more")
     entries = History.of(cfg).entries(args.service)
     if args.limit:
         entries = entries[: args.limit]
-    print(report.history_json(entries) if args.json else report.history_table(entries))
+    _show(args, report.history_json(entries), report.history_table(entries))
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    if cfg is None:
-        return EXIT_USAGE
-    engine = _connect(cfg)
-    if engine is None:
-        return EXIT_FAILED
-    try:
+    cfg = _config(args, quiet=True)
+    with _engine(cfg) as engine:
         found = status.gather(engine, cfg)
-    except EngineError as exc:
-        print(f"dockwarden: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    finally:
-        engine.close()
-    print(report.status_json(found) if args.json else report.status_table(found))
+    _show(args, report.status_json(found), report.status_table(found))
     return EXIT_OK
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    if cfg is None:
-        return EXIT_USAGE
+def cmd_run(args: argparse.Namespace, checkpoint: upgrade.Checkpoint | None = None) -> int:
+    cfg = _config(args)
     logs.configure(sys.stdout)
     from dockwarden import daemon  # noqa: PLC0415 -- APScheduler's import cost is only the daemon's to pay
 
     try:
-        running = daemon.run(cfg, Notifier(), _pause_hook())
+        with check.connect(cfg) as checker:
+            running = daemon.run(cfg, checker, Notifier(), checkpoint)
+            running.serve()
+            finished = running.stop()
     except EngineError as exc:
-        print(f"dockwarden: cannot start: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    running.serve()
-    if not running.stop():
+        raise _Exit(EXIT_FAILED, f"dockwarden: cannot start: {exc}") from None
+    if not finished:
         # A check still blocked on the network holds a worker thread; it touches nothing, so do not let
         # it hold up the exit systemd is waiting for.
         sys.stdout.flush()
@@ -329,24 +271,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "validate": cmd_validate,
     "check": cmd_check,
-    "update": cmd_update,
-    "rollback": cmd_rollback,
     "gc": cmd_gc,
     "history": cmd_history,
     "status": cmd_status,
+}
+# The commands that run transactions, which a test entry point can park before a step (tests/support).
+TRANSACTION_COMMANDS: dict[str, Callable[[argparse.Namespace, upgrade.Checkpoint | None], int]] = {
+    "update": cmd_update,
+    "rollback": cmd_rollback,
     "run": cmd_run,
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, checkpoint: upgrade.Checkpoint | None = None) -> int:
+    """Run one command; returns its exit code. `checkpoint` is for tests: called before each step of a
+    transaction that `update`, `rollback` or `run` starts."""
     args = build_parser().parse_args(argv)
     if args.command is None:
         build_parser().print_help(sys.stderr)
         return EXIT_USAGE
     try:
+        if args.command in TRANSACTION_COMMANDS:
+            return TRANSACTION_COMMANDS[args.command](args, checkpoint)
         return COMMANDS[args.command](args)
+    except _Exit as end:
+        if end.message:
+            print(end.message, file=sys.stderr)
+        return end.code
+    except EngineError as exc:
+        print(f"dockwarden: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130

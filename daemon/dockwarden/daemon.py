@@ -20,11 +20,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_RUNNING
 
 from dockwarden import config as configuration
-from dockwarden import gc
-from dockwarden.check import Checker, open_checker
+from dockwarden import cycle, gc
+from dockwarden.check import Checker
+from dockwarden.history import History
 from dockwarden.notify import Notifier
-from dockwarden.update import Options, Updater, describe
-from dockwarden.upgrade import Checkpoint
+from dockwarden.runner import Runner
+from dockwarden.upgrade import Checkpoint, Hooks
 
 JOB_ID = "check-cycle"
 GC_JOB_ID = "gc"
@@ -44,8 +45,8 @@ class Daemon:
         checkpoint: Checkpoint | None = None,
     ) -> None:
         self.config = cfg
-        self.checker = checker
-        self.updater = Updater(checker.engine, checker)
+        self.checker = checker  # and its engine: opened and closed by the caller
+        self.upgrading = threading.Event()  # set while a transaction runs, so a stop waits for its end
         self.checkpoint = checkpoint
         self.notifier = notifier
         self.log = structlog.get_logger("dockwarden.daemon")
@@ -71,12 +72,12 @@ class Daemon:
     def _cycle(self) -> None:
         self.cycle_done.clear()
         try:
-            cfg = self.config
-            report = self.updater.cycle(
-                cfg, cfg.services, Options(cancel=self.cancel, checkpoint=self.checkpoint)
-            )
+            cfg = self.config  # read once: a reload may replace it meanwhile
+            hooks = Hooks(cancel=self.cancel, checkpoint=self.checkpoint)
+            runner = Runner(self.checker.engine, cfg.state_dir, History.of(cfg), hooks, self.upgrading)
+            report = cycle.run(self.checker, runner, cfg, cfg.services, cycle.Options(cancel=self.cancel))
             stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-            self.notifier.status(f"last cycle {stamp}: {describe(report)}")
+            self.notifier.status(f"last cycle {stamp}: {cycle.describe(report)}")
         finally:
             self.cycle_done.set()
 
@@ -188,19 +189,20 @@ class Daemon:
         self.cancel.set()
         if self.scheduler.state == STATE_RUNNING:
             self.scheduler.shutdown(wait=False)
-        grace = UPGRADE_STOP_GRACE if self.updater.upgrading.is_set() else STOP_GRACE
+        grace = UPGRADE_STOP_GRACE if self.upgrading.is_set() else STOP_GRACE
         deadline = time.monotonic() + grace
         finished = self.cycle_done.wait(grace)
         finished = self.gc_done.wait(max(0.0, deadline - time.monotonic())) and finished
         finished = self.checker.wait_idle(max(0.0, deadline - time.monotonic())) and finished
-        self.checker.close()
         self.log.info("daemon.stopped", cycle_abandoned=not finished)
         return finished
 
 
-def run(cfg: configuration.Config, notifier: Notifier, checkpoint: Checkpoint | None = None) -> Daemon:
-    """Connect and start; the caller serves and stops. Raises EngineError if the engine cannot be used."""
-    daemon = Daemon(cfg, open_checker(cfg), notifier, checkpoint)
+def run(
+    cfg: configuration.Config, checker: Checker, notifier: Notifier, checkpoint: Checkpoint | None = None
+) -> Daemon:
+    """Start on a connected checker; the caller serves, stops, then closes what it opened."""
+    daemon = Daemon(cfg, checker, notifier, checkpoint)
     daemon.install_signal_handlers()
     daemon.start()
     return daemon

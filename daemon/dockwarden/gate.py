@@ -14,9 +14,13 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from dockwarden.engine import Engine, EngineError
+
+if TYPE_CHECKING:
+    from dockwarden.config import Service
 
 POLL = 0.2
 NS = 1_000_000_000
@@ -157,3 +161,11 @@ def wait(
         if verdict is not None:
             return verdict
         time.sleep(POLL)
+
+
+def policy_for(service: Service, health_timeout_max: timedelta) -> Policy:
+    """The gate a service's successor must pass: its probe and stability window, the global wait cap."""
+    probe = None
+    if service.probe is not None:
+        probe = Probe(service.probe.kind, service.probe.target, service.probe.timeout.total_seconds())
+    return Policy(service.stability_window.total_seconds(), health_timeout_max.total_seconds(), probe)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,14 +26,17 @@ if TYPE_CHECKING:
 FILE_NAME = "history.jsonl"
 ROTATED = 4  # files kept beside the current one
 
-# Events, one per decision.
-CHECKED = "checked"
-SKIPPED = "skipped"
-UPGRADE = "upgrade"  # an attempt by the update cycle: its result, gate verdict, from -> to
-ROLLBACK = "rollback"  # an on-demand `dockwarden rollback`
-RETAINED = "retained"  # a replaced version kept for rollback
-RELEASED = "released"  # a version beyond keep_previous untagged (and removed when nothing uses it)
-GC = "gc"  # one removal by garbage collection
+
+class Event(StrEnum):
+    """What an entry records, one per decision (the entry's `event`)."""
+
+    CHECKED = "checked"
+    SKIPPED = "skipped"
+    UPGRADE = "upgrade"  # an attempt by the update cycle: its result, gate verdict, from -> to
+    ROLLBACK = "rollback"  # an on-demand `dockwarden rollback`
+    RETAINED = "retained"  # a replaced version kept for rollback
+    RELEASED = "released"  # a version beyond keep_previous untagged (and removed when nothing uses it)
+    GC = "gc"  # one removal by garbage collection
 
 
 class History:
@@ -46,7 +50,7 @@ class History:
         """The history of the config's state_dir, rotated at its history_max_bytes."""
         return cls(cfg.state_dir, cfg.history_max_bytes)
 
-    def record(self, event: str, service: str | None = None, **fields: Any) -> None:
+    def record(self, event: Event, service: str | None = None, **fields: Any) -> None:
         entry = {"at": datetime.now(UTC).isoformat(timespec="milliseconds"), "event": event}
         if service is not None:
             entry["service"] = service

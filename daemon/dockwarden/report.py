@@ -6,9 +6,10 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from dockwarden import gc, history, status
+from dockwarden import gc, status
 from dockwarden.check import CheckResult
-from dockwarden.update import Report
+from dockwarden.cycle import Report
+from dockwarden.history import Event
 
 
 def short_digest(digest: str | None) -> str:
@@ -50,7 +51,7 @@ def update_table(report: Report) -> str:
     header = ("SERVICE", "FROM", "TO", "RESULT")
     rows = []
     for o in report.outcomes:
-        detail = o.result
+        detail = str(o.result)
         if o.error:
             detail += f" at {o.step}: {o.error}" if o.step else f": {o.error}"
         if o.rollback_error:
@@ -119,13 +120,13 @@ def gc_json(result: gc.Result) -> str:
 
 def _history_detail(entry: dict[str, Any]) -> str:
     event = entry.get("event")
-    if event == history.CHECKED:
+    if event == Event.CHECKED:
         text = f"{entry.get('status')}: running {short_digest(entry.get('running_digest'))}"
         text += f", registry {short_digest(entry.get('registry_digest'))}"
         return text + (f" ({entry['error']})" if entry.get("error") else "")
-    if event == history.SKIPPED:
+    if event == Event.SKIPPED:
         return str(entry.get("reason") or "")
-    if event in (history.UPGRADE, history.ROLLBACK):
+    if event in (Event.UPGRADE, Event.ROLLBACK):
         text = f"{entry.get('result')}: {short_digest(entry.get('from_digest'))}"
         text += f" -> {short_digest(entry.get('to_digest'))}"
         if entry.get("verdict"):
@@ -135,10 +136,10 @@ def _history_detail(entry: dict[str, Any]) -> str:
         if entry.get("rollback_error"):
             text += f"; rollback failed: {entry['rollback_error']}"
         return text
-    if event == history.GC:
+    if event == Event.GC:
         what = f"{entry.get('kind')} {entry.get('name')}"
         return f"removed {what}: {entry.get('reason')} ({size(entry.get('bytes'))})"
-    if event in (history.RETAINED, history.RELEASED):
+    if event in (Event.RETAINED, Event.RELEASED):
         return f"{entry.get('reference')}" + (f": {entry['reason']}" if entry.get("reason") else "")
     return json.dumps({k: v for k, v in entry.items() if k not in ("at", "event", "service")})
 

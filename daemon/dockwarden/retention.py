@@ -24,8 +24,9 @@ from typing import Any
 
 import structlog
 
-from dockwarden import history, imageref
+from dockwarden import imageref
 from dockwarden.engine import Engine, EngineError
+from dockwarden.history import Event
 
 PREFIX = "dockwarden-"
 PULLED = "pulled"
@@ -235,7 +236,7 @@ def apply(engine: Engine, service: str, todo: Plan, record: Record) -> None:
             log.error("retention.failed", action="tag", image=image_id[:19], error=str(exc))
             continue
         log.info("retention.kept", image=image_id[:19], reference=reference)
-        record(history.RETAINED, image_id=image_id, reference=reference)
+        record(Event.RETAINED, image_id=image_id, reference=reference)
     for version, reason in todo.untag:
         _let_go(engine, log, record, version.reference, version.image_id, reason, version.size)
     for image_id, reason in todo.remove:
@@ -255,7 +256,7 @@ def _let_go(
     deleted = any("Deleted" in item for item in removed)
     log.info("retention.released", reference=reference, reason=reason, image_deleted=deleted)
     record(
-        history.RELEASED,
+        Event.RELEASED,
         reference=reference,
         image_id=image_id,
         reason=reason,

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dockwarden import history, imageref, retention
+from dockwarden import imageref, retention
 from dockwarden.config import Config, Service
 from dockwarden.engine import Engine, EngineError, NotFound
-from dockwarden.history import History
+from dockwarden.history import Event, History
 from dockwarden.retention import Version
 from dockwarden.skiplist import Entry, SkipList
 
@@ -62,12 +62,12 @@ def describe(
     (newest first)."""
     status = ServiceStatus(service.name, service.container, "missing", skipped=skipped)
     status.retained = retention.versions(images, service.container)
-    checked = next((e for e in entries if e.get("event") == history.CHECKED), None)
+    checked = next((e for e in entries if e.get("event") == Event.CHECKED), None)
     if checked is not None:
         status.registry_digest = checked.get("registry_digest")
         status.checked_at = checked.get("at")
     status.last_upgrade = next(
-        (e for e in entries if e.get("event") in (history.UPGRADE, history.ROLLBACK)), None
+        (e for e in entries if e.get("event") in (Event.UPGRADE, Event.ROLLBACK)), None
     )
     if container is None:
         return status

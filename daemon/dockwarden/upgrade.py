@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import structlog
@@ -32,31 +33,56 @@ DONE_SUFFIX = "--dockwarden-done"
 START_ATTEMPTS = 5  # for the old container during an undo
 START_RETRY_DELAY = 1.0
 DEFAULT_STOP_TIMEOUT = 10  # the engine's own default when a container sets no StopTimeout
-# The steps in order; a test hook can pause before any of them.
-STEPS = (
-    "pull",
-    "plan",
-    "set-aside",
-    "tag",
-    "create",
-    "connect",
-    "verify",
-    "stop-old",
-    "start",
-    "gate",
-    "commit",
-    "remove-old",
-)
-
-UP_TO_DATE = "up-to-date"
-UPGRADED = "upgraded"
-ROLLED_BACK = "rolled-back"
-ROLLBACK_FAILED = "rollback-failed"
-SKIPPED = "skipped"
-ERROR = "error"
 
 
-@dataclass(frozen=True)
+class Step(StrEnum):
+    """The transaction's steps, in the order it runs them; a test hook can pause before any of them."""
+
+    PULL = "pull"
+    PLAN = "plan"
+    SET_ASIDE = "set-aside"
+    TAG = "tag"
+    CREATE = "create"
+    CONNECT = "connect"
+    VERIFY = "verify"
+    STOP_OLD = "stop-old"
+    START = "start"
+    GATE = "gate"
+    COMMIT = "commit"
+    REMOVE_OLD = "remove-old"
+
+
+class UndoStep(StrEnum):
+    """The steps of putting the old container back; ROLLBACK names a failure of the undo as a whole."""
+
+    REMOVE_NEW = "undo-remove-new"
+    START_OLD = "undo-start-old"
+    RENAME_OLD = "undo-rename-old"
+    ROLLBACK = "rollback"
+
+
+STEPS = tuple(Step)
+UNDO_STEPS = (UndoStep.REMOVE_NEW, UndoStep.START_OLD, UndoStep.RENAME_OLD)
+
+
+class Result(StrEnum):
+    """How a service's turn in a cycle, or a rollback, ended (`update --json`'s and history's `result`)."""
+
+    UP_TO_DATE = "up-to-date"
+    UPGRADED = "upgraded"
+    ROLLED_BACK = "rolled-back"
+    ROLLBACK_FAILED = "rollback-failed"
+    SKIPPED = "skipped"
+    ERROR = "error"
+    WOULD_UPGRADE = "would-upgrade"  # --dry-run: it would be upgraded
+    REVERTED = "reverted"  # `dockwarden rollback`: the service runs the older version now
+
+    @property
+    def failed(self) -> bool:
+        return self in (Result.ROLLED_BACK, Result.ROLLBACK_FAILED, Result.ERROR)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Target:
     service: str
     container: str
@@ -71,15 +97,15 @@ class Target:
     stopped_ok: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Outcome:
     service: str
     container: str
     from_digest: str | None
     to_digest: str | None
-    result: str
+    result: Result
     error: str | None = None
-    step: str | None = None  # where it failed
+    step: Step | UndoStep | None = None  # where it failed
     duration: float = 0.0
     rollback_error: str | None = None
     replaced: str | None = None  # ID of the container that was set aside, once one was
@@ -90,7 +116,9 @@ class Outcome:
     @property
     def switched(self) -> bool:
         """The service now runs another image than before (the transaction committed)."""
-        return self.result == UPGRADED and self.old_image is not None and self.old_image != self.new_image
+        return (
+            self.result == Result.UPGRADED and self.old_image is not None and self.old_image != self.new_image
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -106,13 +134,22 @@ class Outcome:
 
 
 class StepFailed(Exception):
-    def __init__(self, step: str, message: str) -> None:
+    def __init__(self, step: Step | UndoStep, message: str) -> None:
         super().__init__(message)
         self.step = step
 
 
 Checkpoint = Callable[[str], None]
 Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hooks:
+    """What a caller may attach to a transaction: a stop request, a test's pause point, pull progress."""
+
+    cancel: threading.Event | None = None  # set: roll back out of the gate; start nothing new
+    checkpoint: Checkpoint | None = None  # called with each step's name before the step runs
+    progress: Progress | None = None  # called with each message of the pull's stream
 
 
 def image_string(container: dict[str, Any], ref: ImageRef) -> str:
@@ -131,38 +168,29 @@ def stop_timeout(container: dict[str, Any]) -> int:
 
 
 class Upgrade:
-    def __init__(
-        self,
-        engine: Engine,
-        target: Target,
-        checkpoint: Checkpoint | None = None,
-        cancel: threading.Event | None = None,
-        progress: Progress | None = None,
-    ) -> None:
+    def __init__(self, engine: Engine, target: Target, hooks: Hooks | None = None) -> None:
         self.engine = engine
         self.t = target
-        self.checkpoint = checkpoint
-        self.cancel = cancel
-        self.progress = progress
+        self.hooks = hooks or Hooks()
         self.log = structlog.get_logger("dockwarden.upgrade").bind(
             service=target.service,
             container=target.container,
             from_digest=target.from_digest,
             to_digest=target.to_digest,
         )
-        self.step = ""
+        self.step: Step | None = None
         self._step_started = 0.0
-        self._entered: set[str] = set()
+        self._entered: set[Step] = set()
         self.old: dict[str, Any] = {}
         self.new_image: dict[str, Any] = {}
         self.verdict: str | None = None
         self.pulled_ref: str | None = None
         self.was_running = True
 
-    def _enter(self, step: str) -> None:
+    def _enter(self, step: Step) -> None:
         self._leave()
-        if self.checkpoint is not None:
-            self.checkpoint(step)
+        if self.hooks.checkpoint is not None:
+            self.hooks.checkpoint(step)
         self._entered.add(step)
         self.step = step
         self._step_started = time.monotonic()
@@ -171,7 +199,7 @@ class Upgrade:
         if self.step:
             took = round((time.monotonic() - self._step_started) * 1000, 1)
             self.log.info("upgrade.step", step=self.step, duration_ms=took, **fields)
-        self.step = ""
+        self.step = None
 
     def run(self) -> Outcome:
         try:
@@ -183,84 +211,64 @@ class Upgrade:
                 with contextlib.suppress(EngineError):
                     self.engine.remove_image(self.pulled_ref)
 
-    def _run(self) -> Outcome:  # noqa: PLR0912, PLR0915 -- the transaction is meant to read top to bottom
+    def _run(self) -> Outcome:
         started = time.monotonic()
         t = self.t
         self.log.info("upgrade.started", image=str(t.ref))
         try:
-            # Nothing below touches the running service until "set-aside": a failure up to there
-            # leaves it exactly as it was.
-            new_image: dict[str, Any] | None = None
-            if t.to_digest is not None and t.image_id is None:
-                self._enter("pull")
-                pinned = f"{t.ref.name}@{t.to_digest}"
-                self.engine.pull(pinned, self.progress)
-                new_image = self.engine.inspect_image(pinned)
-                # Untagged until the "tag" step, and unused until "create": any prune would take it.
-                self.pulled_ref = f"{t.ref.name}:{retention.pulled_tag(t.container)}"
-                self.engine.tag(new_image["Id"], self.pulled_ref)
-
-            self._enter("plan")
-            if t.image_id is not None:
-                new_image = self.engine.inspect_image(t.image_id)  # a version kept here: never pulled
-            self.old = self.engine.inspect_container(t.container)
-            self.was_running = bool((self.old.get("State") or {}).get("Running"))
-            if not self.was_running and not t.stopped_ok:
-                raise StepFailed("plan", "the container is not running; upgrade it after starting it")
-            old_image = self.engine.inspect_image(self.old["Image"])
-            switching = new_image is not None
-            if new_image is None:
-                new_image, image_text = old_image, str(self.old["Config"]["Image"])
-            elif old_image["Id"] == new_image["Id"]:
+            # Nothing below touches the running service until SET_ASIDE: a failure up to there leaves it
+            # exactly as it was.
+            pulled = self._pull() if t.to_digest is not None and t.image_id is None else None
+            self._enter(Step.PLAN)
+            prepared = self._plan(pulled)
+            if isinstance(prepared, Result):
                 self._leave()
-                return self._outcome(UP_TO_DATE, started)
-            else:
-                image_text = image_string(self.old, t.ref)
-            self.new_image = new_image
-            plan = recreate.plan(self.old, old_image, new_image, image_text, t.network_mode)
-            if self.cancel is not None and self.cancel.is_set():
-                self._leave()  # stopping: nothing is touched yet, so leave the service as it is
-                return self._outcome(SKIPPED, started, "not started: dockwarden is stopping", "plan")
+                if prepared == Result.SKIPPED:  # stopping: nothing is touched yet, so leave it as it is
+                    return self._outcome(prepared, started, "not started: dockwarden is stopping", Step.PLAN)
+                return self._outcome(prepared, started)
+            plan, image_text, switching = prepared
 
-            self._enter("set-aside")
+            self._enter(Step.SET_ASIDE)
             self.engine.rename(self.old["Id"], t.container + OLD_SUFFIX)
 
             if switching:
-                self._enter("tag")
-                self.engine.tag(new_image["Id"], image_text)
+                self._enter(Step.TAG)
+                self.engine.tag(self.new_image["Id"], image_text)
 
-            self._enter("create")
+            self._enter(Step.CREATE)
             new_id = self.engine.create(plan.body, t.container)
 
-            self._enter("connect")
+            self._enter(Step.CONNECT)
             for network, endpoint in plan.connect.items():
                 self.engine.connect_network(new_id, network, endpoint)
 
-            self._enter("verify")
+            self._enter(Step.VERIFY)
             problems = recreate.differences(plan, self.engine.inspect_container(new_id))
             if problems:
-                raise StepFailed("verify", "the new container differs from the old: " + "; ".join(problems))
+                raise StepFailed(
+                    Step.VERIFY, "the new container differs from the old: " + "; ".join(problems)
+                )
 
             # Only now does the service stop: everything that can be prepared while the old version
             # serves (tag, create, connect, verify) is done, so the outage is stop + start.
-            self._enter("stop-old")
+            self._enter(Step.STOP_OLD)
             self.engine.stop(self.old["Id"], stop_timeout(self.old))
 
-            self._enter("start")
+            self._enter(Step.START)
             self.engine.start(new_id)
 
-            self._enter("gate")
-            verdict = gate.wait(self.engine, new_id, t.policy, 0, self.cancel)
+            self._enter(Step.GATE)
+            verdict = gate.wait(self.engine, new_id, t.policy, 0, self.hooks.cancel)
             if not verdict.passed:
-                raise StepFailed("gate", verdict.reason)
+                raise StepFailed(Step.GATE, verdict.reason)
             self.verdict = verdict.reason
             self._leave(verdict=verdict.reason)
 
-            self._enter("commit")
+            self._enter(Step.COMMIT)
             # The rename is the commit record: from here on, a restart finishes instead of undoing.
             self.engine.rename(self.old["Id"], t.container + DONE_SUFFIX)
 
-            self._enter("remove-old")
+            self._enter(Step.REMOVE_OLD)
             self.engine.remove(self.old["Id"])
             self._leave()
         except (EngineError, StepFailed) as exc:
@@ -269,60 +277,105 @@ class Upgrade:
             # Whatever the surprise, a transaction half-way must still roll back, never strand the service.
             self.log.exception("upgrade.crashed", step=self.step)
             return self._failed(exc, started)
-        outcome = self._outcome(UPGRADED, started)
-        self.log.info("upgrade.finished", result=UPGRADED, duration_ms=round(outcome.duration * 1000, 1))
+        outcome = self._outcome(Result.UPGRADED, started)
+        self.log.info(
+            "upgrade.finished", result=Result.UPGRADED, duration_ms=round(outcome.duration * 1000, 1)
+        )
         return outcome
+
+    def _pull(self) -> dict[str, Any]:
+        """PULL: fetch the target by digest and protect it with the `-pulled` tag; its inspect."""
+        self._enter(Step.PULL)
+        pinned = f"{self.t.ref.name}@{self.t.to_digest}"
+        self.engine.pull(pinned, self.hooks.progress)
+        image = self.engine.inspect_image(pinned)
+        # Untagged until the TAG step, and unused until CREATE: any prune would take it.
+        self.pulled_ref = f"{self.t.ref.name}:{retention.pulled_tag(self.t.container)}"
+        self.engine.tag(image["Id"], self.pulled_ref)
+        return image
+
+    def _plan(self, pulled: dict[str, Any] | None) -> tuple[recreate.CreatePlan, str, bool] | Result:
+        """PLAN: read the old container and both images, and compute the successor's create body.
+
+        Returns (plan, the successor's Config.Image, whether it switches image), or the final result when
+        there is nothing to do (UP_TO_DATE) or dockwarden is stopping (SKIPPED)."""
+        t = self.t
+        new_image = self.engine.inspect_image(t.image_id) if t.image_id is not None else pulled
+        self.old = self.engine.inspect_container(t.container)
+        self.was_running = bool((self.old.get("State") or {}).get("Running"))
+        if not self.was_running and not t.stopped_ok:
+            raise StepFailed(Step.PLAN, "the container is not running; upgrade it after starting it")
+        old_image = self.engine.inspect_image(self.old["Image"])
+        switching = new_image is not None
+        if new_image is None:
+            new_image, image_text = old_image, str(self.old["Config"]["Image"])
+        elif old_image["Id"] == new_image["Id"]:
+            return Result.UP_TO_DATE
+        else:
+            image_text = image_string(self.old, t.ref)
+        self.new_image = new_image
+        plan = recreate.plan(self.old, old_image, new_image, image_text, t.network_mode)
+        if self.hooks.cancel is not None and self.hooks.cancel.is_set():
+            return Result.SKIPPED
+        return plan, image_text, switching
 
     def _failed(self, exc: Exception, started: float) -> Outcome:
         failed_at = exc.step if isinstance(exc, StepFailed) else self.step
         self._leave(failed=True)
-        if failed_at == "remove-old":
+        if failed_at == Step.REMOVE_OLD:
             # Committed: the new container passed and holds the name. The old one stays as
             # NAME--dockwarden-done, which the next start's recovery removes.
             self.log.warning("upgrade.cleanup_failed", step=failed_at, error=str(exc))
-            return self._outcome(UPGRADED, started, str(exc), failed_at)
+            return self._outcome(Result.UPGRADED, started, str(exc), failed_at)
         self.log.warning("upgrade.failed", step=failed_at, error=str(exc) or type(exc).__name__)
-        if failed_at in ("pull", "plan"):
-            return self._outcome(ERROR, started, str(exc), failed_at)
+        if failed_at in (Step.PULL, Step.PLAN):
+            return self._outcome(Result.ERROR, started, str(exc), failed_at)
         return self._roll_back(started, str(exc), failed_at)
 
-    def _roll_back(self, started: float, error: str, step: str) -> Outcome:
+    def _roll_back(self, started: float, error: str, step: Step | UndoStep | None) -> Outcome:
         self.log.warning("rollback.started", step=step)
         undo_started = time.monotonic()
         try:
-            undo(self.engine, self.t.container, self.old, self.t.policy, self.checkpoint, self.was_running)
+            undo(
+                self.engine,
+                self.t.container,
+                self.old,
+                self.t.policy,
+                self.hooks.checkpoint,
+                self.was_running,
+            )
         except Exception as exc:  # any failure here is reported as rollback-failed, with its message
             self.log.error("rollback.failed", error=str(exc), duration_ms=_ms(undo_started))
-            return self._outcome(ROLLBACK_FAILED, started, error, step, rollback_error=str(exc))
+            return self._outcome(Result.ROLLBACK_FAILED, started, error, step, rollback_error=str(exc))
         self.log.warning("rollback.finished", duration_ms=_ms(undo_started))
-        return self._outcome(ROLLED_BACK, started, error, step)
+        return self._outcome(Result.ROLLED_BACK, started, error, step)
 
     def _outcome(
         self,
-        result: str,
+        result: Result,
         started: float,
         error: str | None = None,
-        step: str | None = None,
+        step: Step | UndoStep | None = None,
         rollback_error: str | None = None,
     ) -> Outcome:
         t = self.t
         return Outcome(
-            t.service,
-            t.container,
-            t.from_digest,
-            t.to_digest,
-            result,
-            error,
-            step,
-            time.monotonic() - started,
-            rollback_error,
-            self.old.get("Id") if self.step_reached("set-aside") else None,
-            self.old.get("Image"),
-            self.new_image.get("Id"),
-            self.verdict,
+            service=t.service,
+            container=t.container,
+            from_digest=t.from_digest,
+            to_digest=t.to_digest,
+            result=result,
+            error=error,
+            step=step,
+            duration=time.monotonic() - started,
+            rollback_error=rollback_error,
+            replaced=self.old.get("Id") if self.step_reached(Step.SET_ASIDE) else None,
+            old_image=self.old.get("Image"),
+            new_image=self.new_image.get("Id"),
+            verdict=self.verdict,
         )
 
-    def step_reached(self, step: str) -> bool:
+    def step_reached(self, step: Step) -> bool:
         return step in self._entered
 
 
@@ -348,9 +401,6 @@ def _retag(engine: Engine, container: dict[str, Any]) -> None:
         engine.tag(container["Image"], text)
 
 
-UNDO_STEPS = ("undo-remove-new", "undo-start-old", "undo-rename-old")
-
-
 def undo(
     engine: Engine,
     name: str,
@@ -371,28 +421,28 @@ def undo(
     if holder is not None and holder["Id"] != old["Id"]:
         if (holder.get("Config") or {}).get("Labels", {}).get(recreate.REPLACES_LABEL) != old["Id"]:
             raise StepFailed(
-                "rollback", f"{name} is held by container {holder['Id'][:12]}, which is not ours"
+                UndoStep.ROLLBACK, f"{name} is held by container {holder['Id'][:12]}, which is not ours"
             )
-        step("undo-remove-new")
+        step(UndoStep.REMOVE_NEW)
         with contextlib.suppress(NotFound):  # already gone: the name is free, which is the aim
             engine.remove(holder["Id"])
     current = engine.inspect_container(old["Id"])
     _retag(engine, current)
     if not restart:
         if current["Name"].lstrip("/") != name:
-            step("undo-rename-old")
+            step(UndoStep.RENAME_OLD)
             engine.rename(old["Id"], name)
         return
-    step("undo-start-old")
+    step(UndoStep.START_OLD)
     _start_with_retries(engine, old["Id"])
     if current["Name"].lstrip("/") != name:
-        step("undo-rename-old")
+        step(UndoStep.RENAME_OLD)
         engine.rename(old["Id"], name)
     # Check the old version runs again: healthy if it has a HEALTHCHECK, else up for a short while.
     check = gate.Policy(stability=min(policy.stability, 2.0), health_timeout_max=policy.health_timeout_max)
     verdict = gate.wait(engine, old["Id"], check, int(current.get("RestartCount") or 0))
     if not verdict.passed:
-        raise StepFailed("rollback", f"the old container did not come back: {verdict.reason}")
+        raise StepFailed(UndoStep.ROLLBACK, f"the old container did not come back: {verdict.reason}")
 
 
 def _start_with_retries(engine: Engine, container_id: str) -> None:

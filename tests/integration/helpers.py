@@ -74,11 +74,15 @@ def cli(
     )
 
 
-def spawn(command: str, cfg: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """`dockwarden COMMAND -c cfg` in the background, stdout and stderr to `log`, `env` over ours."""
+def spawn(
+    command: str, cfg: Path, log: Path, env: dict[str, str] | None = None, pause_before: str | None = None
+) -> subprocess.Popen[bytes]:
+    """`dockwarden COMMAND -c cfg` in the background, stdout and stderr to `log`, `env` over ours; with
+    `pause_before`, its transaction parks before that step (tests/support/paused.py)."""
+    entry = ["dockwarden"] if pause_before is None else ["tests.support.paused", pause_before]
     with log.open("w") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "dockwarden", command, "-c", str(cfg)],
+            [sys.executable, "-m", *entry, command, "-c", str(cfg)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},

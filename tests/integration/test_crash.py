@@ -13,7 +13,7 @@ import pytest
 from dockwarden import config as configuration
 from dockwarden import upgrade
 from dockwarden.locks import ContainerLock
-from dockwarden.update import Options
+from dockwarden.upgrade import Hooks, Result
 from tests.integration.helpers import spawn, wait_for_text
 from tests.integration.upgrade_lab import (
     Side,
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.engine
 
 def _kill_update_before(step: str, cfg_path: Path, log: Path) -> int:
     """Run `dockwarden update` until it parks before `step`, SIGKILL it there; returns its PID."""
-    proc = spawn("update", cfg_path, log, {"DOCKWARDEN_TEST_PAUSE_BEFORE": step})
+    proc = spawn("update", cfg_path, log, pause_before=step)
     try:
         wait_for_text(log, f"paused before {step}")
     finally:
@@ -137,9 +137,9 @@ def test_registry_gone_at_pull_leaves_the_service_untouched(
         if step == "pull":
             registry.stop()
 
-    report = run_cycle(cfg, Options(checkpoint=stop_registry))
+    report = run_cycle(cfg, Hooks(checkpoint=stop_registry))
     outcome = report.outcomes[0]
-    assert (outcome.result, outcome.step) == (upgrade.ERROR, "pull")
+    assert (outcome.result, outcome.step) == (Result.ERROR, "pull")
     assert side.client.api.inspect_container(name)["Id"] == before_id
     assert fetch(port) == before
     assert names_like(side.client, name) == [name]
@@ -159,9 +159,9 @@ def test_a_created_container_that_differs_from_the_plan_is_rolled_back(
         if step == "verify":
             side.client.networks.get("bridge").disconnect(name)  # `name` is the new container by now
 
-    report = run_cycle(cfg, Options(checkpoint=drift))
+    report = run_cycle(cfg, Hooks(checkpoint=drift))
     outcome = report.outcomes[0]
-    assert (outcome.result, outcome.step) == (upgrade.ROLLED_BACK, "verify")
+    assert (outcome.result, outcome.step) == (Result.ROLLED_BACK, "verify")
     assert outcome.error is not None
     assert "not connected to network bridge" in outcome.error
     assert fetch(port) == before
@@ -181,9 +181,9 @@ def test_cleanup_failure_after_commit_keeps_the_upgrade(
         if step == "remove-old":  # someone else removes the committed old container first
             side.client.containers.get(name + upgrade.DONE_SUFFIX).remove(force=True)
 
-    report = run_cycle(cfg, Options(checkpoint=take_it_away))
+    report = run_cycle(cfg, Hooks(checkpoint=take_it_away))
     outcome = report.outcomes[0]
-    assert (outcome.result, outcome.step) == (upgrade.UPGRADED, "remove-old")
+    assert (outcome.result, outcome.step) == (Result.UPGRADED, "remove-old")
     assert fetch(port) == marker
 
 
@@ -202,8 +202,8 @@ def test_stop_requested_before_the_service_is_touched_skips_it(
         if step == "plan":
             cancel.set()
 
-    report = run_cycle(cfg, Options(cancel=cancel, checkpoint=stop_now))
-    assert report.outcomes[0].result == upgrade.SKIPPED
+    report = run_cycle(cfg, Hooks(cancel=cancel, checkpoint=stop_now))
+    assert report.outcomes[0].result == Result.SKIPPED
     assert side.client.api.inspect_container(name)["Id"] == before_id
     assert fetch(port) is not None
 

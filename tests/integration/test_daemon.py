@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from dockwarden import check
 from dockwarden import config as configuration
-from dockwarden.check import open_checker
 from dockwarden.daemon import Daemon
 from dockwarden.notify import Notifier
 from tests.conftest import Deploy
@@ -215,11 +215,13 @@ def test_watchdog_is_fed_only_while_the_scheduler_lives(tmp_path: Path) -> None:
     restarts a daemon whose scheduler is gone."""
     cfg = configuration.load(write_config(tmp_path / "dw.yaml", {}))
     notify_path = tmp_path / "notify.sock"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+    with contextlib.ExitStack() as stack:
+        sock = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
         sock.bind(str(notify_path))
         sock.settimeout(0.1)
         notifier = Notifier({"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "300000"})
-        running = Daemon(cfg, open_checker(cfg), notifier)
+        checker = stack.enter_context(check.connect(cfg))
+        running = Daemon(cfg, checker, notifier)
 
         def pings(seconds: float) -> int:
             count, deadline = 0, time.monotonic() + seconds
@@ -248,7 +250,11 @@ def test_gc_runs_on_its_own_schedule_and_follows_a_reload(tmp_path: Path) -> Non
     disables GC, and its job collects (logging gc.finished)."""
     path = write_config(tmp_path / "dw.yaml", {}, extra='gc:\n  schedule: "30 3 * * *"\n  min_age: 1000000h')
     cfg = configuration.load(path)
-    running = Daemon(cfg, open_checker(cfg), Notifier({}))
+    with check.connect(cfg) as checker:
+        _gc_follows_reload(path, Daemon(cfg, checker, Notifier({})))
+
+
+def _gc_follows_reload(path: Path, running: Daemon) -> None:
     running.start()
     try:
         job = running.scheduler.get_job("gc")

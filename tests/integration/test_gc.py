@@ -15,11 +15,11 @@ import pytest
 
 from dockwarden import config as configuration
 from dockwarden import gc as collection
-from dockwarden import upgrade
 from dockwarden.engine import Engine
 from dockwarden.history import History
 from dockwarden.locks import ContainerLock
 from dockwarden.skiplist import SkipList
+from dockwarden.upgrade import Result
 from tests.integration.helpers import cli, spawn, wait_for_text
 from tests.integration.upgrade_lab import Side, config, names_like, push_version, update, wait_serving
 from tests.support.images import LABEL, ImageFactory, load_untagged
@@ -202,7 +202,7 @@ def test_history_and_skip_list_survive_a_daemon_restart(
     assert events == [
         ("skipped", None),
         ("checked", "update-available"),
-        ("upgrade", upgrade.ROLLED_BACK),
+        ("upgrade", Result.ROLLED_BACK),
         ("checked", "update-available"),
     ]
     assert "failed before" in rows[0]["reason"]

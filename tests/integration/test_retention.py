@@ -10,9 +10,9 @@ import docker
 import pytest
 
 from dockwarden import config as configuration
-from dockwarden import upgrade
 from dockwarden.history import History
 from dockwarden.skiplist import SkipList
+from dockwarden.upgrade import Result
 from tests.integration.helpers import cli
 from tests.integration.upgrade_lab import Side, config, push_version, run_cycle, update, wait_serving
 from tests.support.registry import Registry
@@ -54,7 +54,7 @@ def test_ten_upgrades_keep_exactly_keep_previous_plus_one_versions(
     for _ in range(10):
         _, marker, digest = push_version(side, registry, "app")
         report = run_cycle(cfg)
-        assert [o.result for o in report.outcomes] == [upgrade.UPGRADED], report.outcomes
+        assert [o.result for o in report.outcomes] == [Result.UPGRADED], report.outcomes
         assert wait_serving(port) == marker
         digests.append(digest)
 
@@ -67,7 +67,7 @@ def test_ten_upgrades_keep_exactly_keep_previous_plus_one_versions(
     status = json.loads(cli("status", "-c", str(cfg_path), "--json").stdout)[0]
     assert status["running_digest"] == digests[-1]
     assert [v["digests"] for v in status["retained"]] == [[digests[-2]], [digests[-3]]]
-    assert status["last_upgrade"]["result"] == upgrade.UPGRADED
+    assert status["last_upgrade"]["result"] == Result.UPGRADED
     # Tagged, so neither `docker image prune` nor `dangling=true | xargs docker rmi` would take them.
     dangling = {item["Id"] for item in client.api.images(filters={"dangling": True})}
     assert not dangling & {item["Id"] for item in on_disk}
@@ -76,7 +76,7 @@ def test_ten_upgrades_keep_exactly_keep_previous_plus_one_versions(
     ]
     # Every upgrade and every released version is in the history.
     entries = History(cfg.state_dir).entries("web")
-    assert sum(1 for e in entries if e["event"] == "upgrade" and e["result"] == upgrade.UPGRADED) == 10
+    assert sum(1 for e in entries if e["event"] == "upgrade" and e["result"] == Result.UPGRADED) == 10
     released = [e for e in entries if e["event"] == "released"]
     assert sum(1 for e in released if e["image_deleted"]) == 8, released
 
@@ -92,7 +92,7 @@ def test_rollback_works_with_the_registry_stopped_and_skips_the_digest_it_left(
     cfg_path = config(tmp_path, {"web": {"container": name, "image": f"{repo}:latest"}})
     _, second, digest = push_version(side, registry, "app")
     code, rows, _ = update(cfg_path)
-    assert (code, rows[0]["result"]) == (0, upgrade.UPGRADED)
+    assert (code, rows[0]["result"]) == (0, Result.UPGRADED)
     assert wait_serving(port) == second
 
     registry.stop()
@@ -112,7 +112,7 @@ def test_rollback_works_with_the_registry_stopped_and_skips_the_digest_it_left(
 
     registry.start()
     code, rows, _ = update(cfg_path)
-    assert (code, rows[0]["result"]) == (0, upgrade.SKIPPED)
+    assert (code, rows[0]["result"]) == (0, Result.SKIPPED)
     assert "rolled back by hand" in rows[0]["error"]
     assert wait_serving(port) == first
     events = [e["event"] for e in History(cfg.state_dir).entries("web")]
@@ -133,13 +133,13 @@ def test_rollback_to_a_named_digest_and_clear_errors(
     pushed = []
     for _ in range(2):
         _, marker, digest = push_version(side, registry, "app")
-        assert update(cfg_path)[1][0]["result"] == upgrade.UPGRADED
+        assert update(cfg_path)[1][0]["result"] == Result.UPGRADED
         pushed.append((marker, digest))
     assert wait_serving(port) == pushed[-1][0]
 
     unknown = "sha256:" + "0" * 64
     code, row, _ = rollback(cfg_path, "web", "--to", unknown)
-    assert (code, row["result"]) == (1, upgrade.ERROR)
+    assert (code, row["result"]) == (1, Result.ERROR)
     assert "not on this host" in row["error"]
     assert "never pulls" in row["error"]
     assert wait_serving(port) == pushed[-1][0]
@@ -159,7 +159,7 @@ def test_rollback_to_a_named_digest_and_clear_errors(
     assert status["skipped"]["digests"] == [pushed[1][1]]
     # Asking for the running version is a no-op, not an error.
     code, row, _ = rollback(cfg_path, "web", "--to", first_digest)
-    assert (code, row["result"]) == (0, upgrade.UP_TO_DATE)
+    assert (code, row["result"]) == (0, Result.UP_TO_DATE)
     # The history answers what happened, newest first.
     table = cli("history", "-c", str(cfg_path), "web").stdout.splitlines()
     assert table[0].split() == ["TIME", "SERVICE", "EVENT", "DETAIL"]
@@ -176,7 +176,7 @@ def test_a_service_whose_new_version_crashed_can_be_rolled_back(
     first = wait_serving(port)
     cfg_path = config(tmp_path, {"web": {"container": name}})
     push_version(side, registry, "app")
-    assert update(cfg_path)[1][0]["result"] == upgrade.UPGRADED
+    assert update(cfg_path)[1][0]["result"] == Result.UPGRADED
     side.client.containers.get(name).stop(timeout=5)
     code, _, _ = update(cfg_path, "--force")
     assert code == 0  # up to date: nothing to do, and a stopped container is not touched

@@ -16,7 +16,7 @@ import pytest
 
 from dockwarden import config as configuration
 from dockwarden import upgrade
-from dockwarden.update import Options
+from dockwarden.upgrade import Hooks, Result
 from tests.conftest import ENGINE26
 from tests.integration.upgrade_lab import (
     APP,
@@ -281,11 +281,11 @@ def test_port_taken_when_starting_rolls_back(
             threading.Timer(1.5, squatter.close).start()
 
     try:
-        report = run_cycle(cfg, Options(checkpoint=grab))
+        report = run_cycle(cfg, Hooks(checkpoint=grab))
     finally:
         squatter.close()
     outcome = report.outcomes[0]
-    assert (outcome.result, outcome.step) == (upgrade.ROLLED_BACK, "start")
+    assert (outcome.result, outcome.step) == (Result.ROLLED_BACK, "start")
     assert wait_serving(port) == before
     assert names_like(side.client, name) == [name]
 

@@ -13,8 +13,12 @@ from typing import Any
 
 import docker
 
+from dockwarden import check, cycle
 from dockwarden.config import Config
-from dockwarden.update import Options, Report, open_updater
+from dockwarden.cycle import Report
+from dockwarden.history import History
+from dockwarden.runner import Runner
+from dockwarden.upgrade import Hooks
 from tests.integration.helpers import cli, write_config
 from tests.support.images import ImageFactory
 from tests.support.registry import Registry
@@ -91,19 +95,15 @@ def names_like(client: docker.DockerClient, name: str) -> list[str]:
     return sorted(n for n in found if n.startswith(name))
 
 
-def run_cycle(cfg: Config, options: Options | None = None) -> Report:
+def run_cycle(cfg: Config, hooks: Hooks | None = None) -> Report:
     """One update cycle in this process (for tests that hook steps or cancel), then disconnect."""
-    updater = open_updater(cfg)
-    try:
-        return updater.cycle(cfg, cfg.services, options or Options())
-    finally:
-        updater.close()
+    hooks = hooks or Hooks()
+    with check.connect(cfg) as checker:
+        runner = Runner(checker.engine, cfg.state_dir, History.of(cfg), hooks)
+        return cycle.run(checker, runner, cfg, cfg.services, cycle.Options(cancel=hooks.cancel))
 
 
 def recover(cfg: Config) -> None:
     """What a fresh `update` or `run` does first: converge half-done upgrades."""
-    updater = open_updater(cfg)
-    try:
-        updater.recover(cfg)
-    finally:
-        updater.close()
+    with check.connect(cfg) as checker:
+        cycle.recover(checker.engine, cfg)

@@ -57,7 +57,7 @@ def test_versions_beyond_a_lowered_keep_previous_are_untagged_but_used_ones_stay
     known = retention.versions(rec.images, "recorded-web")
     used = {c["ImageID"] for c in rec.containers}
     assert [(r.kind, r.target) for r in todo] == [
-        (gc.TAG, v.reference) for v in known if v.image_id not in used
+        (gc.Kind.TAG, v.reference) for v in known if v.image_id not in used
     ]
     assert all(r.bytes == 1000 and r.service == "web" for r in todo)
     assert all("keep_previous=0" in r.reason for r in todo)
@@ -67,7 +67,10 @@ def test_a_dangling_image_goes_once_its_only_user_is_collected(rec: Recorded) ->
     """The opt-in rule removes the old labelled stopped container, and then its dangling image too."""
     rule = StoppedContainers(("role=batch",), timedelta(days=7))
     todo = _plan(rec, _config(stopped=rule))
-    assert [(r.kind, r.target) for r in todo] == [(gc.CONTAINER, rec.stopped["Id"]), (gc.IMAGE, rec.dangling)]
+    assert [(r.kind, r.target) for r in todo] == [
+        (gc.Kind.CONTAINER, rec.stopped["Id"]),
+        (gc.Kind.IMAGE, rec.dangling),
+    ]
     assert "role=batch" in todo[0].reason
     assert "dangling" in todo[1].reason
     assert todo[1].bytes == 1000
@@ -125,8 +128,8 @@ def test_half_done_upgrades_and_pulled_tags_of_watched_containers_are_leftovers(
     ]
     todo = _plan(rec, _config(), [*rec.containers, *copies], images=pulled)
     assert [(r.kind, r.name, r.service) for r in todo] == [
-        (gc.RECOVER, "recorded-web--dockwarden-done", "web"),
-        (gc.TAG, "127.0.0.1:5000/recorded:dockwarden-recorded-web-pulled", "web"),
+        (gc.Kind.RECOVER, "recorded-web--dockwarden-done", "web"),
+        (gc.Kind.TAG, "127.0.0.1:5000/recorded:dockwarden-recorded-web-pulled", "web"),
     ]
     assert todo[1].bytes == 0  # the image keeps its other tag and its container
 

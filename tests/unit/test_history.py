@@ -9,15 +9,15 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from dockwarden import history
-from dockwarden.history import History
+from dockwarden.history import Event, History
 
 
 def test_entries_are_read_back_newest_first_and_by_service(tmp_path: Path) -> None:
     """Each record is one line with time, event and service; reading filters by service."""
     journal = History(tmp_path)
-    journal.record(history.CHECKED, "web", status="up-to-date", error=None)
-    journal.record(history.SKIPPED, "api", reason="update: monitor")
-    journal.record(history.UPGRADE, "web", result="upgraded", from_digest="sha256:1", to_digest="sha256:2")
+    journal.record(Event.CHECKED, "web", status="up-to-date", error=None)
+    journal.record(Event.SKIPPED, "api", reason="update: monitor")
+    journal.record(Event.UPGRADE, "web", result="upgraded", from_digest="sha256:1", to_digest="sha256:2")
     lines = (tmp_path / history.FILE_NAME).read_text().splitlines()
     assert len(lines) == 3
     assert "error" not in json.loads(lines[0])  # None fields are left out
@@ -31,7 +31,7 @@ def test_rotation_keeps_a_bounded_number_of_files_and_the_order(tmp_path: Path) 
     reading still goes newest first across files."""
     journal = History(tmp_path, max_bytes=300)
     for number in range(60):
-        journal.record(history.CHECKED, "web", n=number)
+        journal.record(Event.CHECKED, "web", n=number)
     files = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(history.FILE_NAME + "."))
     assert [f for f in files if not f.endswith(".lock")] == [
         f"{history.FILE_NAME}.{i}" for i in range(1, history.ROTATED + 1)
@@ -46,17 +46,17 @@ def test_rotation_keeps_a_bounded_number_of_files_and_the_order(tmp_path: Path) 
 def test_a_cut_line_is_skipped_not_fatal(tmp_path: Path) -> None:
     """A line cut by a crash or a full disk is ignored; the others are read."""
     journal = History(tmp_path)
-    journal.record(history.CHECKED, "web")
+    journal.record(Event.CHECKED, "web")
     with (tmp_path / history.FILE_NAME).open("a") as out:
         out.write('{"at": "2026-11-28T07:00:00", "event": "chec')
-    journal.record(history.SKIPPED, "web")
+    journal.record(Event.SKIPPED, "web")
     assert [e["event"] for e in journal.entries()] == ["skipped", "checked"]
 
 
 def _append(path: str, count: int) -> None:
     journal = History(Path(path))
     for number in range(count):
-        journal.record(history.CHECKED, "web", n=number, padding="x" * 40)
+        journal.record(Event.CHECKED, "web", n=number, padding="x" * 40)
 
 
 def test_two_processes_appending_lose_no_line(tmp_path: Path) -> None:
@@ -77,7 +77,7 @@ def test_an_unwritable_state_dir_is_one_warning(tmp_path: Path) -> None:
     blocker.write_text("")
     journal = History(blocker / "state")
     with capture_logs() as logs:
-        journal.record(history.CHECKED, "web")
-        journal.record(history.CHECKED, "web")
+        journal.record(Event.CHECKED, "web")
+        journal.record(Event.CHECKED, "web")
     assert [e["event"] for e in logs] == ["state.unwritable"]
     assert journal.entries() == []

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from dockwarden import check, upgrade
-from dockwarden.check import CheckResult
+from dockwarden.check import CheckResult, Status
 from dockwarden.config import Service
+from dockwarden.cycle import Action, Options, decide, order
 from dockwarden.locks import Busy, ContainerLock
+from dockwarden.namespace import parents as namespace_parents
 from dockwarden.skiplist import SkipList
-from dockwarden.update import UPGRADE, Options, decide, namespace_parents, order
+from dockwarden.upgrade import Result
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 
@@ -25,9 +26,15 @@ def _svc(name: str, *depends: str, update: str = "auto") -> Service:
     return Service(name, name, None, update, tuple(depends))
 
 
-def _result(status: str, registry_digest: str | None = D2) -> CheckResult:
+def _result(status: Status, registry_digest: str | None = D2) -> CheckResult:
     return CheckResult(
-        "web", "web", "r/web:latest", D1, registry_digest, status, "boom" if status == "error" else None
+        service="web",
+        container="web",
+        image="r/web:latest",
+        running_digest=D1,
+        registry_digest=registry_digest,
+        status=status,
+        error="boom" if status == "error" else None,
     )
 
 
@@ -46,11 +53,16 @@ def test_order_ignores_dependencies_outside_the_selection() -> None:
 @pytest.mark.parametrize(
     ("service", "result", "options", "expected"),
     [
-        (_svc("web"), _result(check.UP_TO_DATE), Options(), upgrade.UP_TO_DATE),
-        (_svc("web"), _result(check.ERROR), Options(), upgrade.ERROR),
-        (_svc("web"), _result(check.UPDATE_AVAILABLE), Options(), UPGRADE),
-        (_svc("web", update="monitor"), _result(check.UPDATE_AVAILABLE), Options(), upgrade.SKIPPED),
-        (_svc("web", update="monitor"), _result(check.UPDATE_AVAILABLE), Options(named=True), UPGRADE),
+        (_svc("web"), _result(Status.UP_TO_DATE), Options(), Result.UP_TO_DATE),
+        (_svc("web"), _result(Status.ERROR), Options(), Result.ERROR),
+        (_svc("web"), _result(Status.UPDATE_AVAILABLE), Options(), Action.UPGRADE),
+        (_svc("web", update="monitor"), _result(Status.UPDATE_AVAILABLE), Options(), Result.SKIPPED),
+        (
+            _svc("web", update="monitor"),
+            _result(Status.UPDATE_AVAILABLE),
+            Options(named=True),
+            Action.UPGRADE,
+        ),
     ],
 )
 def test_decide(service: Service, result: CheckResult, options: Options, expected: str) -> None:
@@ -63,14 +75,16 @@ def test_failed_digest_is_skipped_until_the_tag_moves_or_force(tmp_path: Path) -
     skips = SkipList(tmp_path)
     skips.add("web", [D2], "gate: unhealthy")
     entry = skips.get("web")
-    status, reason = decide(_svc("web"), _result(check.UPDATE_AVAILABLE), entry, Options())
-    assert status == upgrade.SKIPPED
+    status, reason = decide(_svc("web"), _result(Status.UPDATE_AVAILABLE), entry, Options())
+    assert status == Result.SKIPPED
     assert reason is not None
     assert "gate: unhealthy" in reason
     assert "--force" in reason
-    assert decide(_svc("web"), _result(check.UPDATE_AVAILABLE), entry, Options(force=True))[0] == UPGRADE
-    moved = _result(check.UPDATE_AVAILABLE, registry_digest="sha256:" + "3" * 64)
-    assert decide(_svc("web"), moved, entry, Options())[0] == UPGRADE
+    assert (
+        decide(_svc("web"), _result(Status.UPDATE_AVAILABLE), entry, Options(force=True))[0] == Action.UPGRADE
+    )
+    moved = _result(Status.UPDATE_AVAILABLE, registry_digest="sha256:" + "3" * 64)
+    assert decide(_svc("web"), moved, entry, Options())[0] == Action.UPGRADE
     skips.clear("web")
     assert SkipList(tmp_path).get("web") is None
 
@@ -82,8 +96,8 @@ def test_skip_list_holds_every_digest_of_a_rolled_away_image(tmp_path: Path) -> 
     assert entry is not None
     assert entry.digests == (D1, D2)
     for digest in (D1, D2):
-        result = _result(check.UPDATE_AVAILABLE, registry_digest=digest)
-        assert decide(_svc("web"), result, entry, Options())[0] == upgrade.SKIPPED
+        result = _result(Status.UPDATE_AVAILABLE, registry_digest=digest)
+        assert decide(_svc("web"), result, entry, Options())[0] == Result.SKIPPED
 
 
 def test_skip_list_of_the_previous_format_is_read(tmp_path: Path) -> None:

@@ -1,0 +1,268 @@
+"""One update cycle: finish interrupted upgrades, check, then upgrade what changed, in dependency order.
+
+Shared by the daemon's scheduled job and `dockwarden update`. Per service it decides, from data, whether
+to upgrade (auto mode or named on the command line, a newer digest, not on the skip list), then hands the
+transaction to the `Runner`. A failure never stops the other services.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import structlog
+
+from dockwarden import gate, imageref, recovery, recreate, upgrade
+from dockwarden.check import Checker, CheckResult, Status
+from dockwarden.config import Config, Service
+from dockwarden.engine import Engine, EngineError
+from dockwarden.history import Event, History
+from dockwarden.locks import Busy
+from dockwarden.namespace import parents
+from dockwarden.runner import Runner
+from dockwarden.skiplist import Entry, SkipList
+from dockwarden.upgrade import Outcome, Result, Target
+
+
+class Action(StrEnum):
+    """What `decide` may ask for besides a final result."""
+
+    UPGRADE = "upgrade"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    named: bool = False  # services were named on the command line: upgrade them even in monitor mode
+    force: bool = False  # ignore the skip list
+    dry_run: bool = False
+    cancel: threading.Event | None = None  # set: stop starting upgrades (the runner's hooks roll back)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Report:
+    outcomes: list[Outcome] = field(default_factory=list)
+    plans: dict[str, list[str]] = field(default_factory=dict)  # service -> dry-run description
+
+    def failed(self) -> bool:
+        return any(o.result.failed for o in self.outcomes)
+
+    def count(self, *results: Result) -> int:
+        return sum(1 for o in self.outcomes if o.result in results)
+
+
+def record_checks(journal: History, results: Iterable[CheckResult]) -> None:
+    for r in results:
+        journal.record(
+            Event.CHECKED,
+            r.service,
+            status=r.status,
+            running_digest=r.running_digest,
+            registry_digest=r.registry_digest,
+            error=r.error,
+            reason=r.reason,
+        )
+
+
+def record_outcome(journal: History, outcome: Outcome, event: Event = Event.UPGRADE) -> None:
+    """A skip with its reason; an attempt (or any on-demand rollback), whatever its end. Results of the
+    check alone (up to date, a registry error) are already in its `checked` entry."""
+    if outcome.result == Result.SKIPPED:
+        journal.record(Event.SKIPPED, outcome.service, reason=outcome.error, digest=outcome.to_digest)
+        return
+    attempted = outcome.step is not None or outcome.result not in (Result.UP_TO_DATE, Result.ERROR)
+    if attempted or event == Event.ROLLBACK:
+        fields = {k: v for k, v in outcome.to_json().items() if k != "service"}
+        duration = round(outcome.duration, 3)
+        journal.record(event, outcome.service, **fields, verdict=outcome.verdict, duration_s=duration)
+
+
+def order(services: list[Service], namespace_parents: dict[str, str]) -> list[Service]:
+    """Config order, except that a service comes after those it depends on and after the container whose
+    network namespace it shares (`namespace_parents`: service -> service)."""
+    names = {s.name for s in services}
+    needs = {
+        s.name: (
+            {*s.depends_on, *([namespace_parents[s.name]] if s.name in namespace_parents else [])} & names
+        )
+        for s in services
+    }
+    done: list[Service] = []
+    left = list(services)
+    while left:
+        ready = next(
+            (s for s in left if needs[s.name] <= {d.name for d in done}), left[0]
+        )  # loops: config order
+        done.append(ready)
+        left.remove(ready)
+    return done
+
+
+def decide(
+    service: Service, result: CheckResult, skipped: Entry | None, options: Options
+) -> tuple[Action | Result, str | None]:
+    """What to do with one checked service: Action.UPGRADE, or a final result and its reason."""
+    if result.status == Status.ERROR:
+        return Result.ERROR, result.error
+    if result.status == Status.UP_TO_DATE:
+        return Result.UP_TO_DATE, None
+    if service.update != "auto" and not options.named:
+        return Result.SKIPPED, "update: monitor"
+    digest = str(result.registry_digest)
+    if skipped is not None and digest in skipped.digests and not options.force:
+        return (
+            Result.SKIPPED,
+            f"{digest[:19]} failed before ({skipped.reason}); pass --force to try it again",
+        )
+    return Action.UPGRADE, None
+
+
+def recover(engine: Engine, cfg: Config) -> None:
+    """Resolve every leftover of a killed upgrade of this config's containers (see `recovery`)."""
+    log = structlog.get_logger("dockwarden.update")
+    try:
+        found = recovery.leftovers(cfg.services, engine.containers(), engine.images())
+    except EngineError as exc:
+        log.error("recovery.failed", error=str(exc))
+        return
+    for leftover in found:
+        service = cfg.service(leftover.service)
+        assert service is not None  # noqa: S101 -- leftovers() only names this config's services
+        try:
+            recovery.resolve(
+                engine, cfg.state_dir, leftover, gate.policy_for(service, cfg.health_timeout_max)
+            )
+        except Busy:
+            continue  # its owner is alive and still working on it
+        except EngineError:
+            continue  # converge logged why; a pulled tag may be gone already
+        except OSError as exc:
+            log.error("recovery.failed", container=leftover.container, error=f"state_dir: {exc}")
+
+
+def _report_pending(engine: Engine, cfg: Config) -> None:
+    """--dry-run: name the half-done upgrades a real run would resolve first, touching nothing."""
+    log = structlog.get_logger("dockwarden.update")
+    try:
+        found = recovery.leftovers(cfg.services, engine.containers(), [])
+    except EngineError:
+        return
+    for container in sorted({leftover.container for leftover in found}):
+        log.warning("recovery.pending", container=container, note="a real run would converge it first")
+
+
+def run(
+    checker: Checker, runner: Runner, cfg: Config, services: Iterable[Service], options: Options
+) -> Report:
+    """Recover, check `services`, then upgrade (or, with `dry_run`, plan) each that needs it."""
+    services = list(services)
+    if options.dry_run:
+        _report_pending(runner.engine, cfg)
+    else:
+        recover(runner.engine, cfg)
+    summary = checker.cycle(services, cfg.check_concurrency, options.cancel)
+    results = {r.service: r for r in summary.results}
+    if not options.dry_run:
+        record_checks(runner.journal, summary.results)
+    report = Report()
+    skips = SkipList(cfg.state_dir)
+    # Namespace parents cost an inspect per service: only worth it when several may be upgraded.
+    pending = [s for s in services if results[s.name].status == Status.UPDATE_AVAILABLE]
+    ordered = order(services, _parents(runner.engine, pending) if len(pending) > 1 else {})
+    for service in ordered:
+        if options.cancel is not None and options.cancel.is_set():
+            outcome = _outcome(results[service.name], Result.SKIPPED, "dockwarden is stopping")
+        else:
+            outcome = _one(runner, cfg, service, results[service.name], options, skips, report)
+        report.outcomes.append(outcome)
+        if not options.dry_run:
+            record_outcome(runner.journal, outcome)
+    counts = (Result.UPGRADED, Result.ROLLED_BACK, Result.ROLLBACK_FAILED, Result.SKIPPED)
+    structlog.get_logger("dockwarden.update").info(
+        "update.cycle_finished", **{result: report.count(result) for result in counts}
+    )
+    return report
+
+
+def _parents(engine: Engine, services: list[Service]) -> dict[str, str]:
+    inspected = {}
+    for service in services:
+        try:
+            inspected[service.name] = engine.inspect_container(service.container)
+        except EngineError:
+            continue  # its own upgrade will report the engine error
+    return parents(services, inspected)
+
+
+def _outcome(result: CheckResult, status: Result, error: str | None = None) -> Outcome:
+    return Outcome(
+        service=result.service,
+        container=result.container,
+        from_digest=result.running_digest,
+        to_digest=result.registry_digest,
+        result=status,
+        error=error,
+    )
+
+
+def _one(
+    runner: Runner,
+    cfg: Config,
+    service: Service,
+    result: CheckResult,
+    options: Options,
+    skips: SkipList,
+    report: Report,
+) -> Outcome:
+    skipped = skips.get(service.name)
+    action, reason = decide(service, result, skipped, options)
+    if not isinstance(action, Action):
+        if action == Result.SKIPPED:
+            log = structlog.get_logger("dockwarden.update").bind(
+                service=service.name, from_digest=result.running_digest, to_digest=result.registry_digest
+            )
+            log.warning("upgrade.skipped", reason=reason)
+        return _outcome(result, action, reason)
+    digest = str(result.registry_digest)
+    target = Target(
+        service=service.name,
+        container=service.container,
+        ref=imageref.parse(result.image),
+        from_digest=result.running_digest,
+        to_digest=digest,
+        policy=gate.policy_for(service, cfg.health_timeout_max),
+    )
+    if options.dry_run:
+        return _plan(runner.engine, target, result, report)
+    outcome = runner.upgrade(target, service.keep_previous)
+    if outcome.result in (Result.ROLLED_BACK, Result.ROLLBACK_FAILED):
+        skips.add(service.name, [digest], f"{outcome.step}: {outcome.error}")
+    elif outcome.result == Result.UPGRADED and skipped is not None:
+        skips.clear(service.name)
+    return outcome
+
+
+def _plan(engine: Engine, target: Target, result: CheckResult, report: Report) -> Outcome:
+    try:
+        old = engine.inspect_container(target.container)
+        old_image = engine.inspect_image(old["Image"])
+    except EngineError as exc:
+        return _outcome(result, Result.ERROR, str(exc))
+    new = recreate.plan(old, old_image, {}, upgrade.image_string(old, target.ref))
+    report.plans[target.service] = [
+        f"digest: {target.from_digest} -> {target.to_digest}",
+        f"pull: {target.ref.name}@{target.to_digest}",
+        *recreate.describe(old, new),
+    ]
+    return _outcome(result, Result.WOULD_UPGRADE)
+
+
+def describe(report: Report) -> str:
+    """One line for systemd's STATUS=."""
+    return (
+        f"{len(report.outcomes)} checked: {report.count(Result.UP_TO_DATE)} up to date, "
+        f"{report.count(Result.UPGRADED)} upgraded, "
+        f"{report.count(Result.ROLLED_BACK, Result.ROLLBACK_FAILED)} rolled back, "
+        f"{report.count(Result.SKIPPED, Result.WOULD_UPGRADE)} skipped, {report.count(Result.ERROR)} errors"
+    )
