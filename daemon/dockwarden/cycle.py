@@ -65,19 +65,6 @@ def record_checks(journal: History, results: Iterable[CheckResult]) -> None:
         )
 
 
-def record_outcome(journal: History, outcome: Outcome, event: Event = Event.UPGRADE) -> None:
-    """A skip with its reason; an attempt (or any on-demand rollback), whatever its end. Results of the
-    check alone (up to date, a registry error) are already in its `checked` entry."""
-    if outcome.result == Result.SKIPPED:
-        journal.record(Event.SKIPPED, outcome.service, reason=outcome.error, digest=outcome.to_digest)
-        return
-    attempted = outcome.step is not None or outcome.result not in (Result.UP_TO_DATE, Result.ERROR)
-    if attempted or event == Event.ROLLBACK:
-        fields = {k: v for k, v in outcome.to_json().items() if k != "service"}
-        duration = round(outcome.duration, 3)
-        journal.record(event, outcome.service, **fields, verdict=outcome.verdict, duration_s=duration)
-
-
 def order(services: list[Service], namespace_parents: dict[str, str]) -> list[Service]:
     """Config order, except that a service comes after those it depends on and after the container whose
     network namespace it shares (`namespace_parents`: service -> service)."""
@@ -177,7 +164,7 @@ def run(
             outcome = _one(runner, cfg, service, results[service.name], options, skips, report)
         report.outcomes.append(outcome)
         if not options.dry_run:
-            record_outcome(runner.journal, outcome)
+            runner.record(outcome)
     counts = (Result.UPGRADED, Result.ROLLED_BACK, Result.ROLLBACK_FAILED, Result.SKIPPED)
     structlog.get_logger("dockwarden.update").info(
         "update.cycle_finished", **{result: report.count(result) for result in counts}

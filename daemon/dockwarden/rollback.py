@@ -12,7 +12,6 @@ import functools
 
 from dockwarden import gate, imageref, retention, upgrade
 from dockwarden.config import Config, Service
-from dockwarden.cycle import record_outcome
 from dockwarden.engine import EngineError
 from dockwarden.history import Event
 from dockwarden.runner import Runner
@@ -26,7 +25,7 @@ def rollback(runner: Runner, cfg: Config, service: Service, to: str | None) -> O
     for an upgrade otherwise (UP_TO_DATE when `to` is what runs; ERROR when there is nothing to go to)."""
     work = functools.partial(_locked, runner, cfg, service, to)
     outcome = runner.locked(service.name, service.container, work, (None, None))
-    record_outcome(runner.journal, outcome, Event.ROLLBACK)
+    runner.record(outcome, Event.ROLLBACK)
     return outcome
 
 

@@ -18,7 +18,7 @@ import structlog
 
 from dockwarden import namespace, retention
 from dockwarden.engine import Engine, EngineError
-from dockwarden.history import History
+from dockwarden.history import Event, History
 from dockwarden.locks import Busy, ContainerLock
 from dockwarden.upgrade import Hooks, Outcome, Result, Target, Upgrade
 
@@ -92,6 +92,23 @@ class Runner:
             lambda: self.transact(target, keep_previous),
             (target.from_digest, target.to_digest),
         )
+
+    def record(self, outcome: Outcome, event: Event = Event.UPGRADE) -> None:
+        """Record `outcome` in the history: a skip with its reason; an attempt (or any on-demand rollback),
+        whatever its end. Results of the check alone (up to date, a registry error) are already in its
+        `checked` entry."""
+        if outcome.result == Result.SKIPPED:
+            self.journal.record(
+                Event.SKIPPED, outcome.service, reason=outcome.error, digest=outcome.to_digest
+            )
+            return
+        attempted = outcome.step is not None or outcome.result not in (Result.UP_TO_DATE, Result.ERROR)
+        if attempted or event == Event.ROLLBACK:
+            fields = {k: v for k, v in outcome.to_json().items() if k != "service"}
+            duration = round(outcome.duration, 3)
+            self.journal.record(
+                event, outcome.service, **fields, verdict=outcome.verdict, duration_s=duration
+            )
 
     def _retain(self, target: Target, outcome: Outcome, keep: int) -> None:
         """Keep the image the service ran until now as its newest previous version; let go of the oldest."""

@@ -213,75 +213,78 @@ class Upgrade:
 
     def _run(self) -> Outcome:
         started = time.monotonic()
-        t = self.t
-        self.log.info("upgrade.started", image=str(t.ref))
+        self.log.info("upgrade.started", image=str(self.t.ref))
         try:
-            # Nothing below touches the running service until SET_ASIDE: a failure up to there leaves it
-            # exactly as it was.
-            pulled = self._pull() if t.to_digest is not None and t.image_id is None else None
-            self._enter(Step.PLAN)
-            prepared = self._plan(pulled)
-            if isinstance(prepared, Result):
-                self._leave()
-                if prepared == Result.SKIPPED:  # stopping: nothing is touched yet, so leave it as it is
-                    return self._outcome(prepared, started, "not started: dockwarden is stopping", Step.PLAN)
-                return self._outcome(prepared, started)
-            plan, image_text, switching = prepared
-
-            self._enter(Step.SET_ASIDE)
-            self.engine.rename(self.old["Id"], t.container + OLD_SUFFIX)
-
-            if switching:
-                self._enter(Step.TAG)
-                self.engine.tag(self.new_image["Id"], image_text)
-
-            self._enter(Step.CREATE)
-            new_id = self.engine.create(plan.body, t.container)
-
-            self._enter(Step.CONNECT)
-            for network, endpoint in plan.connect.items():
-                self.engine.connect_network(new_id, network, endpoint)
-
-            self._enter(Step.VERIFY)
-            problems = recreate.differences(plan, self.engine.inspect_container(new_id))
-            if problems:
-                raise StepFailed(
-                    Step.VERIFY, "the new container differs from the old: " + "; ".join(problems)
-                )
-
-            # Only now does the service stop: everything that can be prepared while the old version
-            # serves (tag, create, connect, verify) is done, so the outage is stop + start.
-            self._enter(Step.STOP_OLD)
-            self.engine.stop(self.old["Id"], stop_timeout(self.old))
-
-            self._enter(Step.START)
-            self.engine.start(new_id)
-
-            self._enter(Step.GATE)
-            verdict = gate.wait(self.engine, new_id, t.policy, 0, self.hooks.cancel)
-            if not verdict.passed:
-                raise StepFailed(Step.GATE, verdict.reason)
-            self.verdict = verdict.reason
-            self._leave(verdict=verdict.reason)
-
-            self._enter(Step.COMMIT)
-            # The rename is the commit record: from here on, a restart finishes instead of undoing.
-            self.engine.rename(self.old["Id"], t.container + DONE_SUFFIX)
-
-            self._enter(Step.REMOVE_OLD)
-            self.engine.remove(self.old["Id"])
-            self._leave()
+            outcome = self._steps(started)
         except (EngineError, StepFailed) as exc:
             return self._failed(exc, started)
         except Exception as exc:
             # Whatever the surprise, a transaction half-way must still roll back, never strand the service.
             self.log.exception("upgrade.crashed", step=self.step)
             return self._failed(exc, started)
-        outcome = self._outcome(Result.UPGRADED, started)
-        self.log.info(
-            "upgrade.finished", result=Result.UPGRADED, duration_ms=round(outcome.duration * 1000, 1)
-        )
+        if outcome.result == Result.UPGRADED:
+            self.log.info(
+                "upgrade.finished", result=Result.UPGRADED, duration_ms=round(outcome.duration * 1000, 1)
+            )
         return outcome
+
+    def _steps(self, started: float) -> Outcome:
+        """The transaction, step by step; a failure raises, and `_run` rolls back from where it was."""
+        t = self.t
+        # Nothing below touches the running service until SET_ASIDE: a failure up to there leaves it
+        # exactly as it was.
+        pulled = self._pull() if t.to_digest is not None and t.image_id is None else None
+        self._enter(Step.PLAN)
+        prepared = self._plan(pulled)
+        if isinstance(prepared, Result):
+            self._leave()
+            if prepared == Result.SKIPPED:  # stopping: nothing is touched yet, so leave it as it is
+                return self._outcome(prepared, started, "not started: dockwarden is stopping", Step.PLAN)
+            return self._outcome(prepared, started)
+        plan, image_text, switching = prepared
+
+        self._enter(Step.SET_ASIDE)
+        self.engine.rename(self.old["Id"], t.container + OLD_SUFFIX)
+
+        if switching:
+            self._enter(Step.TAG)
+            self.engine.tag(self.new_image["Id"], image_text)
+
+        self._enter(Step.CREATE)
+        new_id = self.engine.create(plan.body, t.container)
+
+        self._enter(Step.CONNECT)
+        for network, endpoint in plan.connect.items():
+            self.engine.connect_network(new_id, network, endpoint)
+
+        self._enter(Step.VERIFY)
+        problems = recreate.differences(plan, self.engine.inspect_container(new_id))
+        if problems:
+            raise StepFailed(Step.VERIFY, "the new container differs from the old: " + "; ".join(problems))
+
+        # Only now does the service stop: everything that can be prepared while the old version
+        # serves (tag, create, connect, verify) is done, so the outage is stop + start.
+        self._enter(Step.STOP_OLD)
+        self.engine.stop(self.old["Id"], stop_timeout(self.old))
+
+        self._enter(Step.START)
+        self.engine.start(new_id)
+
+        self._enter(Step.GATE)
+        verdict = gate.wait(self.engine, new_id, t.policy, 0, self.hooks.cancel)
+        if not verdict.passed:
+            raise StepFailed(Step.GATE, verdict.reason)
+        self.verdict = verdict.reason
+        self._leave(verdict=verdict.reason)
+
+        self._enter(Step.COMMIT)
+        # The rename is the commit record: from here on, a restart finishes instead of undoing.
+        self.engine.rename(self.old["Id"], t.container + DONE_SUFFIX)
+
+        self._enter(Step.REMOVE_OLD)
+        self.engine.remove(self.old["Id"])
+        self._leave()
+        return self._outcome(Result.UPGRADED, started)
 
     def _pull(self) -> dict[str, Any]:
         """PULL: fetch the target by digest and protect it with the `-pulled` tag; its inspect."""

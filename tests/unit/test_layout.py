@@ -1,0 +1,54 @@
+"""The code's shape that the design relies on, checked on the source itself."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parents[2] / "daemon" / "dockwarden"
+MAX_FUNCTION_LINES = 60
+
+
+def _modules() -> dict[str, ast.Module]:
+    return {path.stem: ast.parse(path.read_text()) for path in sorted(PACKAGE.glob("*.py"))}
+
+
+def _imports(tree: ast.Module) -> set[str]:
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            if node.module == "dockwarden":
+                found |= {f"dockwarden.{alias.name}" for alias in node.names}
+    return found
+
+
+def test_no_function_is_longer_than_the_limit() -> None:
+    """No function or method in the package spans more than 60 lines, so each reads on one screen."""
+    long = [
+        f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines"
+        for name, tree in _modules().items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno is not None
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert long == []
+
+
+def test_only_engine_imports_docker() -> None:
+    """docker-py is imported by the engine module alone: one chokepoint for the Docker Engine."""
+    users = sorted(
+        name for name, tree in _modules().items() if any(i.split(".")[0] == "docker" for i in _imports(tree))
+    )
+    assert users == ["engine"]
+
+
+@pytest.mark.parametrize("module", ["gc", "recovery", "runner", "rollback", "upgrade"])
+def test_module_does_not_depend_on_the_cycle(module: str) -> None:
+    """GC, recovery, the runner, rollback and the transaction never import the update cycle."""
+    assert "dockwarden.cycle" not in _imports(_modules()[module])

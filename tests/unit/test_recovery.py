@@ -1,0 +1,57 @@
+"""What a killed upgrade leaves, found by `recovery.leftovers` on the lists recorded on both engines."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dockwarden import recovery
+from dockwarden.config import Service
+from dockwarden.recovery import LeftoverKind
+from tests.unit.conftest import Recorded
+
+
+def _with_leftovers(rec: Recorded) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The recorded lists plus a -done and an -old copy and two -pulled tags, of web and of another."""
+    web = rec.container("recorded-web")
+    containers = [
+        *rec.containers,
+        {**web, "Id": "c1", "Names": ["/recorded-web--dockwarden-old"], "State": "running"},
+        {**web, "Id": "c2", "Names": ["/recorded-db--dockwarden-done"], "State": "exited"},
+        {**web, "Id": "c3", "Names": ["/unwatched--dockwarden-done"], "State": "exited"},
+    ]
+    latest = next(i for i in rec.images if "127.0.0.1:5000/recorded:latest" in i["RepoTags"])
+    extra = [
+        "127.0.0.1:5000/recorded:dockwarden-recorded-web-pulled",
+        "127.0.0.1:5000/recorded:dockwarden-x-pulled",
+    ]
+    images = [{**i, "RepoTags": [*i["RepoTags"], *extra]} if i is latest else i for i in rec.images]
+    return containers, images
+
+
+def test_leftovers_of_watched_containers_only_half_done_first(rec: Recorded) -> None:
+    """Set-aside copies come first (-old to undo, -done to finish), then -pulled tags; those of containers
+    the config does not name are another dockwarden's business and are not listed."""
+    containers, images = _with_leftovers(rec)
+    services = (
+        Service(name="web", container="recorded-web", image=None, update="auto"),
+        Service(name="db", container="recorded-db", image=None, update="auto"),
+    )
+    found = recovery.leftovers(services, containers, images)
+    latest = next(i for i in rec.images if "127.0.0.1:5000/recorded:latest" in i["RepoTags"])
+    assert [(f.kind, f.service, f.container, f.name, f.id) for f in found] == [
+        (LeftoverKind.UNDO, "web", "recorded-web", "recorded-web--dockwarden-old", "c1"),
+        (LeftoverKind.FINISH, "db", "recorded-db", "recorded-db--dockwarden-done", "c2"),
+        (
+            LeftoverKind.PULLED,
+            "web",
+            "recorded-web",
+            "127.0.0.1:5000/recorded:dockwarden-recorded-web-pulled",
+            latest["Id"],
+        ),
+    ]
+
+
+def test_no_leftovers_in_a_clean_state(rec: Recorded) -> None:
+    """The recorded lists hold retained versions and ordinary containers, none of which is a leftover."""
+    services = (Service(name="web", container="recorded-web", image=None, update="auto"),)
+    assert recovery.leftovers(services, rec.containers, rec.images) == []
