@@ -23,13 +23,14 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import docker
 from tests.support.images import LABEL, ImageFactory, remove_labelled
 from tests.support.registry import MANIFEST_V2, Registry, start_registry
 
 from dockwarden import logs
-from dockwarden.check import Checker
+from dockwarden.check import Checker, Status
 from dockwarden.config import Service
 from dockwarden.engine import Engine, registry_credentials
 from dockwarden.imageref import parse
@@ -56,7 +57,7 @@ def _counts(registry: Registry, mark: int) -> Counter[str]:
 
 def bench_requests(
     registry: Registry, client: docker.DockerClient, tag: str, container: str, cycles: int
-) -> dict:
+) -> dict[str, Any]:
     engine = Engine.connect()
     checker = Checker(engine, RegistryClient(registry_credentials), engine.platform())
     service = Service("web", container, None, "monitor")
@@ -121,7 +122,7 @@ def bench_latency(
     concurrency: int,
     rounds: int,
     services_per_image: int = 1,
-) -> dict:
+) -> dict[str, Any]:
     engine = Engine.connect()
     client = RegistryClient(registry_credentials, timeout=30, pool_size=max(concurrency, 1))
     checker = Checker(engine, client, engine.platform())
@@ -142,7 +143,7 @@ def bench_latency(
         times.append(time.perf_counter() - started)
         cpu.append(time.process_time() - cpu_started)
         others.append(sum(_proc_cpu(pid) for pid in helpers) - helpers_before)
-        assert summary.count("up-to-date") == len(services)
+        assert summary.count(Status.UP_TO_DATE) == len(services)
     requests_per_cycle = sum(_counts(registry, before).values()) / rounds
     client.close()
     engine.close()
@@ -169,7 +170,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="dockwarden-bench-"))
     registry = start_registry(workdir / "registry")
     factory = ImageFactory(client, label)
-    results: dict = {"rtt_ms": RTT * 1000, "concurrency": args.concurrency}
+    results: dict[str, Any] = {"rtt_ms": RTT * 1000, "concurrency": args.concurrency}
     try:
         tag = f"{registry.host}/bench/base:latest"
         factory.build_and_push(tag, label)

@@ -221,14 +221,11 @@ def main() -> None:
     try:
         for label, cmd in (("handles SIGTERM", HANDLES_TERM), ("ignores SIGTERM", IGNORES_TERM)):
             rounds = [one_round(images, client, registry, cmd, run_label, work) for _ in range(args.rounds)]
-            row = {
-                side: {
-                    "median_s": statistics.median(r[side] for r in rounds),
-                    "all_s": [r[side] for r in rounds],
-                }
-                for side in ("dockwarden", "script")
+            medians = {side: statistics.median(r[side] for r in rounds) for side in ("dockwarden", "script")}
+            row: dict[str, object] = {
+                side: {"median_s": medians[side], "all_s": [r[side] for r in rounds]} for side in medians
             }
-            row["ratio"] = row["dockwarden"]["median_s"] / row["script"]["median_s"]
+            row["ratio"] = medians["dockwarden"] / medians["script"]
             results[label] = row
             print(label, json.dumps(row))
         rollbacks = [rollback_round(images, client, registry, run_label, work) for _ in range(args.rounds)]

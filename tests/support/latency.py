@@ -41,7 +41,9 @@ async def _serve(upstream_host: str, upstream_port: int, rtt: float) -> None:
     print(f"127.0.0.1:{port}", flush=True)
     loop = asyncio.get_running_loop()
     stdin_closed = loop.create_future()
-    loop.add_reader(sys.stdin.fileno(), lambda: stdin_closed.done() or stdin_closed.set_result(None))
+    loop.add_reader(
+        sys.stdin.fileno(), lambda: None if stdin_closed.done() else stdin_closed.set_result(None)
+    )
     async with server:
         await stdin_closed  # runs until the parent closes our stdin
 

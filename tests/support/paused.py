@@ -7,9 +7,10 @@ import sys
 import time
 
 from dockwarden import cli
+from dockwarden.upgrade import Checkpoint
 
 
-def pause_before(step: str) -> cli.upgrade.Checkpoint:
+def pause_before(step: str) -> Checkpoint:
     """A checkpoint that announces on stderr, then sleeps for good, when the transaction reaches `step`."""
 
     def pause(current: str) -> None:

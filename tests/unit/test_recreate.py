@@ -124,7 +124,7 @@ def test_mode_override_replaces_a_recreated_namespace_owner(recorded: dict[str, 
 
 def _created_from(plan: recreate.CreatePlan, recorded: dict[str, Any]) -> dict[str, Any]:
     """An inspect document of a container created faithfully from `plan`, as the engine would show it."""
-    actual = copy.deepcopy(recorded["container"])
+    actual: dict[str, Any] = copy.deepcopy(recorded["container"])
     actual["Id"] = "f" * 64
     actual["Config"].update(
         copy.deepcopy({k: v for k, v in plan.body.items() if k not in ("HostConfig", "NetworkingConfig")})
