@@ -72,6 +72,11 @@ class _Running:
     digests: frozenset[str]  # RepoDigests of the running image that belong to ref's repository
 
 
+class Unfollowable(Exception):
+    """The container names no tag to follow (created from an image ID, or pinned to a digest) and the
+    service sets no `image:`: a config problem, not the engine's."""
+
+
 class PlatformMissing(registry.RegistryError):
     reason = "platform-missing"
 
@@ -122,16 +127,18 @@ def _resolve(service: Service, engine: Engine, snapshot: Snapshot) -> _Running:
         # The list API shows an image ID once the tag has moved on; only inspect has the original reference.
         info = engine.container(info.id)
         if info.config_image.startswith("sha256:"):
-            raise EngineError(
+            raise Unfollowable(
                 f"container {service.container!r} was created from an image ID, not a tag; "
                 "set `image:` for this service"
             )
         try:
             ref = imageref.parse(info.config_image)
         except imageref.InvalidReference as exc:
-            raise EngineError(f"container {service.container!r} image {info.config_image!r}: {exc}") from None
+            raise Unfollowable(f"container {service.container!r} image {info.config_image!r}: {exc}") from exc
     if ref.tag is None:
-        raise EngineError(f"{ref} is pinned to a digest, so it has no tag to follow; set `image:` with a tag")
+        raise Unfollowable(
+            f"{ref} is pinned to a digest, so it has no tag to follow; set `image:` with a tag"
+        )
     ref = ImageRef(ref.registry, ref.repository, ref.tag, None)
     repo_digests = snapshot.repo_digests.get(info.image_id)
     if repo_digests is None:  # created after the snapshot was taken
@@ -212,6 +219,9 @@ def _group_by_image(
             running = _resolve(service, engine, snapshot)
         except ContainerMissing as exc:
             results[service.name] = _failure(service, str(exc), "container-not-found", started)
+            continue
+        except Unfollowable as exc:
+            results[service.name] = _failure(service, str(exc), "config-problem", started)
             continue
         except EngineError as exc:
             results[service.name] = _failure(service, str(exc), "engine-error", started)

@@ -164,3 +164,31 @@ def test_one_shot_checks_remember_digests_in_state_dir(
     second = cli("check", "-c", str(cfg), "--json")
     assert json.loads(second.stdout)[0]["status"] == "update-available"
     assert registry.manifest_requests(mark) == {"HEAD": 1}
+
+
+def test_container_following_no_tag_is_a_config_problem(
+    registry: Registry,
+    images: ImageFactory,
+    docker_client: docker.DockerClient,
+    run_label: str,
+    containers: list[str],
+    tmp_path: Path,
+) -> None:
+    """A container created from an image ID, or pinned to a digest, has no tag to follow: without `image:`
+    its check fails as a config problem naming the fix, not as an engine error; with `image:` it is
+    checked like any other."""
+    tag = f"{registry.host}/unfollowed:1.0"
+    image_id, digest = images.build_and_push(tag, unique("u"))
+    by_id, by_digest = unique("by-id"), unique("by-digest")
+    run_container(docker_client, run_label, by_id, image_id, containers)
+    run_container(docker_client, run_label, by_digest, f"{registry.host}/unfollowed@{digest}", containers)
+    services = {"by-id": {"container": by_id}, "by-digest": {"container": by_digest}}
+    found = check(write_config(tmp_path / "dw.yaml", services))
+    assert {name: (r.status, r.reason) for name, r in found.items()} == {
+        "by-id": ("error", "config-problem"),
+        "by-digest": ("error", "config-problem"),
+    }
+    assert "set `image:`" in str(found["by-id"].error)
+    assert "set `image:`" in str(found["by-digest"].error)
+    services["by-id"]["image"] = tag
+    assert check(write_config(tmp_path / "dw.yaml", services))["by-id"].status == "up-to-date"
