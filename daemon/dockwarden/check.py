@@ -111,8 +111,8 @@ def _config_digest(
     else:
         try:
             config = str(manifest.body["config"]["digest"])
-        except (KeyError, TypeError):
-            raise registry.ProtocolError(f"manifest {digest} of {ref} has no config digest") from None
+        except (KeyError, TypeError) as exc:
+            raise registry.ProtocolError(f"manifest {digest} of {ref} has no config digest") from exc
     cache.put(digest, config)
     return config
 

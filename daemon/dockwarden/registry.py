@@ -221,8 +221,8 @@ class RegistryClient:
             raise ProtocolError(f"{ref.api_host} served manifest {actual} when asked for {digest}")
         try:
             body = json.loads(response.content)
-        except ValueError:
-            raise ProtocolError(f"{ref.api_host} served a manifest that is not JSON") from None
+        except ValueError as exc:
+            raise ProtocolError(f"{ref.api_host} served a manifest that is not JSON") from exc
         media_type = body.get("mediaType") or response.headers.get("Content-Type", "").split(";")[0]
         return Manifest(digest, str(media_type), body)
 
@@ -257,11 +257,11 @@ class RegistryClient:
                 raise exc.reason or exc from None
         except urllib3.exceptions.NewConnectionError as exc:
             # Checked first: urllib3 2 makes a refused connection a subclass of its connect timeout.
-            raise Unreachable(f"cannot connect to {what}: {_mask(_root_cause(exc))}") from None
-        except urllib3.exceptions.TimeoutError:
-            raise Timeout(f"{what} did not answer within {self._timeout:g}s") from None
+            raise Unreachable(f"cannot connect to {what}: {_mask(_root_cause(exc))}") from exc
+        except urllib3.exceptions.TimeoutError as exc:
+            raise Timeout(f"{what} did not answer within {self._timeout:g}s") from exc
         except urllib3.exceptions.HTTPError as exc:
-            raise Unreachable(f"cannot connect to {what}: {_mask(_root_cause(exc))}") from None
+            raise Unreachable(f"cannot connect to {what}: {_mask(_root_cause(exc))}") from exc
         return _Response(raw.status, raw.headers, raw.data)
 
     def _check(self, state: _RegistryState, ref: ImageRef, response: _Response) -> _Response:
@@ -347,6 +347,7 @@ class RegistryClient:
             # The distribution spec: tokens without expires_in last 60 seconds.
             lifetime = float(body.get("expires_in") or 60)
         except (ValueError, KeyError, TypeError):
+            # No cause: the answer it would carry may hold a token, and causes reach tracebacks in logs.
             raise ProtocolError(f"token service for {ref.api_host} sent an unreadable answer") from None
         token = _Token(str(value), self._clock() + max(0.0, lifetime - TOKEN_MARGIN))
         with state.lock:
