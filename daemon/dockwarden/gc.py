@@ -17,12 +17,13 @@ was started again since it was listed; such a refusal is reported and the rest g
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, assert_never
 
 import structlog
 
@@ -352,18 +353,19 @@ def _remove(engine: Engine, cfg: Config, removal: Removal) -> None:
     if removal.leftover is not None:
         service = cfg.service(removal.leftover.service)
         assert service is not None  # noqa: S101 -- plan() only names this config's services
-        recovery.resolve(
-            engine, cfg.state_dir, removal.leftover, gate.policy_for(service, cfg.health_timeout_max)
-        )
-    elif removal.kind == Kind.CONTAINER:
-        engine.remove(removal.target, force=False)  # refused if it runs again: then it is not garbage
-    elif removal.kind == Kind.IMAGE:
-        try:
-            engine.remove_image(removal.target)
-        except NotFound:
-            return  # deleted meanwhile along with a tag: the aim is met
-    else:
-        service = cfg.service(str(removal.service))
-        assert service is not None  # noqa: S101 -- plan() only names this config's services
-        with ContainerLock(cfg.state_dir, service.container):  # not while that service upgrades
-            engine.remove_image(removal.target)
+        policy = gate.policy_for(service, cfg.health_timeout_max)
+        recovery.resolve(engine, cfg.state_dir, removal.leftover, policy)
+        return
+    match removal.kind:
+        case Kind.CONTAINER:
+            engine.remove(removal.target, force=False)  # refused if it runs again: then it is not garbage
+        case Kind.IMAGE:
+            with contextlib.suppress(NotFound):  # deleted meanwhile along with a tag: the aim is met
+                engine.remove_image(removal.target)
+        case Kind.TAG | Kind.RECOVER:
+            service = cfg.service(str(removal.service))
+            assert service is not None  # noqa: S101 -- plan() only names this config's services
+            with ContainerLock(cfg.state_dir, service.container):  # not while that service upgrades
+                engine.remove_image(removal.target)
+        case _:
+            assert_never(removal.kind)

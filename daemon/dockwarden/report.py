@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, assert_never
 
 from dockwarden import gc, status
 from dockwarden.check import CheckResult
@@ -119,29 +119,38 @@ def gc_json(result: gc.Result) -> str:
 
 
 def _history_detail(entry: dict[str, Any]) -> str:
-    event = entry.get("event")
-    if event == Event.CHECKED:
-        text = f"{entry.get('status')}: running {short_digest(entry.get('running_digest'))}"
-        text += f", registry {short_digest(entry.get('registry_digest'))}"
-        return text + (f" ({entry['error']})" if entry.get("error") else "")
-    if event == Event.SKIPPED:
-        return str(entry.get("reason") or "")
-    if event in (Event.UPGRADE, Event.ROLLBACK):
-        text = f"{entry.get('result')}: {short_digest(entry.get('from_digest'))}"
-        text += f" -> {short_digest(entry.get('to_digest'))}"
-        if entry.get("verdict"):
-            text += f"; gate: {entry['verdict']}"
-        if entry.get("error"):
-            text += f"; at {entry['step']}: {entry['error']}" if entry.get("step") else f"; {entry['error']}"
-        if entry.get("rollback_error"):
-            text += f"; rollback failed: {entry['rollback_error']}"
-        return text
-    if event == Event.GC:
-        what = f"{entry.get('kind')} {entry.get('name')}"
-        return f"removed {what}: {entry.get('reason')} ({size(entry.get('bytes'))})"
-    if event in (Event.RETAINED, Event.RELEASED):
-        return f"{entry.get('reference')}" + (f": {entry['reason']}" if entry.get("reason") else "")
-    return json.dumps({k: v for k, v in entry.items() if k not in ("at", "event", "service")})
+    try:
+        event = Event(str(entry.get("event")))
+    except ValueError:  # written by a newer version, or by hand: show it as it is
+        return json.dumps({k: v for k, v in entry.items() if k not in ("at", "event", "service")})
+    match event:
+        case Event.CHECKED:
+            text = f"{entry.get('status')}: running {short_digest(entry.get('running_digest'))}"
+            text += f", registry {short_digest(entry.get('registry_digest'))}"
+            return text + (f" ({entry['error']})" if entry.get("error") else "")
+        case Event.SKIPPED:
+            return str(entry.get("reason") or "")
+        case Event.UPGRADE | Event.ROLLBACK:
+            return _attempt_detail(entry)
+        case Event.GC:
+            what = f"{entry.get('kind')} {entry.get('name')}"
+            return f"removed {what}: {entry.get('reason')} ({size(entry.get('bytes'))})"
+        case Event.RETAINED | Event.RELEASED:
+            return f"{entry.get('reference')}" + (f": {entry['reason']}" if entry.get("reason") else "")
+        case _:
+            assert_never(event)
+
+
+def _attempt_detail(entry: dict[str, Any]) -> str:
+    text = f"{entry.get('result')}: {short_digest(entry.get('from_digest'))}"
+    text += f" -> {short_digest(entry.get('to_digest'))}"
+    if entry.get("verdict"):
+        text += f"; gate: {entry['verdict']}"
+    if entry.get("error"):
+        text += f"; at {entry['step']}: {entry['error']}" if entry.get("step") else f"; {entry['error']}"
+    if entry.get("rollback_error"):
+        text += f"; rollback failed: {entry['rollback_error']}"
+    return text
 
 
 def history_table(entries: Sequence[dict[str, Any]]) -> str:
