@@ -14,9 +14,9 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from dockwarden.engine import Engine, EngineError
+from dockwarden.engine import EngineError
 
 POLL = 0.2
 NS = 1_000_000_000
@@ -24,6 +24,15 @@ NS = 1_000_000_000
 DEFAULT_INTERVAL = 30.0
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_RETRIES = 3
+
+
+class Inspector(Protocol):
+    """All the gate asks of an engine: `engine.Engine` satisfies it, and so can a test double."""
+
+    def inspect_container(self, name: str) -> dict[str, Any]:
+        """The container's inspect document (`GET /containers/{name}/json`); `name` is a name, an ID or a
+        unique ID prefix. Raises NotFound if there is no such container, EngineError if the engine fails."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -135,7 +144,7 @@ class Watch:
 
 
 def wait(
-    engine: Engine,
+    engine: Inspector,
     container_id: str,
     policy: Policy,
     restarts: int = 0,
