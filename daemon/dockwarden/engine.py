@@ -9,9 +9,10 @@ already implements `auths`, `credsStore` and `credHelpers` faithfully.
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import docker
@@ -40,25 +41,128 @@ class Platform:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
 
 
-@dataclass(frozen=True)
-class ContainerInfo:
-    id: str
-    name: str
-    image_id: str
-    config_image: str  # the reference the container was created from, as the user wrote it
+class ContainerState(StrEnum):
+    """A container's state: inspect's `State.Status`, the list API's `State` (Engine API: ContainerState)."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    RESTARTING = "restarting"
+    REMOVING = "removing"
+    EXITED = "exited"
+    DEAD = "dead"
 
 
-@dataclass(frozen=True)
-class ImageInfo:
+def _time(value: Any) -> datetime:
+    """A creation time: Unix seconds in lists, RFC 3339 with nanoseconds in inspect; missing is the epoch."""
+    if isinstance(value, str) and value:
+        return datetime.fromisoformat(value).astimezone(UTC)  # 3.11 parses "Z" and drops digits past 6
+    return datetime.fromtimestamp(int(value or 0), UTC)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerView:
+    """One container as the list API (`GET /containers/json`) or inspect (`GET /containers/{id}/json`)
+    describes it; `from_list` and `from_inspect` read their different field names."""
+
     id: str
-    repo_digests: tuple[str, ...]
+    name: str  # without the leading "/"
+    image_id: str  # "sha256:<hex>"
+    # The reference it was created from, as the user wrote it; from the list API, the image ID instead
+    # once that reference points at another image.
+    config_image: str
+    state: ContainerState
+    labels: Mapping[str, str] = field(hash=False)  # a dict: left out of the hash, so views stay hashable
+    created: datetime  # UTC
+    # HostConfig.NetworkMode: default, bridge, host, none, container:<ID or name>, or a network's name.
+    network_mode: str
+    raw: dict[str, Any] = field(repr=False, compare=False)  # the document, for what the view leaves out
+
+    @property
+    def running(self) -> bool:
+        return self.state is ContainerState.RUNNING
+
+    @classmethod
+    def from_list(cls, item: dict[str, Any]) -> ContainerView:
+        """From one item of `GET /containers/json`. Raises ValueError for a state outside ContainerState."""
+        names = [str(n) for n in item.get("Names") or ()]
+        # Legacy links add "/<linker>/<alias>" names; the container's own name is the one without a
+        # second slash, which need not come first.
+        own = next((n for n in names if "/" not in n[1:]), names[0] if names else "")
+        return cls(
+            id=str(item["Id"]),
+            name=own.lstrip("/"),
+            image_id=str(item.get("ImageID") or ""),
+            config_image=str(item.get("Image") or ""),
+            state=ContainerState(str(item.get("State"))),
+            labels=dict(item.get("Labels") or {}),
+            created=_time(item.get("Created")),
+            network_mode=str((item.get("HostConfig") or {}).get("NetworkMode") or "default"),
+            raw=item,
+        )
+
+    @classmethod
+    def from_inspect(cls, data: dict[str, Any]) -> ContainerView:
+        """From `GET /containers/{id}/json`. Raises ValueError for a state outside ContainerState."""
+        config = data.get("Config") or {}
+        return cls(
+            id=str(data["Id"]),
+            name=str(data.get("Name") or "").lstrip("/"),
+            image_id=str(data.get("Image") or ""),
+            config_image=str(config.get("Image") or ""),
+            state=ContainerState(str((data.get("State") or {}).get("Status"))),
+            labels=dict(config.get("Labels") or {}),
+            created=_time(data.get("Created")),
+            network_mode=str((data.get("HostConfig") or {}).get("NetworkMode") or "default"),
+            raw=data,
+        )
+
+
+_UNTAGGED = "<none>:<none>"  # Engine 20.10 lists an untagged image with this tag ...
+_UNDIGESTED = "<none>@<none>"  # ... and this digest; 26.1 with empty lists
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageView:
+    """One image as the list API (`GET /images/json`) or inspect (`GET /images/{id}/json`) describes it."""
+
+    id: str  # "sha256:<hex>"
+    tags: tuple[str, ...]  # "repo:tag" references; () when untagged, on every engine
+    repo_digests: tuple[str, ...]  # "repo@sha256:<hex>" manifest references
+    labels: Mapping[str, str] = field(hash=False)
+    created: datetime  # UTC, when the image was built (the engine records no pull time)
+    size: int  # bytes of all its layers, shared ones included
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_list(cls, item: dict[str, Any]) -> ImageView:
+        """From one item of `GET /images/json`."""
+        return cls._of(item, item.get("Labels"))
+
+    @classmethod
+    def from_inspect(cls, data: dict[str, Any]) -> ImageView:
+        """From `GET /images/{id}/json`."""
+        return cls._of(data, (data.get("Config") or {}).get("Labels"))
+
+    @classmethod
+    def _of(cls, data: dict[str, Any], labels: dict[str, str] | None) -> ImageView:
+        # Both documents name the ID, tags, digests, creation and size alike; only the labels differ.
+        return cls(
+            id=str(data["Id"]),
+            tags=tuple(t for t in data.get("RepoTags") or () if t != _UNTAGGED),
+            repo_digests=tuple(d for d in data.get("RepoDigests") or () if d != _UNDIGESTED),
+            labels=dict(labels or {}),
+            created=_time(data.get("Created")),
+            size=int(data.get("Size") or 0),
+            raw=data,
+        )
 
 
 @dataclass(frozen=True)
 class Snapshot:
     """Every container and image at one moment, from two list calls whatever the number of services."""
 
-    containers: dict[str, ContainerInfo]  # by name; config_image is "" here (the list API lacks it)
+    containers: dict[str, ContainerView]  # by every name it has, from the list API
     repo_digests: dict[str, tuple[str, ...]]  # image ID -> RepoDigests
 
 
@@ -117,31 +221,23 @@ class Engine:
         variant = "v7" if arch == "arm" else ("v8" if arch == "arm64" else None)
         return Platform(str(version.get("Os", "linux")), arch, variant)
 
-    def container(self, name: str) -> ContainerInfo:
+    def container(self, name: str) -> ContainerView:
         try:
             data = self._client.api.inspect_container(name)
         except docker.errors.NotFound:
             raise NotFound(f"container {name!r} does not exist") from None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise EngineError(f"inspecting container {name!r}: {_explain(exc)}") from None
-        return ContainerInfo(
-            id=data["Id"],
-            name=data["Name"].lstrip("/"),
-            image_id=data["Image"],
-            config_image=data["Config"]["Image"],
-        )
+        return ContainerView.from_inspect(data)
 
-    def image(self, image_id: str) -> ImageInfo:
+    def image(self, image_id: str) -> ImageView:
         try:
             data = self._client.api.inspect_image(image_id)
         except docker.errors.NotFound:
             raise NotFound(f"image {image_id} does not exist") from None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise EngineError(f"inspecting image {image_id}: {_explain(exc)}") from None
-        return ImageInfo(
-            id=data["Id"],
-            repo_digests=tuple(data.get("RepoDigests") or ()),
-        )
+        return ImageView.from_inspect(data)
 
     def snapshot(self) -> Snapshot:
         try:
@@ -151,13 +247,9 @@ class Engine:
             raise EngineError(f"listing containers and images: {_explain(exc)}") from None
         by_name = {}
         for item in containers:
+            view = ContainerView.from_list(item)
             for name in item.get("Names") or ():
-                by_name[name.lstrip("/")] = ContainerInfo(
-                    id=item["Id"],
-                    name=name.lstrip("/"),
-                    image_id=item["ImageID"],
-                    config_image="",
-                )
+                by_name[name.lstrip("/")] = view
         digests = {item["Id"]: tuple(item.get("RepoDigests") or ()) for item in images}
         return Snapshot(by_name, digests)
 
@@ -176,16 +268,6 @@ class Engine:
 
     def inspect_image(self, ref: str) -> dict[str, Any]:
         return dict(self._call(f"inspecting image {ref}", self._client.api.inspect_image, ref))
-
-    def containers_named(self, suffix: str) -> list[str]:
-        """Names of all containers whose name ends with `suffix` (the engine's filter is a regex)."""
-        found = self._call(
-            "listing containers",
-            self._client.api.containers,
-            all=True,
-            filters={"name": f"{re.escape(suffix)}$"},
-        )
-        return sorted(n.lstrip("/") for item in found for n in item.get("Names") or () if n.endswith(suffix))
 
     def containers_in_namespace_of(self, container_id: str, name: str) -> list[str]:
         """Names of containers that use `network_mode: container:X` with X this container."""

@@ -15,9 +15,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from dockwarden.engine import Engine, EngineError
+from dockwarden.engine import EngineError
 
 if TYPE_CHECKING:
     from dockwarden.config import Service
@@ -28,6 +28,15 @@ NS = 1_000_000_000
 DEFAULT_INTERVAL = 30.0
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_RETRIES = 3
+
+
+class Inspector(Protocol):
+    """All the gate asks of an engine: `engine.Engine` satisfies it, and so can a test double."""
+
+    def inspect_container(self, name: str) -> dict[str, Any]:
+        """The container's inspect document (`GET /containers/{name}/json`); `name` is a name, an ID or a
+        unique ID prefix. Raises NotFound if there is no such container, EngineError if the engine fails."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -139,7 +148,7 @@ class Watch:
 
 
 def wait(
-    engine: Engine,
+    engine: Inspector,
     container_id: str,
     policy: Policy,
     restarts: int = 0,

@@ -20,12 +20,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 from dockwarden import gate, imageref, recreate, retention
-from dockwarden.engine import Engine, EngineError, NotFound
+from dockwarden.engine import EngineError, NotFound
 from dockwarden.imageref import ImageRef
 
 OLD_SUFFIX = "--dockwarden-old"
@@ -167,8 +167,59 @@ def stop_timeout(container: dict[str, Any]) -> int:
     return int(value) if isinstance(value, int) and value >= 0 else DEFAULT_STOP_TIMEOUT
 
 
+class TransactionEngine(gate.Inspector, Protocol):
+    """Every engine call the transaction, its undo and recovery make: `engine.Engine` satisfies it, and so
+    can an in-memory fake for tests. Documents are the Engine API's JSON as dicts; references are Docker's
+    (`repo:tag`, `repo@sha256:...`, an image ID). Every method raises NotFound for an unknown container or
+    image and EngineError for any other refusal or failure, with a message fit for a log line. Status codes
+    in parentheses are the Engine API reference's (v1.41 to v1.45)."""
+
+    def inspect_image(self, ref: str) -> dict[str, Any]:
+        """The image's inspect document (`GET /images/{ref}/json`)."""
+        ...
+
+    def pull(self, reference: str, progress: Progress | None = None) -> None:
+        """Pull `reference` (`POST /images/create`), passing each progress message to `progress`; an error
+        inside the stream raises EngineError too."""
+        ...
+
+    def tag(self, image_id: str, reference: str) -> None:
+        """Point `reference` (`repo:tag`, `:latest` if no tag) at the image, taking it from any other."""
+        ...
+
+    def rename(self, container_id: str, name: str) -> None:
+        """Rename a container; EngineError if another container has that name (409)."""
+        ...
+
+    def create(self, body: dict[str, Any], name: str) -> str:
+        """Create a container from a `POST /containers/create` body under `name` (EngineError if taken,
+        409); its image must be here (NotFound otherwise: create never pulls). Returns its ID."""
+        ...
+
+    def connect_network(self, container_id: str, network: str, endpoint: dict[str, Any]) -> None:
+        """Connect a container to `network` with an EndpointConfig (Aliases, IPAMConfig, Links, ...)."""
+        ...
+
+    def stop(self, container_id: str, timeout: int) -> None:
+        """Send its StopSignal, then SIGKILL after `timeout` seconds; a stopped one is left as it is (304)."""
+        ...
+
+    def start(self, container_id: str) -> None:
+        """Start a container; one already running is left as it is (304)."""
+        ...
+
+    def remove(self, container_id: str, force: bool = True) -> None:
+        """Remove a container, keeping its volumes; without `force`, EngineError if it runs (409)."""
+        ...
+
+    def remove_image(self, reference: str) -> list[dict[str, str]]:
+        """`docker rmi` without force: untag `reference`, deleting the image with its last tag; EngineError
+        (409) if a container uses an image it would delete. Returns the engine's Untagged/Deleted items."""
+        ...
+
+
 class Upgrade:
-    def __init__(self, engine: Engine, target: Target, hooks: Hooks | None = None) -> None:
+    def __init__(self, engine: TransactionEngine, target: Target, hooks: Hooks | None = None) -> None:
         self.engine = engine
         self.t = target
         self.hooks = hooks or Hooks()
@@ -386,14 +437,14 @@ def _ms(since: float) -> float:
     return round((time.monotonic() - since) * 1000, 1)
 
 
-def _find(engine: Engine, name: str) -> dict[str, Any] | None:
+def _find(engine: TransactionEngine, name: str) -> dict[str, Any] | None:
     try:
         return engine.inspect_container(name)
     except NotFound:
         return None
 
 
-def _retag(engine: Engine, container: dict[str, Any]) -> None:
+def _retag(engine: TransactionEngine, container: dict[str, Any]) -> None:
     """Point the tag the container was created from at the image it runs, as `docker pull` would."""
     text = str((container.get("Config") or {}).get("Image") or "")
     try:
@@ -405,7 +456,7 @@ def _retag(engine: Engine, container: dict[str, Any]) -> None:
 
 
 def undo(
-    engine: Engine,
+    engine: TransactionEngine,
     name: str,
     old: dict[str, Any],
     policy: gate.Policy,
@@ -448,7 +499,7 @@ def undo(
         raise StepFailed(UndoStep.ROLLBACK, f"the old container did not come back: {verdict.reason}")
 
 
-def _start_with_retries(engine: Engine, container_id: str) -> None:
+def _start_with_retries(engine: TransactionEngine, container_id: str) -> None:
     # What made the successor fail (a port grabbed by another process, a dying predecessor still holding
     # it) can be transient; the old version is the one thing that must come back, so try a few times.
     for attempt in range(START_ATTEMPTS):
@@ -461,7 +512,7 @@ def _start_with_retries(engine: Engine, container_id: str) -> None:
             time.sleep(START_RETRY_DELAY)
 
 
-def converge(engine: Engine, name: str, policy: gate.Policy) -> None:
+def converge(engine: TransactionEngine, name: str, policy: gate.Policy) -> None:
     """Finish or undo a half-done upgrade of container `name` (each outcome is logged)."""
     log = structlog.get_logger("dockwarden.upgrade").bind(container=name)
     done = _find(engine, name + DONE_SUFFIX)
@@ -481,10 +532,3 @@ def converge(engine: Engine, name: str, policy: gate.Policy) -> None:
             log.warning("recovery.undone", old=aside["Id"][:12])
     except (EngineError, StepFailed) as exc:
         log.error("recovery.failed", error=str(exc))
-
-
-def interrupted(engine: Engine) -> list[str]:
-    """Container names with a half-done upgrade, found by the names the transaction leaves."""
-    names = {n.removesuffix(OLD_SUFFIX) for n in engine.containers_named(OLD_SUFFIX)}
-    names |= {n.removesuffix(DONE_SUFFIX) for n in engine.containers_named(DONE_SUFFIX)}
-    return sorted(names)
