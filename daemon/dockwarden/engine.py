@@ -51,6 +51,11 @@ class ContainerState(StrEnum):
     REMOVING = "removing"
     EXITED = "exited"
     DEAD = "dead"
+    UNKNOWN = "unknown"  # a state a newer engine may add: never a reason to fail a check or a GC
+
+    @classmethod
+    def _missing_(cls, value: object) -> ContainerState:
+        return cls.UNKNOWN
 
 
 def _time(value: Any) -> datetime:
@@ -84,7 +89,7 @@ class ContainerView:
 
     @classmethod
     def from_list(cls, item: dict[str, Any]) -> ContainerView:
-        """From one item of `GET /containers/json`. Raises ValueError for a state outside ContainerState."""
+        """From one item of `GET /containers/json` (a state it does not know reads as UNKNOWN)."""
         names = [str(n) for n in item.get("Names") or ()]
         # Legacy links add "/<linker>/<alias>" names; the container's own name is the one without a
         # second slash, which need not come first.
@@ -103,7 +108,7 @@ class ContainerView:
 
     @classmethod
     def from_inspect(cls, data: dict[str, Any]) -> ContainerView:
-        """From `GET /containers/{id}/json`. Raises ValueError for a state outside ContainerState."""
+        """From `GET /containers/{id}/json` (a state it does not know reads as UNKNOWN)."""
         config = data.get("Config") or {}
         return cls(
             id=str(data["Id"]),

@@ -79,10 +79,12 @@ def test_container_from_inspect(inspected: dict[str, Any]) -> None:
     assert view.raw is data
 
 
-def test_unknown_container_state_is_refused() -> None:
-    """A state outside the Engine API's seven raises ValueError rather than passing as another."""
-    with pytest.raises(ValueError, match="sleeping"):
-        ContainerView.from_list({"Id": "c" * 64, "Names": ["/x"], "State": "sleeping"})
+def test_unknown_container_state_reads_as_unknown() -> None:
+    """A state outside the Engine API's seven (a newer engine's) reads as UNKNOWN, never as another state
+    and never as an error that would fail a whole check cycle."""
+    view = ContainerView.from_list({"Id": "c" * 64, "Names": ["/x"], "State": "sleeping"})
+    assert view.state is ContainerState.UNKNOWN
+    assert not view.running
 
 
 def test_image_from_list(rec: Recorded) -> None:
