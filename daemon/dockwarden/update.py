@@ -80,7 +80,7 @@ def policy_for(cfg: Config, service: Service) -> gate.Policy:
     probe = None
     if service.probe is not None:
         probe = gate.Probe(service.probe.kind, service.probe.target, service.probe.timeout.total_seconds())
-    window = service.stability_window or cfg.stability_window
+    window = service.stability_window
     return gate.Policy(window.total_seconds(), cfg.health_timeout_max.total_seconds(), probe)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dockwarden import config as configuration
-from dockwarden import imageref
+from dockwarden import daemon, imageref
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -166,7 +166,7 @@ def test_cron_schedule_is_described_in_utc(tmp_path: Path) -> None:
     path.write_text('schedule: "0 4 * * 0"\nservices: {}\n')
     cfg = configuration.load(path)
     assert cfg.describe_schedule() == "cron 0 4 * * 0 (UTC)"
-    assert str(cfg.trigger().timezone) == "UTC"
+    assert str(daemon.cycle_trigger(cfg).timezone) == "UTC"
 
 
 def test_upgrade_keys_load_with_their_defaults_and_overrides(tmp_path: Path) -> None:
@@ -188,11 +188,11 @@ def test_upgrade_keys_load_with_their_defaults_and_overrides(tmp_path: Path) -> 
     cfg = configuration.load(path)
     assert (cfg.stability_window, cfg.health_timeout_max) == (timedelta(seconds=10), timedelta(minutes=2))
     db, web, api = cfg.services
-    assert (db.depends_on, db.probe, db.stability_window) == ((), None, None)
+    assert (db.depends_on, db.probe, db.stability_window) == ((), None, timedelta(seconds=10))
     assert web.depends_on == ("db",)
-    assert web.probe == configuration.Probe("http", "http://127.0.0.1:8080/health", timedelta(seconds=5))
+    assert web.probe == configuration.Probe(http="http://127.0.0.1:8080/health", timeout=timedelta(seconds=5))
     assert web.stability_window == timedelta(seconds=3)
-    assert api.probe == configuration.Probe("tcp", "127.0.0.1:9000", timedelta(seconds=30))
+    assert api.probe == configuration.Probe(tcp="127.0.0.1:9000", timeout=timedelta(seconds=30))
 
 
 def test_probe_targets_are_checked(tmp_path: Path) -> None:
@@ -254,7 +254,9 @@ def test_retention_gc_and_history_keys_load_with_defaults_and_overrides(tmp_path
     path.write_text("services:\n  web: {}\n")
     cfg = configuration.load(path)
     assert cfg.services[0].keep_previous == 2
-    assert cfg.gc == configuration.Gc(True, "0 4 * * *", timedelta(hours=1), None)
+    assert cfg.gc == configuration.Gc(
+        enabled=True, schedule="0 4 * * *", min_age=timedelta(hours=1), stopped_containers=None
+    )
     assert cfg.history_max_bytes == 10 * 1024 * 1024
     path.write_text(
         textwrap.dedent(
@@ -280,7 +282,7 @@ def test_retention_gc_and_history_keys_load_with_defaults_and_overrides(tmp_path
     assert cfg.gc.enabled is False
     assert cfg.gc.min_age == timedelta(days=2)
     assert cfg.gc.stopped_containers == configuration.StoppedContainers(
-        ("com.example.role=batch", "com.example.ephemeral"), timedelta(days=7)
+        labels=("com.example.role=batch", "com.example.ephemeral"), min_age=timedelta(days=7)
     )
     assert cfg.history_max_bytes == 1024 * 1024
 

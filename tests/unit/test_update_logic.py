@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from dockwarden import check, upgrade
 from dockwarden.check import CheckResult
-from dockwarden.config import Service
+from dockwarden.config import Service, Update
 from dockwarden.locks import Busy, ContainerLock
 from dockwarden.skiplist import SkipList
 from dockwarden.update import UPGRADE, Options, decide, namespace_parents, order
@@ -22,7 +22,7 @@ D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 
 
 def _svc(name: str, *depends: str, update: str = "auto") -> Service:
-    return Service(name, name, None, update, tuple(depends))
+    return Service(name=name, update=Update(update), depends_on=depends)
 
 
 def _result(status: str, registry_digest: str | None = D2) -> CheckResult:
