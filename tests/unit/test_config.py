@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from dockwarden import config as configuration
 from dockwarden import daemon, imageref
@@ -325,3 +326,113 @@ def test_retention_and_gc_problems_are_located(tmp_path: Path) -> None:
     assert problems_for(tmp_path, "gc:\n  stopped_containers:\n    labels: ['a=b', 'x y']\n") == [
         "3:21: label selector 'x y' must be KEY or KEY=VALUE"
     ]
+
+
+def test_durations_load_as_timedeltas(tmp_path: Path) -> None:
+    """Every duration in the file, at any level, is a timedelta once loaded."""
+    path = tmp_path / "dw.yaml"
+    path.write_text(
+        textwrap.dedent("""
+        interval: 1h30m
+        registry_timeout: 90s
+        health_timeout_max: 7d
+        gc:
+          min_age: 2h
+          stopped_containers: {labels: [role=batch], min_age: 3d}
+        services:
+          web:
+            stability_window: 45s
+            health: {tcp: "127.0.0.1:80", timeout: 1m}
+    """)
+    )
+    cfg = configuration.load(path)
+    assert (cfg.interval, cfg.registry_timeout, cfg.health_timeout_max) == (
+        timedelta(hours=1, minutes=30),
+        timedelta(seconds=90),
+        timedelta(days=7),
+    )
+    assert cfg.gc.min_age == timedelta(hours=2)
+    assert cfg.gc.stopped_containers is not None
+    assert cfg.gc.stopped_containers.min_age == timedelta(days=3)
+    (web,) = cfg.services
+    assert web.stability_window == timedelta(seconds=45)
+    assert web.probe is not None
+    assert (web.probe.kind, web.probe.target, web.probe.timeout) == (
+        "tcp",
+        "127.0.0.1:80",
+        timedelta(minutes=1),
+    )
+
+
+def test_service_defaults_are_resolved_when_the_config_loads(tmp_path: Path) -> None:
+    """A service's container defaults to its name, keep_previous and stability_window to the top-level
+    values, also when the key is there with no value; what a service sets stays its own."""
+    path = tmp_path / "dw.yaml"
+    path.write_text(
+        textwrap.dedent("""
+        keep_previous: 4
+        stability_window: 7s
+        services:
+          web: {}
+          api:
+            container:
+            keep_previous:
+            stability_window:
+          db: {container: postgres, keep_previous: 0, stability_window: 1m, update: monitor}
+    """)
+    )
+    cfg = configuration.load(path)
+    resolved = [(s.name, s.container, s.keep_previous, s.stability_window, s.update) for s in cfg.services]
+    assert resolved == [
+        ("web", "web", 4, timedelta(seconds=7), configuration.Update.AUTO),
+        ("api", "api", 4, timedelta(seconds=7), configuration.Update.AUTO),
+        ("db", "postgres", 0, timedelta(minutes=1), configuration.Update.MONITOR),
+    ]
+    assert cfg.service("db") is cfg.services[2]
+    assert cfg.service("nope") is None
+
+
+def test_path_and_name_are_not_keys_of_the_file(tmp_path: Path) -> None:
+    """The config's path is where load read it, and a service's name is its key: a `path:` or a
+    service's `name:` in the file is an unknown key."""
+    path = tmp_path / "dw.yaml"
+    path.write_text("services:\n  web: {}\n")
+    cfg = configuration.load(path)
+    assert (cfg.path, cfg.services[0].name) == (path, "web")
+    assert problems_for(
+        tmp_path,
+        """
+        path: /etc/other.yaml
+        services:
+          web:
+            name: api
+    """,
+    ) == ["1:1: unknown key 'path'", "4:5: unknown key 'name'"]
+
+
+def test_models_are_frozen_keyword_only_records_with_the_files_defaults() -> None:
+    """Built in code, a Service takes keywords only and defaults like an empty entry in the file; a Config
+    gives its services its own keep_previous and stability_window, and refuses two services of one name."""
+    with pytest.raises(TypeError):
+        configuration.Service("web")  # type: ignore[call-arg]  # the point: positional arguments are refused
+    web = configuration.Service(name="web")
+    assert (web.container, web.image, web.update, web.depends_on) == ("web", None, "auto", ())
+    assert web.probe is None
+    assert (web.keep_previous, web.stability_window) == (2, timedelta(seconds=10))
+    with pytest.raises(ValidationError):
+        web.container = "other"  # frozen: pydantic refuses the assignment
+    cfg = configuration.Config(
+        path=Path("/x.yaml"), keep_previous=5, stability_window=timedelta(seconds=3), services=(web,)
+    )
+    assert (cfg.services[0].keep_previous, cfg.services[0].stability_window) == (5, timedelta(seconds=3))
+    with pytest.raises(ValidationError, match="two services have the same name"):
+        configuration.Config(path=Path("/x.yaml"), services=(web, web))
+
+
+def test_daemon_builds_the_cycle_trigger_from_the_interval(tmp_path: Path) -> None:
+    """Without `schedule`, the daemon's trigger runs every `interval`, 5 minutes by default."""
+    path = tmp_path / "dw.yaml"
+    path.write_text("services: {}\n")
+    cfg = configuration.load(path)
+    assert cfg.describe_schedule() == "every 5m"
+    assert daemon.cycle_trigger(cfg).interval == timedelta(minutes=5)
