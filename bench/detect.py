@@ -31,7 +31,7 @@ from tests.support.registry import MANIFEST_V2, Registry, start_registry
 
 from dockwarden import logs
 from dockwarden.check import Checker, Status
-from dockwarden.config import Service
+from dockwarden.config import Service, Update
 from dockwarden.engine import Engine, registry_credentials
 from dockwarden.imageref import parse
 from dockwarden.registry import RegistryClient
@@ -60,7 +60,7 @@ def bench_requests(
 ) -> dict[str, Any]:
     engine = Engine.connect()
     checker = Checker(engine, RegistryClient(registry_credentials), engine.platform())
-    service = Service("web", container, None, "monitor")
+    service = Service(name="web", container=container, update=Update.MONITOR)
     checker.cycle([service], 8)  # warm-up: the first contact may pay for a token or a 401
     mark = registry.mark()
     for _ in range(cycles):
@@ -127,7 +127,12 @@ def bench_latency(
     client = RegistryClient(registry_credentials, timeout=30, pool_size=max(concurrency, 1))
     checker = Checker(engine, client, engine.platform())
     services = [
-        Service(f"s{i}-{k}", container, parse(f"{proxy.host}/{repo}:latest"), "monitor")
+        Service(
+            name=f"s{i}-{k}",
+            container=container,
+            image=parse(f"{proxy.host}/{repo}:latest"),
+            update=Update.MONITOR,
+        )
         for i, repo in enumerate(repos)
         for k in range(services_per_image)
     ]

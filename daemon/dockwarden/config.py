@@ -1,35 +1,128 @@
 """The watched-services file: its schema, its defaults, and errors that point at FILE:LINE:COL.
 
-pydantic does the type checking and collects every problem in one pass; yamlsource supplies where each value
-came from, so a message names the exact line and column a user must edit.
+One frozen pydantic model per level (`Config`, `Service`, `Probe`, `Gc`, `StoppedContainers`) is both the
+file's schema and the record the rest of dockwarden reads, with typed values (durations as `timedelta`, the
+image as an `ImageRef`) and each default written once. pydantic does the type checking and collects every
+problem in one pass; yamlsource supplies where each value came from, so a message names the exact line and
+column a user must edit. `load` adds what the file does not say (its own path, each service's name: its
+key) and checks what spans several services.
 """
 
 from __future__ import annotations
 
+import contextlib
 import graphlib
 import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetPydanticSchema,
+    PlainValidator,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
+from pydantic_core import PydanticKnownError, core_schema
 
 from dockwarden import imageref, schedule, yamlsource
 
 DEFAULT_PATH = Path("/etc/dockwarden/dockwarden.yaml")
-DEFAULT_INTERVAL = "5m"
 MAX_SERVICE_NAME = 64
 MAX_KEEP = 100
+# The two defaults a service shares with the top level (where the file sets them for every service).
+KEEP_PREVIOUS = 2
+STABILITY_WINDOW = timedelta(seconds=10)
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
+# Keys that have always accepted an empty value (`key:` alone) as "the default", as if absent.
+_EMPTY_IS_DEFAULT = frozenset({"interval"})
+_SERVICE_EMPTY_IS_DEFAULT = frozenset({"container", "keep_previous", "stability_window"})
+
+
+class Update(StrEnum):
+    """What the daemon does when a service's tag points at a new image."""
+
+    AUTO = "auto"  # upgrade the container (gated, rolled back on failure)
+    MONITOR = "monitor"  # only report it; `dockwarden update SERVICE` still upgrades it
+
+
+class ProbeKind(StrEnum):
+    """How a `Probe` reaches its target."""
+
+    HTTP = "http"
+    TCP = "tcp"
+
+
+# -- value types: each accepts the file's spelling (strictly) and, in code, the typed value itself ----------
+
+
+def _text(value: object) -> str:
+    """`value` if it is a string, else pydantic's `string_type` error (so YAML's `1.10` is not a tag)."""
+    if not isinstance(value, str):
+        raise PydanticKnownError("string_type")
+    return value
+
+
+def _duration(value: object) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    try:
+        return schedule.parse_duration(_text(value))
+    except schedule.ScheduleError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _long_enough(value: timedelta) -> timedelta:
+    try:
+        return schedule.check_interval(value)
+    except schedule.ScheduleError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _image(value: object) -> imageref.ImageRef:
+    if isinstance(value, imageref.ImageRef):
+        return value
+    text = _text(value)
+    try:
+        return imageref.parse(text)
+    except imageref.InvalidReference as exc:
+        raise ValueError(f"invalid image reference {text!r}: {exc}") from None
+
+
+def _update(value: object) -> Update:
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return Update(value)
+    raise PydanticKnownError("enum", {"expected": " or ".join(repr(mode.value) for mode in Update)})
+
+
+def _state_dir(value: object) -> Path:
+    text = str(value) if isinstance(value, Path) else _text(value)
+    if not text.startswith("/"):
+        raise ValueError(f"state_dir {text!r} must be an absolute path")
+    return Path(text)
+
+
+def _tuple(value: object) -> object:
+    # The file's lists become tuples (the records are frozen); anything else fails as "must be a list".
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _not_empty(value: tuple[str, ...]) -> tuple[str, ...]:
+    # After the items, unlike a tuple's own min_length, which would count an invalid item as missing too.
+    if not value:
+        raise PydanticKnownError("too_short", {"field_type": "List", "min_length": 1, "actual_length": 0})
+    return value
 
 
 def _check_name(value: str) -> str:
@@ -38,19 +131,12 @@ def _check_name(value: str) -> str:
     return value
 
 
-def _check_duration(value: str) -> str:
-    try:
-        schedule.parse_duration(value)
-    except schedule.ScheduleError as exc:
-        raise ValueError(str(exc)) from None
-    return value
-
-
-def _check_image(value: str) -> str:
-    try:
-        imageref.parse(value)
-    except imageref.InvalidReference as exc:
-        raise ValueError(f"invalid image reference {value!r}: {exc}") from None
+def _check_tag_safe_name(value: str) -> str:
+    _check_name(value)
+    # The service's container defaults to its name, and retained versions are tagged
+    # dockwarden-CONTAINER-TIMESTAMP: a tag holds at most 128 characters.
+    if len(value) > MAX_SERVICE_NAME:
+        raise ValueError(f"{value!r} is longer than {MAX_SERVICE_NAME} characters")
     return value
 
 
@@ -60,17 +146,6 @@ def _check_cron(value: str) -> str:
     except schedule.ScheduleError as exc:
         raise ValueError(str(exc)) from None
     return value
-
-
-Name = Annotated[str, AfterValidator(_check_name)]
-Duration = Annotated[str, AfterValidator(_check_duration)]
-ImageText = Annotated[str, AfterValidator(_check_image)]
-CronText = Annotated[str, AfterValidator(_check_cron)]
-
-
-class _Strict(BaseModel):
-    # strict: YAML's `1.10` is a float and `yes` a bool; coercing them to strings would hide the mistake.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 def _check_tcp(value: str) -> str:
@@ -86,12 +161,6 @@ def _check_url(value: str) -> str:
     return value
 
 
-class HealthSpec(_Strict):
-    http: Annotated[str, AfterValidator(_check_url)] | None = None
-    tcp: Annotated[str, AfterValidator(_check_tcp)] | None = None
-    timeout: Duration = "30s"
-
-
 def _check_label_selector(value: str) -> str:
     key = value.partition("=")[0]
     if not key or key != key.strip() or any(c.isspace() for c in key):
@@ -99,131 +168,146 @@ def _check_label_selector(value: str) -> str:
     return value
 
 
-class StoppedContainersSpec(_Strict):
-    labels: list[Annotated[str, AfterValidator(_check_label_selector)]] = Field(min_length=1)
-    min_age: Duration = "24h"
+class _FromFile:
+    """Stands in for what the file wrote under a key that `load` sets itself (`path`, a service's `name`)."""
 
 
-class GcSpec(_Strict):
-    enabled: bool = True
-    schedule: CronText = "0 4 * * *"
-    min_age: Duration = "1h"
-    stopped_containers: StoppedContainersSpec | None = None
-
-
-def _check_tag_safe_name(value: str) -> str:
-    _check_name(value)
-    # The service's container defaults to its name, and retained versions are tagged
-    # dockwarden-CONTAINER-TIMESTAMP: a tag holds at most 128 characters.
-    if len(value) > MAX_SERVICE_NAME:
-        raise ValueError(f"{value!r} is longer than {MAX_SERVICE_NAME} characters")
+def _not_from_file(value: object) -> object:
+    if isinstance(value, _FromFile):
+        raise PydanticKnownError("extra_forbidden")  # reported like any other unknown key
     return value
 
 
+Duration = Annotated[timedelta, PlainValidator(_duration)]  # `90s`, `5m`, `1h30m`, `7d`
+Interval = Annotated[timedelta, PlainValidator(_duration), AfterValidator(_long_enough)]  # at least 10 s
+Image = Annotated[imageref.ImageRef, PlainValidator(_image)]
+UpdateMode = Annotated[Update, PlainValidator(_update)]
+StateDir = Annotated[Path, PlainValidator(_state_dir)]  # absolute
+Name = Annotated[str, AfterValidator(_check_name)]
 TagSafeName = Annotated[str, AfterValidator(_check_tag_safe_name)]
+Cron = Annotated[str, AfterValidator(_check_cron)]  # five fields, crontab's day-of-week, in UTC
+LabelSelector = Annotated[str, AfterValidator(_check_label_selector)]  # KEY or KEY=VALUE
+_SET_BY_LOAD = BeforeValidator(_not_from_file)
 
 
-class ServiceSpec(_Strict):
-    container: TagSafeName | None = None
-    image: ImageText | None = None
-    update: Literal["auto", "monitor"] = "auto"
-    depends_on: list[Name] = Field(default_factory=list)
-    health: HealthSpec | None = None
-    stability_window: Duration | None = None
-    keep_previous: int | None = Field(default=None, ge=0, le=MAX_KEEP)
+# -- the models ---------------------------------------------------------------------------------------
 
 
-class ConfigSpec(_Strict):
-    interval: Duration | None = None
-    schedule: CronText | None = None
-    state_dir: str = "/var/lib/dockwarden"
-    docker_host: str | None = None
-    check_concurrency: int = Field(default=32, ge=1, le=256)
-    registry_timeout: Duration = "10s"
-    stability_window: Duration = "10s"
-    health_timeout_max: Duration = "5m"
-    keep_previous: int = Field(default=2, ge=0, le=MAX_KEEP)
-    gc: GcSpec = Field(default_factory=GcSpec)
-    history_max_bytes: int = Field(default=10 * 1024 * 1024, ge=64 * 1024)
-    services: dict[TagSafeName, ServiceSpec] = Field(default_factory=dict)
-
-    @field_validator("state_dir")
-    @classmethod
-    def _absolute_state_dir(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"state_dir {value!r} must be an absolute path")
-        return value
-
-    @field_validator("interval")
-    @classmethod
-    def _long_enough(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                schedule.check_interval(schedule.parse_duration(value))
-            except schedule.ScheduleError as exc:
-                raise ValueError(str(exc)) from None
-        return value
+class _Model(BaseModel):
+    # strict: YAML's `1.10` is a float and `yes` a bool; coercing them to strings would hide the mistake.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-@dataclass(frozen=True)
-class Probe:
-    kind: str  # "http" or "tcp"
-    target: str
-    timeout: timedelta
+class Probe(_Model):
+    """A service's extra gate probe from the host (the file's `health:`): `http` (an http(s) URL, passing
+    on a status below 400) or `tcp` (HOST:PORT, passing on a connect), which must succeed once within
+    `timeout`. Exactly one of the two: `load` reports a probe with neither or both."""
+
+    http: Annotated[str, AfterValidator(_check_url)] | None = None
+    tcp: Annotated[str, AfterValidator(_check_tcp)] | None = None
+    timeout: Duration = timedelta(seconds=30)
+
+    @property
+    def kind(self) -> ProbeKind:
+        return ProbeKind.HTTP if self.http is not None else ProbeKind.TCP
+
+    @property
+    def target(self) -> str:
+        """The URL or HOST:PORT."""
+        return self.http if self.http is not None else self.tcp or ""
 
 
-@dataclass(frozen=True)
-class Service:
-    name: str
-    container: str
-    image: imageref.ImageRef | None
-    update: str
-    depends_on: tuple[str, ...] = ()
-    probe: Probe | None = None
-    stability_window: timedelta | None = None  # None: the global one
-    keep_previous: int = 2
+class StoppedContainers(_Model):
+    """GC's opt-in rule: stopped containers (exited, created or dead) carrying every label selector
+    (`KEY` present, or `KEY=VALUE`) and stopped at least `min_age` ago (created, if they never ran)."""
+
+    labels: Annotated[tuple[LabelSelector, ...], BeforeValidator(_tuple), AfterValidator(_not_empty)]
+    min_age: Duration = timedelta(hours=24)
 
 
-@dataclass(frozen=True)
-class StoppedContainers:
-    labels: tuple[str, ...]  # all must match: KEY (present) or KEY=VALUE
-    min_age: timedelta
+class Gc(_Model):
+    """Garbage collection: when the daemon runs it (`schedule`, cron in UTC, if `enabled`), how old a
+    dangling image must be to go (`min_age`), and the opt-in rule for stopped containers."""
 
-
-@dataclass(frozen=True)
-class Gc:
     enabled: bool = True
-    schedule: str = "0 4 * * *"
-    min_age: timedelta = timedelta(hours=1)
+    schedule: Cron = "0 4 * * *"
+    min_age: Duration = timedelta(hours=1)
     stopped_containers: StoppedContainers | None = None
 
-    def trigger(self) -> Any:
-        return schedule.cron_trigger(self.schedule)
+
+def _name_of(data: dict[str, Any]) -> str:
+    # A service's container defaults to its name (pydantic passes the fields validated so far).
+    return str(data["name"])
 
 
-@dataclass(frozen=True)
-class Config:
-    path: Path
-    interval: timedelta | None
-    schedule: str | None
-    state_dir: Path
-    docker_host: str | None
-    check_concurrency: int
-    registry_timeout: timedelta
-    services: tuple[Service, ...]
-    stability_window: timedelta = timedelta(seconds=10)
-    health_timeout_max: timedelta = timedelta(minutes=5)
-    gc: Gc = Gc()
-    history_max_bytes: int = 10 * 1024 * 1024
-    keep_previous: int = 2  # the default of the services' own
+class Service(_Model):
+    """One watched service; `name` is its key under `services:`. Built in code, `Service(name="web")`
+    defaults like an empty entry in the file; in a Config, `keep_previous` and `stability_window` left
+    unset take the Config's own."""
+
+    name: Annotated[str, _SET_BY_LOAD]
+    container: TagSafeName = Field(default_factory=_name_of)
+    image: Image | None = None  # None: follow the reference the container was created from
+    update: UpdateMode = Update.AUTO
+    depends_on: Annotated[tuple[Name, ...], BeforeValidator(_tuple)] = ()  # service names
+    probe: Probe | None = Field(default=None, alias="health")  # `health:` in the file, `health=` in code
+    stability_window: Duration = STABILITY_WINDOW
+    keep_previous: int = Field(default=KEEP_PREVIOUS, ge=0, le=MAX_KEEP)
+
+
+def _services_schema(_source: object, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+    # Validated as the file's mapping, so that a problem is located under its service's name and a bad name
+    # at its key; held as a tuple in file order.
+    by_name = handler.generate_schema(dict[TagSafeName, Service])
+    return core_schema.no_info_after_validator_function(lambda found: tuple(found.values()), by_name)
+
+
+class Config(_Model):
+    """The whole file, from `path`. Durations are `timedelta`s; `schedule` (cron, UTC), when set, replaces
+    `interval`; `services` are in file order, with their defaults resolved."""
+
+    path: Annotated[Path, _SET_BY_LOAD]
+    interval: Interval = timedelta(minutes=5)
+    schedule: Cron | None = None
+    state_dir: StateDir = Path("/var/lib/dockwarden")
+    docker_host: str | None = None  # None: $DOCKER_HOST, else the local socket
+    check_concurrency: int = Field(default=32, ge=1, le=256)
+    registry_timeout: Duration = timedelta(seconds=10)
+    stability_window: Duration = STABILITY_WINDOW
+    health_timeout_max: Duration = timedelta(minutes=5)
+    keep_previous: int = Field(default=KEEP_PREVIOUS, ge=0, le=MAX_KEEP)
+    gc: Gc = Field(default_factory=Gc)
+    history_max_bytes: int = Field(default=10 * 1024 * 1024, ge=64 * 1024)
+    # Last: its validators read the fields above.
+    services: Annotated[tuple[Service, ...], GetPydanticSchema(_services_schema)] = ()
+
+    @field_validator("services", mode="before")
+    @classmethod
+    def _keyed_by_name(cls, value: object) -> object:
+        # Built in code, services come as a tuple; key them like the file's mapping.
+        if isinstance(value, tuple) and all(isinstance(service, Service) for service in value):
+            keyed = {service.name: service for service in value}
+            if len(keyed) != len(value):
+                raise ValueError("two services have the same name")
+            return keyed
+        return value
+
+    @field_validator("services")
+    @classmethod
+    def _inherit_defaults(cls, services: tuple[Service, ...], info: ValidationInfo) -> tuple[Service, ...]:
+        """Each service's `keep_previous` and `stability_window` default to the top-level ones. A field
+        validator, not a model one: the model is frozen once built, while `info.data` already holds the
+        validated fields above (an invalid one is missing, and then validation fails anyway)."""
+        inherited = {key: info.data[key] for key in ("keep_previous", "stability_window") if key in info.data}
+        return tuple(
+            service.model_copy(
+                update={k: v for k, v in inherited.items() if k not in service.model_fields_set}
+            )
+            for service in services
+        )
 
     def service(self, name: str) -> Service | None:
         return next((s for s in self.services if s.name == name), None)
-
-    def trigger(self) -> Any:
-        if self.schedule is not None:
-            return schedule.cron_trigger(self.schedule)
-        return schedule.interval_trigger(self.interval or schedule.parse_duration(DEFAULT_INTERVAL))
 
     def describe_gc(self) -> str:
         return f"gc cron {self.gc.schedule} (UTC)" if self.gc.enabled else "gc off"
@@ -231,7 +315,10 @@ class Config:
     def describe_schedule(self) -> str:
         if self.schedule is not None:
             return f"cron {self.schedule} (UTC)"
-        return f"every {schedule.format_duration(self.interval or schedule.parse_duration(DEFAULT_INTERVAL))}"
+        return f"every {schedule.format_duration(self.interval)}"
+
+
+# -- loading ------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -269,16 +356,16 @@ def _message(error: Any) -> str:  # noqa: PLR0911 -- one return per kind of erro
         return f"unknown key {loc[-1]!r}"
     if kind == "missing":
         return f"missing required key {loc[-1]!r}"
-    if kind == "literal_error":
+    if kind in ("literal_error", "enum"):
         return f"{error['msg'].replace('Input should be', 'must be')}, not {error['input']!r}"
-    if kind in ("string_type", "int_type", "dict_type", "model_type", "bool_type", "list_type"):
+    if kind in ("string_type", "int_type", "dict_type", "model_type", "bool_type", "tuple_type"):
         wanted = {
             "string_type": "a string",
             "int_type": "a whole number",
             "dict_type": "a mapping",
             "model_type": "a mapping",
             "bool_type": "true or false",
-            "list_type": "a list",
+            "tuple_type": "a list",  # YAML has lists; the records hold them as tuples
         }[kind]
         found = error["input"]
         if found is None:
@@ -294,6 +381,8 @@ def _message(error: Any) -> str:  # noqa: PLR0911 -- one return per kind of erro
 def _problems(path: Path, doc: yamlsource.YamlDocument, exc: ValidationError) -> list[ConfigProblem]:
     problems = []
     for error in exc.errors():
+        if error["type"] == "default_factory_not_called":
+            continue  # a default taken from another field, whose own problem is reported
         # pydantic adds the validator's name for Annotated/function validators; the file has no such key.
         is_key = "[key]" in error["loc"]
         loc = tuple(part for part in error["loc"] if not str(part).startswith(("function-", "[key]")))
@@ -305,8 +394,33 @@ def _problems(path: Path, doc: yamlsource.YamlDocument, exc: ValidationError) ->
     return sorted(problems, key=lambda p: (p.line, p.column))
 
 
+def _set_by_load(data: dict[str, Any], key: str, value: object) -> dict[str, Any]:
+    """`data` with `key` set to `value` from `load`; the file's own `key`, if any, is refused as unknown."""
+    return {**data, key: _FromFile() if key in data else value}
+
+
+def _without_empty(data: dict[str, Any], keys: frozenset[str]) -> dict[str, Any]:
+    return {key: value for key, value in data.items() if value is not None or key not in keys}
+
+
+def _model_input(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The file's mapping as Config's input: plus `path`, each service named by its key, and less the
+    empty values that mean "the default"."""
+    shaped = _set_by_load(_without_empty(data, _EMPTY_IS_DEFAULT), "path", path)
+    services = data.get("services")
+    if isinstance(services, dict):
+        shaped["services"] = {
+            name: _set_by_load(_without_empty(entry, _SERVICE_EMPTY_IS_DEFAULT), "name", name)
+            if isinstance(entry, dict)
+            else entry
+            for name, entry in services.items()
+        }
+    return shaped
+
+
 def load(path: Path) -> Config:
-    """Read and validate the config file; raise ConfigError with every problem found."""
+    """Read and validate the config file at `path`. Raises ConfigError with every problem found, in file
+    order (problems between services only once each service is valid on its own)."""
     try:
         doc = yamlsource.load(path)
     except yamlsource.YamlSourceError as exc:
@@ -318,76 +432,35 @@ def load(path: Path) -> Config:
         line, col = doc.locate_key(("schedule",))
         problems.append(ConfigProblem(path, line, col, "set either `interval` or `schedule`, not both"))
     try:
-        spec = ConfigSpec.model_validate(doc.data)
+        config = Config.model_validate(_model_input(doc.data, path))
     except ValidationError as exc:
         problems.extend(_problems(path, doc, exc))
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column)))
-    problems.extend(_relation_problems(path, doc, spec))
+    problems.extend(_relation_problems(path, doc, config))
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column)))
-    services = tuple(
-        Service(
-            name=name,
-            container=item.container or name,
-            image=imageref.parse(item.image) if item.image else None,
-            update=item.update,
-            depends_on=tuple(item.depends_on),
-            probe=_probe(item.health),
-            stability_window=schedule.parse_duration(item.stability_window)
-            if item.stability_window
-            else None,
-            keep_previous=spec.keep_previous if item.keep_previous is None else item.keep_previous,
-        )
-        for name, item in spec.services.items()
-    )
-    return Config(
-        path=path,
-        interval=schedule.parse_duration(spec.interval) if spec.interval else None,
-        schedule=spec.schedule,
-        state_dir=Path(spec.state_dir),
-        docker_host=spec.docker_host,
-        check_concurrency=spec.check_concurrency,
-        registry_timeout=schedule.parse_duration(spec.registry_timeout),
-        services=services,
-        stability_window=schedule.parse_duration(spec.stability_window),
-        health_timeout_max=schedule.parse_duration(spec.health_timeout_max),
-        gc=_gc(spec.gc),
-        history_max_bytes=spec.history_max_bytes,
-        keep_previous=spec.keep_previous,
-    )
+    return config
 
 
-def _gc(spec: GcSpec) -> Gc:
-    stopped = None
-    if spec.stopped_containers is not None:
-        stopped = StoppedContainers(
-            tuple(spec.stopped_containers.labels), schedule.parse_duration(spec.stopped_containers.min_age)
-        )
-    return Gc(spec.enabled, spec.schedule, schedule.parse_duration(spec.min_age), stopped)
-
-
-def _probe(health: HealthSpec | None) -> Probe | None:
-    if health is None:
-        return None
-    kind, target = ("http", health.http) if health.http else ("tcp", health.tcp or "")
-    return Probe(kind, target, schedule.parse_duration(health.timeout))
-
-
-def _relation_problems(path: Path, doc: yamlsource.YamlDocument, spec: ConfigSpec) -> list[ConfigProblem]:
+def _relation_problems(path: Path, doc: yamlsource.YamlDocument, config: Config) -> list[ConfigProblem]:
     """depends_on must name services in this file and must not loop; health needs one probe."""
     problems = []
-    for name, item in spec.services.items():
-        for index, other in enumerate(item.depends_on):
-            if other not in spec.services or other == name:
-                line, col = doc.locate(("services", name, "depends_on", index))
-                what = "itself" if other == name else f"{other!r}, which is not a service in this file"
+    names = {service.name for service in config.services}
+    for service in config.services:
+        for index, other in enumerate(service.depends_on):
+            if other not in names or other == service.name:
+                line, col = doc.locate(("services", service.name, "depends_on", index))
+                what = (
+                    "itself" if other == service.name else f"{other!r}, which is not a service in this file"
+                )
                 problems.append(ConfigProblem(path, line, col, f"depends_on names {what}"))
-        if item.health is not None and (item.health.http is None) == (item.health.tcp is None):
-            line, col = doc.locate(("services", name, "health"))
+        probe = service.probe
+        if probe is not None and (probe.http is None) == (probe.tcp is None):
+            line, col = doc.locate(("services", service.name, "health"))
             problems.append(ConfigProblem(path, line, col, "health needs exactly one of `http` or `tcp`"))
     if not problems:
-        sorter = graphlib.TopologicalSorter({n: s.depends_on for n, s in spec.services.items()})
+        sorter = graphlib.TopologicalSorter({s.name: s.depends_on for s in config.services})
         try:
             sorter.prepare()
         except graphlib.CycleError as exc:

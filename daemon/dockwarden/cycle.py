@@ -16,7 +16,7 @@ import structlog
 
 from dockwarden import gate, imageref, recovery, recreate, upgrade
 from dockwarden.check import Checker, CheckResult, Status
-from dockwarden.config import Config, Service
+from dockwarden.config import Config, Service, Update
 from dockwarden.engine import Engine, EngineError
 from dockwarden.history import Event, History
 from dockwarden.locks import Busy
@@ -94,7 +94,7 @@ def decide(
         return Result.ERROR, result.error
     if result.status == Status.UP_TO_DATE:
         return Result.UP_TO_DATE, None
-    if service.update != "auto" and not options.named:
+    if service.update != Update.AUTO and not options.named:
         return Result.SKIPPED, "update: monitor"
     digest = str(result.registry_digest)
     if skipped is not None and digest in skipped.digests and not options.force:

@@ -18,9 +18,10 @@ import structlog
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.schedulers.base import STATE_RUNNING
+from apscheduler.triggers.base import BaseTrigger
 
 from dockwarden import config as configuration
-from dockwarden import cycle, gc
+from dockwarden import cycle, gc, schedule
 from dockwarden.check import Checker
 from dockwarden.history import History
 from dockwarden.notify import Notifier
@@ -34,6 +35,13 @@ STOP_GRACE = 6.0  # seconds a running cycle gets to finish after SIGTERM; we pro
 # cancelling makes it roll back, which needs the old container's stop and start; systemd waits 90 s.
 UPGRADE_STOP_GRACE = 75.0
 TICK = 0.2
+
+
+def cycle_trigger(cfg: configuration.Config) -> BaseTrigger:
+    """When check cycles run: on the cron `schedule` (UTC) if the config sets one, else every `interval`."""
+    if cfg.schedule is not None:
+        return schedule.cron_trigger(cfg.schedule)
+    return schedule.interval_trigger(cfg.interval)
 
 
 class Daemon:
@@ -93,7 +101,10 @@ class Daemon:
             self.scheduler.remove_job(GC_JOB_ID)
         if cfg.gc.enabled:
             self.scheduler.add_job(
-                self._gc, trigger=cfg.gc.trigger(), id=GC_JOB_ID, name="garbage collection"
+                self._gc,
+                trigger=schedule.cron_trigger(cfg.gc.schedule),
+                id=GC_JOB_ID,
+                name="garbage collection",
             )
 
     def _on_job_event(self, event: JobExecutionEvent) -> None:
@@ -130,7 +141,7 @@ class Daemon:
         )
         self.scheduler.add_job(
             self._cycle,
-            trigger=self.config.trigger(),
+            trigger=cycle_trigger(self.config),
             id=JOB_ID,
             name="check cycle",
             next_run_time=datetime.now(UTC),
@@ -162,7 +173,7 @@ class Daemon:
         if new.docker_host != self.config.docker_host:
             self.log.warning("config.restart_needed", key="docker_host", kept=self.config.docker_host)
         self.config = new
-        self.scheduler.reschedule_job(JOB_ID, trigger=new.trigger())
+        self.scheduler.reschedule_job(JOB_ID, trigger=cycle_trigger(new))
         self._schedule_gc(new)
         self.log.info("config.reloaded", services=len(new.services), schedule=new.describe_schedule())
         self.notifier.status(f"config reloaded: watching {len(new.services)} services")

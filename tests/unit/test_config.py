@@ -7,9 +7,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from dockwarden import config as configuration
-from dockwarden import imageref
+from dockwarden import daemon, imageref
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -166,7 +167,7 @@ def test_cron_schedule_is_described_in_utc(tmp_path: Path) -> None:
     path.write_text('schedule: "0 4 * * 0"\nservices: {}\n')
     cfg = configuration.load(path)
     assert cfg.describe_schedule() == "cron 0 4 * * 0 (UTC)"
-    assert str(cfg.trigger().timezone) == "UTC"
+    assert str(daemon.cycle_trigger(cfg).timezone) == "UTC"
 
 
 def test_upgrade_keys_load_with_their_defaults_and_overrides(tmp_path: Path) -> None:
@@ -188,11 +189,11 @@ def test_upgrade_keys_load_with_their_defaults_and_overrides(tmp_path: Path) -> 
     cfg = configuration.load(path)
     assert (cfg.stability_window, cfg.health_timeout_max) == (timedelta(seconds=10), timedelta(minutes=2))
     db, web, api = cfg.services
-    assert (db.depends_on, db.probe, db.stability_window) == ((), None, None)
+    assert (db.depends_on, db.probe, db.stability_window) == ((), None, timedelta(seconds=10))
     assert web.depends_on == ("db",)
-    assert web.probe == configuration.Probe("http", "http://127.0.0.1:8080/health", timedelta(seconds=5))
+    assert web.probe == configuration.Probe(http="http://127.0.0.1:8080/health", timeout=timedelta(seconds=5))
     assert web.stability_window == timedelta(seconds=3)
-    assert api.probe == configuration.Probe("tcp", "127.0.0.1:9000", timedelta(seconds=30))
+    assert api.probe == configuration.Probe(tcp="127.0.0.1:9000", timeout=timedelta(seconds=30))
 
 
 def test_probe_targets_are_checked(tmp_path: Path) -> None:
@@ -254,7 +255,9 @@ def test_retention_gc_and_history_keys_load_with_defaults_and_overrides(tmp_path
     path.write_text("services:\n  web: {}\n")
     cfg = configuration.load(path)
     assert cfg.services[0].keep_previous == 2
-    assert cfg.gc == configuration.Gc(True, "0 4 * * *", timedelta(hours=1), None)
+    assert cfg.gc == configuration.Gc(
+        enabled=True, schedule="0 4 * * *", min_age=timedelta(hours=1), stopped_containers=None
+    )
     assert cfg.history_max_bytes == 10 * 1024 * 1024
     path.write_text(
         textwrap.dedent(
@@ -280,7 +283,7 @@ def test_retention_gc_and_history_keys_load_with_defaults_and_overrides(tmp_path
     assert cfg.gc.enabled is False
     assert cfg.gc.min_age == timedelta(days=2)
     assert cfg.gc.stopped_containers == configuration.StoppedContainers(
-        ("com.example.role=batch", "com.example.ephemeral"), timedelta(days=7)
+        labels=("com.example.role=batch", "com.example.ephemeral"), min_age=timedelta(days=7)
     )
     assert cfg.history_max_bytes == 1024 * 1024
 
@@ -323,3 +326,113 @@ def test_retention_and_gc_problems_are_located(tmp_path: Path) -> None:
     assert problems_for(tmp_path, "gc:\n  stopped_containers:\n    labels: ['a=b', 'x y']\n") == [
         "3:21: label selector 'x y' must be KEY or KEY=VALUE"
     ]
+
+
+def test_durations_load_as_timedeltas(tmp_path: Path) -> None:
+    """Every duration in the file, at any level, is a timedelta once loaded."""
+    path = tmp_path / "dw.yaml"
+    path.write_text(
+        textwrap.dedent("""
+        interval: 1h30m
+        registry_timeout: 90s
+        health_timeout_max: 7d
+        gc:
+          min_age: 2h
+          stopped_containers: {labels: [role=batch], min_age: 3d}
+        services:
+          web:
+            stability_window: 45s
+            health: {tcp: "127.0.0.1:80", timeout: 1m}
+    """)
+    )
+    cfg = configuration.load(path)
+    assert (cfg.interval, cfg.registry_timeout, cfg.health_timeout_max) == (
+        timedelta(hours=1, minutes=30),
+        timedelta(seconds=90),
+        timedelta(days=7),
+    )
+    assert cfg.gc.min_age == timedelta(hours=2)
+    assert cfg.gc.stopped_containers is not None
+    assert cfg.gc.stopped_containers.min_age == timedelta(days=3)
+    (web,) = cfg.services
+    assert web.stability_window == timedelta(seconds=45)
+    assert web.probe is not None
+    assert (web.probe.kind, web.probe.target, web.probe.timeout) == (
+        "tcp",
+        "127.0.0.1:80",
+        timedelta(minutes=1),
+    )
+
+
+def test_service_defaults_are_resolved_when_the_config_loads(tmp_path: Path) -> None:
+    """A service's container defaults to its name, keep_previous and stability_window to the top-level
+    values, also when the key is there with no value; what a service sets stays its own."""
+    path = tmp_path / "dw.yaml"
+    path.write_text(
+        textwrap.dedent("""
+        keep_previous: 4
+        stability_window: 7s
+        services:
+          web: {}
+          api:
+            container:
+            keep_previous:
+            stability_window:
+          db: {container: postgres, keep_previous: 0, stability_window: 1m, update: monitor}
+    """)
+    )
+    cfg = configuration.load(path)
+    resolved = [(s.name, s.container, s.keep_previous, s.stability_window, s.update) for s in cfg.services]
+    assert resolved == [
+        ("web", "web", 4, timedelta(seconds=7), configuration.Update.AUTO),
+        ("api", "api", 4, timedelta(seconds=7), configuration.Update.AUTO),
+        ("db", "postgres", 0, timedelta(minutes=1), configuration.Update.MONITOR),
+    ]
+    assert cfg.service("db") is cfg.services[2]
+    assert cfg.service("nope") is None
+
+
+def test_path_and_name_are_not_keys_of_the_file(tmp_path: Path) -> None:
+    """The config's path is where load read it, and a service's name is its key: a `path:` or a
+    service's `name:` in the file is an unknown key."""
+    path = tmp_path / "dw.yaml"
+    path.write_text("services:\n  web: {}\n")
+    cfg = configuration.load(path)
+    assert (cfg.path, cfg.services[0].name) == (path, "web")
+    assert problems_for(
+        tmp_path,
+        """
+        path: /etc/other.yaml
+        services:
+          web:
+            name: api
+    """,
+    ) == ["1:1: unknown key 'path'", "4:5: unknown key 'name'"]
+
+
+def test_models_are_frozen_keyword_only_records_with_the_files_defaults() -> None:
+    """Built in code, a Service takes keywords only and defaults like an empty entry in the file; a Config
+    gives its services its own keep_previous and stability_window, and refuses two services of one name."""
+    with pytest.raises(TypeError):
+        configuration.Service("web")  # type: ignore[call-arg]  # the point: positional arguments are refused
+    web = configuration.Service(name="web")
+    assert (web.container, web.image, web.update, web.depends_on) == ("web", None, "auto", ())
+    assert web.probe is None
+    assert (web.keep_previous, web.stability_window) == (2, timedelta(seconds=10))
+    with pytest.raises(ValidationError):
+        web.container = "other"  # frozen: pydantic refuses the assignment
+    cfg = configuration.Config(
+        path=Path("/x.yaml"), keep_previous=5, stability_window=timedelta(seconds=3), services=(web,)
+    )
+    assert (cfg.services[0].keep_previous, cfg.services[0].stability_window) == (5, timedelta(seconds=3))
+    with pytest.raises(ValidationError, match="two services have the same name"):
+        configuration.Config(path=Path("/x.yaml"), services=(web, web))
+
+
+def test_daemon_builds_the_cycle_trigger_from_the_interval(tmp_path: Path) -> None:
+    """Without `schedule`, the daemon's trigger runs every `interval`, 5 minutes by default."""
+    path = tmp_path / "dw.yaml"
+    path.write_text("services: {}\n")
+    cfg = configuration.load(path)
+    assert cfg.describe_schedule() == "every 5m"
+    assert daemon.cycle_trigger(cfg).interval == timedelta(minutes=5)

@@ -21,13 +21,10 @@ NOW = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
 def _config(
     keep: int = 2, stopped: StoppedContainers | None = None, min_age: timedelta | None = None
 ) -> Config:
-    service = Service("web", "recorded-web", None, "auto", keep_previous=keep)
+    service = Service(name="web", container="recorded-web", keep_previous=keep)
     return Config(
         path=Path("/x.yaml"),
-        interval=None,
-        schedule=None,
         state_dir=Path("/nonexistent/state"),  # plan() never touches it
-        docker_host=None,
         check_concurrency=1,
         registry_timeout=timedelta(seconds=1),
         services=(service,),
@@ -65,7 +62,7 @@ def test_versions_beyond_a_lowered_keep_previous_are_untagged_but_used_ones_stay
 
 def test_a_dangling_image_goes_once_its_only_user_is_collected(rec: Recorded) -> None:
     """The opt-in rule removes the old labelled stopped container, and then its dangling image too."""
-    rule = StoppedContainers(("role=batch",), timedelta(days=7))
+    rule = StoppedContainers(labels=("role=batch",), min_age=timedelta(days=7))
     todo = _plan(rec, _config(stopped=rule))
     assert [(r.kind, r.target) for r in todo] == [
         (gc.Kind.CONTAINER, rec.stopped["Id"]),
@@ -79,16 +76,16 @@ def test_a_dangling_image_goes_once_its_only_user_is_collected(rec: Recorded) ->
 def test_the_stopped_container_rule_needs_every_label_and_the_age(rec: Recorded) -> None:
     """A selector it lacks, a value that differs, or a container stopped too recently: not removed."""
     for rule in (
-        StoppedContainers(("role=batch", "tier"), timedelta(days=7)),
-        StoppedContainers(("role=web",), timedelta(days=7)),
-        StoppedContainers(("role",), timedelta(days=31)),
+        StoppedContainers(labels=("role=batch", "tier"), min_age=timedelta(days=7)),
+        StoppedContainers(labels=("role=web",), min_age=timedelta(days=7)),
+        StoppedContainers(labels=("role",), min_age=timedelta(days=31)),
     ):
         assert _plan(rec, _config(stopped=rule)) == [], rule
 
 
 def test_running_and_watched_containers_are_never_swept(rec: Recorded) -> None:
     """A label match on a running container, or on the service's own stopped container, is not garbage."""
-    rule = StoppedContainers(("dockwarden.test",), timedelta(0))
+    rule = StoppedContainers(labels=("dockwarden.test",), min_age=timedelta(0))
     web = next(c for c in rec.containers if c["Names"] == ["/recorded-web"])
     stopped_web = {**web, "State": "exited"}
     others = [c for c in rec.containers if c is not web]  # the stopped one: no known stop time, so kept

@@ -33,8 +33,8 @@ def test_leftovers_of_watched_containers_only_half_done_first(rec: Recorded) -> 
     the config does not name are another dockwarden's business and are not listed."""
     containers, images = _with_leftovers(rec)
     services = (
-        Service(name="web", container="recorded-web", image=None, update="auto"),
-        Service(name="db", container="recorded-db", image=None, update="auto"),
+        Service(name="web", container="recorded-web"),
+        Service(name="db", container="recorded-db"),
     )
     found = recovery.leftovers(services, containers, images)
     latest = next(i for i in rec.images if "127.0.0.1:5000/recorded:latest" in i["RepoTags"])
@@ -53,5 +53,5 @@ def test_leftovers_of_watched_containers_only_half_done_first(rec: Recorded) -> 
 
 def test_no_leftovers_in_a_clean_state(rec: Recorded) -> None:
     """The recorded lists hold retained versions and ordinary containers, none of which is a leftover."""
-    services = (Service(name="web", container="recorded-web", image=None, update="auto"),)
+    services = (Service(name="web", container="recorded-web"),)
     assert recovery.leftovers(services, rec.containers, rec.images) == []

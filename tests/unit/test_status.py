@@ -31,7 +31,7 @@ def test_status_combines_engine_history_and_skip_list(rec: Recorded) -> None:
     from the newest history entries, retained versions newest first, the skip entry as is."""
     skipped = Entry(("sha256:" + "7" * 64,), "gate: unhealthy", "2026-11-28T07:00:00+00:00")
     found = status.describe(
-        Service("web", "recorded-web", None, "auto"), _inspect(rec), rec.images, ENTRIES, skipped
+        Service(name="web", container="recorded-web"), _inspect(rec), rec.images, ENTRIES, skipped
     )
     assert (found.state, found.health) == ("running", "healthy")
     assert found.image == "127.0.0.1:5000/recorded:latest"
@@ -53,7 +53,7 @@ def test_status_combines_engine_history_and_skip_list(rec: Recorded) -> None:
 
 def test_a_missing_container_still_shows_what_is_known(rec: Recorded) -> None:
     """Without its container a service is `missing`, with its history and retained versions."""
-    found = status.describe(Service("web", "recorded-web", None, "auto"), None, rec.images, ENTRIES, None)
+    found = status.describe(Service(name="web", container="recorded-web"), None, rec.images, ENTRIES, None)
     assert found.state == "missing"
     assert found.running_digest is None
     assert found.registry_digest == "sha256:" + "9" * 64

@@ -12,7 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from dockwarden.check import CheckResult, Status
-from dockwarden.config import Service
+from dockwarden.config import Service, Update
 from dockwarden.cycle import Action, Options, decide, order
 from dockwarden.locks import Busy, ContainerLock
 from dockwarden.namespace import parents as namespace_parents
@@ -23,7 +23,7 @@ D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 
 
 def _svc(name: str, *depends: str, update: str = "auto") -> Service:
-    return Service(name, name, None, update, tuple(depends))
+    return Service(name=name, update=Update(update), depends_on=depends)
 
 
 def _result(status: Status, registry_digest: str | None = D2) -> CheckResult:
