@@ -62,7 +62,7 @@ class CheckResult:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _Running:
     """What a service runs now, read from the engine."""
 
@@ -144,7 +144,10 @@ def _resolve(service: Service, engine: Engine, snapshot: Snapshot) -> _Running:
     if repo_digests is None:  # created after the snapshot was taken
         repo_digests = engine.image(info.image_id).repo_digests
     return _Running(
-        service, ref, info.image_id, frozenset(imageref.digests_for(ref.name, list(repo_digests)))
+        service=service,
+        ref=ref,
+        image_id=info.image_id,
+        digests=frozenset(imageref.digests_for(ref.name, list(repo_digests))),
     )
 
 
@@ -324,7 +327,7 @@ def _log_result(log: Any, result: CheckResult) -> None:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CycleSummary:
     results: list[CheckResult]
     duration: float
@@ -407,7 +410,7 @@ class Checker:
             services, self.engine, self.client, self.platform, self.cache, self._executor(concurrency), cancel
         )
         self.cache.save()
-        summary = CycleSummary(results, time.monotonic() - started)
+        summary = CycleSummary(results=results, duration=time.monotonic() - started)
         log.info(
             "cycle.finished",
             checked=len(results),

@@ -321,7 +321,7 @@ class Config(_Model):
 # -- loading ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ConfigProblem:
     path: Path
     line: int
@@ -390,7 +390,7 @@ def _problems(path: Path, doc: yamlsource.YamlDocument, exc: ValidationError) ->
             line, col = doc.locate_key(loc)
         else:
             line, col = doc.locate(loc)
-        problems.append(ConfigProblem(path, line, col, _message(error)))
+        problems.append(ConfigProblem(path=path, line=line, column=col, message=_message(error)))
     return sorted(problems, key=lambda p: (p.line, p.column))
 
 
@@ -424,13 +424,25 @@ def load(path: Path) -> Config:
     try:
         doc = yamlsource.load(path)
     except yamlsource.YamlSourceError as exc:
-        raise ConfigError([ConfigProblem(path, e.line, e.column, e.message) for e in exc.errors]) from None
+        raise ConfigError(
+            [ConfigProblem(path=path, line=e.line, column=e.column, message=e.message) for e in exc.errors]
+        ) from None
     if not isinstance(doc.data, dict):
-        raise ConfigError([ConfigProblem(path, 1, 1, "the file must be a mapping with a `services:` key")])
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    path=path, line=1, column=1, message="the file must be a mapping with a `services:` key"
+                )
+            ]
+        )
     problems: list[ConfigProblem] = []
     if "interval" in doc.data and "schedule" in doc.data:
         line, col = doc.locate_key(("schedule",))
-        problems.append(ConfigProblem(path, line, col, "set either `interval` or `schedule`, not both"))
+        problems.append(
+            ConfigProblem(
+                path=path, line=line, column=col, message="set either `interval` or `schedule`, not both"
+            )
+        )
     try:
         config = Config.model_validate(_model_input(doc.data, path))
     except ValidationError as exc:
@@ -454,11 +466,17 @@ def _relation_problems(path: Path, doc: yamlsource.YamlDocument, config: Config)
                 what = (
                     "itself" if other == service.name else f"{other!r}, which is not a service in this file"
                 )
-                problems.append(ConfigProblem(path, line, col, f"depends_on names {what}"))
+                problems.append(
+                    ConfigProblem(path=path, line=line, column=col, message=f"depends_on names {what}")
+                )
         probe = service.probe
         if probe is not None and (probe.http is None) == (probe.tcp is None):
             line, col = doc.locate(("services", service.name, "health"))
-            problems.append(ConfigProblem(path, line, col, "health needs exactly one of `http` or `tcp`"))
+            problems.append(
+                ConfigProblem(
+                    path=path, line=line, column=col, message="health needs exactly one of `http` or `tcp`"
+                )
+            )
     if not problems:
         sorter = graphlib.TopologicalSorter({s.name: s.depends_on for s in config.services})
         try:
@@ -466,5 +484,9 @@ def _relation_problems(path: Path, doc: yamlsource.YamlDocument, config: Config)
         except graphlib.CycleError as exc:
             loop = list(exc.args[1])
             line, col = doc.locate_key(("services", loop[0], "depends_on"))
-            problems.append(ConfigProblem(path, line, col, f"depends_on loops: {' -> '.join(loop)}"))
+            problems.append(
+                ConfigProblem(
+                    path=path, line=line, column=col, message=f"depends_on loops: {' -> '.join(loop)}"
+                )
+            )
     return problems

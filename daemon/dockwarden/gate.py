@@ -39,21 +39,21 @@ class Inspector(Protocol):
         ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Probe:
     kind: str  # "http" or "tcp"
     target: str  # a URL, or HOST:PORT
     timeout: float  # seconds until the probe must have succeeded once
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Policy:
     stability: float  # seconds a container without HEALTHCHECK must keep running
     health_timeout_max: float  # cap on the derived wait for `healthy`
     probe: Probe | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Verdict:
     passed: bool
     reason: str  # why it failed, or what it waited for
@@ -140,10 +140,10 @@ class Watch:
                 f"probe {self.policy.probe.target if self.policy.probe else ''} failed: {self.probe_error}"
             )
         if problem is not None:
-            return Verdict(False, problem)
+            return Verdict(passed=False, reason=problem)
         # Without a HEALTHCHECK the window must elapse; with one, `healthy` ends the wait at once.
         if healthy and (self.checked or now >= self.deadline) and self.probe_error is None:
-            return Verdict(True, self.waiting_for)
+            return Verdict(passed=True, reason=self.waiting_for)
         return None
 
 
@@ -159,11 +159,11 @@ def wait(
     watch = Watch(engine.inspect_container(container_id), policy, started, restarts)
     while True:
         if cancel is not None and cancel.is_set():
-            return Verdict(False, "cancelled: dockwarden is stopping")
+            return Verdict(passed=False, reason="cancelled: dockwarden is stopping")
         try:
             data = engine.inspect_container(container_id)
         except EngineError as exc:
-            return Verdict(False, str(exc))
+            return Verdict(passed=False, reason=str(exc))
         if policy.probe and watch.probe_error is not None:
             watch.probe_error = _probe_once(policy.probe, POLL * 5)
         verdict = watch.observe(data, time.monotonic())
@@ -176,5 +176,13 @@ def policy_for(service: Service, health_timeout_max: timedelta) -> Policy:
     """The gate a service's successor must pass: its probe and stability window, the global wait cap."""
     probe = None
     if service.probe is not None:
-        probe = Probe(service.probe.kind, service.probe.target, service.probe.timeout.total_seconds())
-    return Policy(service.stability_window.total_seconds(), health_timeout_max.total_seconds(), probe)
+        probe = Probe(
+            kind=service.probe.kind,
+            target=service.probe.target,
+            timeout=service.probe.timeout.total_seconds(),
+        )
+    return Policy(
+        stability=service.stability_window.total_seconds(),
+        health_timeout_max=health_timeout_max.total_seconds(),
+        probe=probe,
+    )

@@ -37,7 +37,7 @@ _HEX_NAME = re.compile(r"[0-9a-f]{64}\Z")
 _DEFAULT_BRIDGE = "bridge"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CreatePlan:
     """What to send to the engine: the body, the name, and the networks to connect before start."""
 
@@ -219,7 +219,7 @@ def plan(
         if primary in endpoints:
             body["NetworkingConfig"] = {"EndpointsConfig": {primary: endpoints.pop(primary)}}
         connect = endpoints
-    return CreatePlan(str(container["Name"]).lstrip("/"), body, connect, tuple(notes))
+    return CreatePlan(name=str(container["Name"]).lstrip("/"), body=body, connect=connect, notes=tuple(notes))
 
 
 # -- after create: is the new container what we asked for? ---------------------------------------

@@ -23,7 +23,7 @@ from dockwarden.locks import serialised
 FILE_NAME = "skipped.json"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Entry:
     digests: tuple[str, ...]  # one manifest digest, or all a rolled-away image is known by
     reason: str
@@ -98,4 +98,4 @@ def _entry(item: object) -> Entry | None:
         digests = [item["digest"]]
     if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
         return None
-    return Entry(tuple(digests), str(item.get("reason", "")), str(item.get("at", "")))
+    return Entry(digests=tuple(digests), reason=str(item.get("reason", "")), at=str(item.get("at", "")))

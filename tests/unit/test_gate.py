@@ -97,7 +97,11 @@ def test_starting_past_the_deadline_fails() -> None:
 def test_probe_must_succeed_within_its_timeout() -> None:
     """A configured probe that has not succeeded by its timeout fails the gate; once it succeeded, the
     window decides."""
-    policy = gate.Policy(stability=2.0, health_timeout_max=300.0, probe=gate.Probe("tcp", "127.0.0.1:1", 5.0))
+    policy = gate.Policy(
+        stability=2.0,
+        health_timeout_max=300.0,
+        probe=gate.Probe(kind="tcp", target="127.0.0.1:1", timeout=5.0),
+    )
     watch = gate.Watch(_inspect(), policy, started=0.0, restarts=0)
     watch.probe_error = "connection refused"
     assert watch.observe(_inspect(), 4.0) is None
@@ -126,12 +130,18 @@ def test_host_probes_against_a_real_loopback_server() -> None:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
     try:
-        assert gate._probe_once(gate.Probe("http", f"http://127.0.0.1:{port}/ok", 1), 1.0) is None
-        assert gate._probe_once(gate.Probe("http", f"http://127.0.0.1:{port}/bad", 1), 1.0) == "HTTP 503"
-        assert gate._probe_once(gate.Probe("tcp", f"127.0.0.1:{port}", 1), 1.0) is None
+        assert (
+            gate._probe_once(gate.Probe(kind="http", target=f"http://127.0.0.1:{port}/ok", timeout=1), 1.0)
+            is None
+        )
+        assert (
+            gate._probe_once(gate.Probe(kind="http", target=f"http://127.0.0.1:{port}/bad", timeout=1), 1.0)
+            == "HTTP 503"
+        )
+        assert gate._probe_once(gate.Probe(kind="tcp", target=f"127.0.0.1:{port}", timeout=1), 1.0) is None
     finally:
         server.shutdown()
         server.server_close()
-    refused = gate._probe_once(gate.Probe("tcp", f"127.0.0.1:{port}", 1), 1.0)
+    refused = gate._probe_once(gate.Probe(kind="tcp", target=f"127.0.0.1:{port}", timeout=1), 1.0)
     assert refused is not None
     assert "refused" in refused.lower()

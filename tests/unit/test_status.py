@@ -29,7 +29,7 @@ ENTRIES = [  # newest first, as History.entries returns them
 def test_status_combines_engine_history_and_skip_list(rec: Recorded) -> None:
     """State and health from inspect, running digest from the image, registry digest and last upgrade
     from the newest history entries, retained versions newest first, the skip entry as is."""
-    skipped = Entry(("sha256:" + "7" * 64,), "gate: unhealthy", "2026-11-28T07:00:00+00:00")
+    skipped = Entry(digests=("sha256:" + "7" * 64,), reason="gate: unhealthy", at="2026-11-28T07:00:00+00:00")
     found = status.describe(
         Service(name="web", container="recorded-web"), _inspect(rec), rec.images, ENTRIES, skipped
     )
