@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from dockwarden.engine import ContainerState, ContainerView, ImageView
+from dockwarden.engine import ContainerState, ContainerView, Health, ImageView
 from tests.unit.conftest import Recorded
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -77,6 +77,29 @@ def test_container_from_inspect(inspected: dict[str, Any]) -> None:
     assert view.created.strftime("%Y-%m-%dT%H:%M:%S.%f") == _microseconds(data["Created"])
     assert view.network_mode == "dwcapnet"
     assert view.raw is data
+
+
+def test_container_health_and_stop_time_from_inspect(inspected: dict[str, Any]) -> None:
+    """Inspect gives the HEALTHCHECK status (None without one) and, once the container has stopped, when
+    (None for the zero time: it never did)."""
+    data = inspected["container"]
+    view = ContainerView.from_inspect(data)
+    assert (view.health, view.finished_at) == (Health.STARTING, None)
+    stopped = {
+        **data,
+        "State": {**data["State"], "Status": "exited", "FinishedAt": "2026-11-28T07:15:00.123456789Z"},
+    }
+    assert ContainerView.from_inspect(stopped).finished_at == datetime(
+        2026, 11, 28, 7, 15, 0, 123456, tzinfo=UTC
+    )
+    bare = ContainerView.from_inspect({**data, "State": {"Status": "running"}})
+    assert (bare.health, bare.finished_at) == (None, None)
+
+
+def test_container_list_item_has_no_health_or_stop_time(rec: Recorded) -> None:
+    """The list API's health is only words in its Status text, and it has no stop time: both None."""
+    view = ContainerView.from_list(rec.container("recorded-web"))
+    assert (view.health, view.finished_at) == (None, None)
 
 
 def test_unknown_container_state_reads_as_unknown() -> None:
