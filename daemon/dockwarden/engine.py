@@ -316,13 +316,9 @@ class Engine:
         return dict(self._call(f"inspecting image {ref}", self._client.api.inspect_image, ref))
 
     def containers_in_namespace_of(self, container_id: str, name: str) -> list[str]:
-        """Names of containers that use `network_mode: container:X` with X this container."""
+        """Names of containers that use `network_mode: container:X` with X this container (by ID or name)."""
         modes = {f"container:{container_id}", f"container:{name}"}
-        return sorted(
-            str(item["Names"][0]).lstrip("/")
-            for item in self.containers()
-            if (item.get("HostConfig") or {}).get("NetworkMode") in modes and item.get("Names")
-        )
+        return sorted(view.name for view in self.containers() if view.network_mode in modes and view.name)
 
     def pull(self, reference: str, progress: Callable[[dict[str, Any]], None] | None = None) -> None:
         """Pull `reference` with the streaming API; an error inside the 200 stream raises too."""
@@ -397,13 +393,14 @@ class Engine:
 
     # -- what retention and garbage collection need ------------------------------------------------
 
-    def containers(self) -> list[dict[str, Any]]:
-        """Every container, running or not, as the list API describes it."""
-        return list(self._call("listing containers", self._client.api.containers, all=True))
+    def containers(self) -> list[ContainerView]:
+        """Every container, running or not, as the list API describes it (`GET /containers/json?all=1`)."""
+        items = self._call("listing containers", self._client.api.containers, all=True)
+        return [ContainerView.from_list(item) for item in items]
 
-    def images(self) -> list[dict[str, Any]]:
-        """Top-level images (not build intermediates), as the list API describes them."""
-        return list(self._call("listing images", self._client.api.images))
+    def images(self) -> list[ImageView]:
+        """Top-level images (not build intermediates), as the list API describes them (`GET /images/json`)."""
+        return [ImageView.from_list(item) for item in self._call("listing images", self._client.api.images)]
 
     def disk_usage(self) -> tuple[int, dict[str, int]]:
         """What `docker system df` reports: bytes all image layers take on disk, and per image ID the bytes

@@ -30,7 +30,7 @@ def _microseconds(stamp: str) -> str:
 def test_container_from_list(rec: Recorded) -> None:
     """A list item gives the name without its slash, the image ID, the state and labels, the creation time
     from Unix seconds, and the network mode."""
-    item = rec.container("recorded-web")
+    item = rec.container("recorded-web").raw
     view = ContainerView.from_list(item)
     assert (view.id, view.name, view.image_id) == (item["Id"], "recorded-web", rec.running)
     assert (view.state, view.running) == (ContainerState.RUNNING, True)
@@ -43,13 +43,13 @@ def test_container_from_list(rec: Recorded) -> None:
 
 def test_container_from_list_after_its_tag_moved(rec: Recorded) -> None:
     """The list API shows the image ID instead of the reference once that tag points at another image."""
-    item = rec.container("recorded-other")
+    item = rec.container("recorded-other").raw
     assert ContainerView.from_list(item).config_image == item["ImageID"]
 
 
 def test_container_from_list_never_started(rec: Recorded) -> None:
     """A container that was created and never started is in state `created`, not running."""
-    view = ContainerView.from_list(rec.stopped)
+    view = ContainerView.from_list(rec.stopped.raw)
     assert (view.state, view.running, view.labels["role"]) == (ContainerState.CREATED, False, "batch")
 
 
@@ -98,7 +98,7 @@ def test_container_health_and_stop_time_from_inspect(inspected: dict[str, Any]) 
 
 def test_container_list_item_has_no_health_or_stop_time(rec: Recorded) -> None:
     """The list API's health is only words in its Status text, and it has no stop time: both None."""
-    view = ContainerView.from_list(rec.container("recorded-web"))
+    view = rec.container("recorded-web")
     assert (view.health, view.finished_at) == (None, None)
 
 
@@ -112,7 +112,7 @@ def test_unknown_container_state_reads_as_unknown() -> None:
 
 def test_image_from_list(rec: Recorded) -> None:
     """A list item gives the image's tags, repository digests, labels, build time and size."""
-    item = next(i for i in rec.images if i["Id"] == rec.running)
+    item = next(i.raw for i in rec.images if i.id == rec.running)
     view = ImageView.from_list(item)
     assert view.id == rec.running
     assert view.tags == ("127.0.0.1:5000/recorded:latest",)
@@ -125,7 +125,7 @@ def test_image_from_list(rec: Recorded) -> None:
 
 def test_untagged_image_from_list_has_no_tags_on_either_engine(rec: Recorded) -> None:
     """Engine 20.10's `<none>:<none>` and `<none>@<none>` are not tags or digests: () as on 26.1."""
-    item = next(i for i in rec.images if i["Id"] == rec.dangling)
+    item = next(i.raw for i in rec.images if i.id == rec.dangling)
     view = ImageView.from_list(item)
     assert (view.tags, view.repo_digests) == ((), ())
     assert view.created == datetime(1990, 1, 1, tzinfo=UTC)  # the build time recorded for it
@@ -145,7 +145,7 @@ def test_image_from_inspect(inspected: dict[str, Any]) -> None:
 
 def test_views_are_hashable_and_compare_without_raw(rec: Recorded) -> None:
     """Views can go in sets, and two views of one object are equal whatever else their documents hold."""
-    item = rec.container("recorded-web")
+    item = rec.container("recorded-web").raw
     view = ContainerView.from_list(item)
     assert view == ContainerView.from_list({**item, "Status": "Up 2 hours"})
-    assert len({view, ImageView.from_list(rec.images[0])}) == 2
+    assert len({view, ImageView.from_list(rec.images[0].raw)}) == 2
