@@ -176,7 +176,7 @@ def _parents(engine: Engine, services: list[Service]) -> dict[str, str]:
     inspected = {}
     for service in services:
         try:
-            inspected[service.name] = engine.inspect_container(service.container)
+            inspected[service.name] = engine.container_view(service.container)
         except EngineError:
             continue  # its own upgrade will report the engine error
     return parents(services, inspected)
@@ -232,15 +232,16 @@ def _one(
 
 def _plan(engine: Engine, target: Target, result: CheckResult, report: Report) -> Outcome:
     try:
-        old = engine.inspect_container(target.container)
-        old_image = engine.inspect_image(old["Image"])
+        old = engine.container_view(target.container)
+        old_image = engine.inspect_image(old.image_id)
     except EngineError as exc:
         return _outcome(result, Result.ERROR, str(exc))
-    new = recreate.plan(old, old_image, {}, upgrade.image_string(old, target.ref))
+    # The create body is built from the whole inspect documents, as the upgrade itself builds it.
+    new = recreate.plan(old.raw, old_image, {}, upgrade.image_string(old.raw, target.ref))
     report.plans[target.service] = [
         f"digest: {target.from_digest} -> {target.to_digest}",
         f"pull: {target.ref.name}@{target.to_digest}",
-        *recreate.describe(old, new),
+        *recreate.describe(old.raw, new),
     ]
     return _outcome(result, Result.WOULD_UPGRADE)
 

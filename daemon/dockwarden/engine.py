@@ -58,11 +58,37 @@ class ContainerState(StrEnum):
         return cls.UNKNOWN
 
 
+class Health(StrEnum):
+    """A container's HEALTHCHECK status: inspect's `State.Health.Status` (Engine API: HealthcheckResult)."""
+
+    NONE = "none"
+    STARTING = "starting"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    UNKNOWN = "unknown"  # a status a newer engine may add
+
+    @classmethod
+    def _missing_(cls, value: object) -> Health:
+        return cls.UNKNOWN
+
+
 def _time(value: Any) -> datetime:
     """A creation time: Unix seconds in lists, RFC 3339 with nanoseconds in inspect; missing is the epoch."""
     if isinstance(value, str) and value:
         return datetime.fromisoformat(value).astimezone(UTC)  # 3.11 parses "Z" and drops digits past 6
     return datetime.fromtimestamp(int(value or 0), UTC)
+
+
+def _finished_at(text: str) -> datetime | None:
+    """Inspect's `State.FinishedAt` (RFC 3339, nanoseconds, "Z"); None for the zero time (it never
+    stopped), for nothing, and for what does not parse."""
+    if not text or text.startswith("0001-"):
+        return None
+    head, _, fraction = text.rstrip("Z").partition(".")
+    try:
+        return datetime.fromisoformat(head + (f".{fraction[:6]}" if fraction else "")).replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,6 +107,9 @@ class ContainerView:
     created: datetime  # UTC
     # HostConfig.NetworkMode: default, bridge, host, none, container:<ID or name>, or a network's name.
     network_mode: str
+    # From inspect only (None from the list API, whose health is only words in its `Status` text):
+    health: Health | None  # None without a HEALTHCHECK
+    finished_at: datetime | None  # UTC, when it last stopped; None if it never did
     raw: dict[str, Any] = field(repr=False, compare=False)  # the document, for what the view leaves out
 
     @property
@@ -103,22 +132,27 @@ class ContainerView:
             labels=dict(item.get("Labels") or {}),
             created=_time(item.get("Created")),
             network_mode=str((item.get("HostConfig") or {}).get("NetworkMode") or "default"),
+            health=None,
+            finished_at=None,
             raw=item,
         )
 
     @classmethod
     def from_inspect(cls, data: dict[str, Any]) -> ContainerView:
         """From `GET /containers/{id}/json` (a state it does not know reads as UNKNOWN)."""
-        config = data.get("Config") or {}
+        config, state = data.get("Config") or {}, data.get("State") or {}
+        health = (state.get("Health") or {}).get("Status")
         return cls(
             id=str(data["Id"]),
             name=str(data.get("Name") or "").lstrip("/"),
             image_id=str(data.get("Image") or ""),
             config_image=str(config.get("Image") or ""),
-            state=ContainerState(str((data.get("State") or {}).get("Status"))),
+            state=ContainerState(str(state.get("Status"))),
             labels=dict(config.get("Labels") or {}),
             created=_time(data.get("Created")),
             network_mode=str((data.get("HostConfig") or {}).get("NetworkMode") or "default"),
+            health=Health(str(health)) if health else None,
+            finished_at=_finished_at(str(state.get("FinishedAt") or "")),
             raw=data,
         )
 
@@ -271,17 +305,20 @@ class Engine:
     def inspect_container(self, name: str) -> dict[str, Any]:
         return dict(self._call(f"inspecting container {name}", self._client.api.inspect_container, name))
 
+    def container_view(self, name: str) -> ContainerView:
+        """`inspect_container` read as a view, with its errors and their wording (NotFound, EngineError).
+
+        `container` reads the same document but words its errors as the check reports them; status,
+        rollback and the update's dry run report these words, so each keeps its own."""
+        return ContainerView.from_inspect(self.inspect_container(name))
+
     def inspect_image(self, ref: str) -> dict[str, Any]:
         return dict(self._call(f"inspecting image {ref}", self._client.api.inspect_image, ref))
 
     def containers_in_namespace_of(self, container_id: str, name: str) -> list[str]:
-        """Names of containers that use `network_mode: container:X` with X this container."""
+        """Names of containers that use `network_mode: container:X` with X this container (by ID or name)."""
         modes = {f"container:{container_id}", f"container:{name}"}
-        return sorted(
-            str(item["Names"][0]).lstrip("/")
-            for item in self.containers()
-            if (item.get("HostConfig") or {}).get("NetworkMode") in modes and item.get("Names")
-        )
+        return sorted(view.name for view in self.containers() if view.network_mode in modes and view.name)
 
     def pull(self, reference: str, progress: Callable[[dict[str, Any]], None] | None = None) -> None:
         """Pull `reference` with the streaming API; an error inside the 200 stream raises too."""
@@ -356,13 +393,14 @@ class Engine:
 
     # -- what retention and garbage collection need ------------------------------------------------
 
-    def containers(self) -> list[dict[str, Any]]:
-        """Every container, running or not, as the list API describes it."""
-        return list(self._call("listing containers", self._client.api.containers, all=True))
+    def containers(self) -> list[ContainerView]:
+        """Every container, running or not, as the list API describes it (`GET /containers/json?all=1`)."""
+        items = self._call("listing containers", self._client.api.containers, all=True)
+        return [ContainerView.from_list(item) for item in items]
 
-    def images(self) -> list[dict[str, Any]]:
-        """Top-level images (not build intermediates), as the list API describes them."""
-        return list(self._call("listing images", self._client.api.images))
+    def images(self) -> list[ImageView]:
+        """Top-level images (not build intermediates), as the list API describes them (`GET /images/json`)."""
+        return [ImageView.from_list(item) for item in self._call("listing images", self._client.api.images)]
 
     def disk_usage(self) -> tuple[int, dict[str, int]]:
         """What `docker system df` reports: bytes all image layers take on disk, and per image ID the bytes

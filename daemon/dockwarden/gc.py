@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -29,7 +30,7 @@ import structlog
 
 from dockwarden import gate, recovery, retention, upgrade
 from dockwarden.config import Config, StoppedContainers
-from dockwarden.engine import Engine, EngineError, NotFound
+from dockwarden.engine import ContainerState, ContainerView, Engine, EngineError, ImageView, NotFound
 from dockwarden.history import Event, History
 from dockwarden.locks import Busy, ContainerLock
 
@@ -43,7 +44,7 @@ class Kind(StrEnum):
     RECOVER = "recover"  # a half-done upgrade, converged rather than deleted
 
 
-STOPPED_STATES = ("exited", "created", "dead")
+STOPPED_STATES = frozenset({ContainerState.EXITED, ContainerState.CREATED, ContainerState.DEAD})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,7 +85,7 @@ class Result:
         return self.error is not None or any(r.error for r in self.removals)
 
 
-def matches(labels: dict[str, str], selectors: tuple[str, ...]) -> bool:
+def matches(labels: Mapping[str, str], selectors: tuple[str, ...]) -> bool:
     """Every selector holds: KEY present, or KEY=VALUE exactly."""
     for selector in selectors:
         key, sep, value = selector.partition("=")
@@ -100,20 +101,21 @@ def _age(seconds: float) -> str:
 
 def plan(
     cfg: Config,
-    containers: list[dict[str, Any]],
-    images: list[dict[str, Any]],
+    containers: list[ContainerView],
+    images: list[ImageView],
     sizes: dict[str, int],
     stopped_at: dict[str, datetime],
     now: datetime,
 ) -> list[Removal]:
     """Everything GC would remove, in the order it would: the four rules in turn, then each untag's bytes.
 
-    `containers` and `images`: the engine's list API items; `sizes`: image ID -> bytes only that image
-    uses; `stopped_at`: container ID -> when it stopped, for the containers the opt-in rule may remove.
+    `containers` and `images`: the engine's lists (`Engine.containers`, `Engine.images`); `sizes`: image
+    ID -> bytes only that image uses; `stopped_at`: container ID -> when it stopped, for the containers the
+    opt-in rule may remove.
     """
     stopped = _stopped_containers(cfg, containers, stopped_at, now)
     gone = {r.target for r in stopped}
-    remaining = [c for c in containers if str(c["Id"]) not in gone]
+    remaining = [c for c in containers if c.id not in gone]
     found = recovery.leftovers(cfg.services, containers, images)
     tags = _tags(cfg, found, images, remaining, now)
     _count_untag_bytes(tags, images, sizes, retention.users(remaining))
@@ -136,7 +138,7 @@ _WHAT = {recovery.LeftoverKind.FINISH: "finished", recovery.LeftoverKind.UNDO: "
 
 
 def _stopped_containers(
-    cfg: Config, containers: list[dict[str, Any]], stopped_at: dict[str, datetime], now: datetime
+    cfg: Config, containers: list[ContainerView], stopped_at: dict[str, datetime], now: datetime
 ) -> list[Removal]:
     """Rule 1, opt-in: stopped containers matching every label selector, stopped for at least min_age;
     never a watched container or a set-aside one."""
@@ -146,35 +148,29 @@ def _stopped_containers(
     watched = {s.container for s in cfg.services}
     suffixes = (upgrade.OLD_SUFFIX, upgrade.DONE_SUFFIX)
     found = []
-    for item in containers:
-        name = retention.container_name(item)
-        if item.get("State") not in STOPPED_STATES or name in watched or name.endswith(suffixes):
+    for container in containers:
+        name = container.name
+        if container.state not in STOPPED_STATES or name in watched or name.endswith(suffixes):
             continue
-        stopped = stopped_at.get(str(item["Id"]))
-        if (
-            not matches(item.get("Labels") or {}, rule.labels)
-            or stopped is None
-            or now - stopped < rule.min_age
-        ):
+        stopped = stopped_at.get(container.id)
+        if not matches(container.labels, rule.labels) or stopped is None or now - stopped < rule.min_age:
             continue
-        reason = (
-            f"{item.get('State')} for {_age((now - stopped).total_seconds())}, labels {list(rule.labels)}"
-        )
-        found.append(Removal(kind=Kind.CONTAINER, target=str(item["Id"]), name=name, reason=reason))
+        reason = f"{container.state} for {_age((now - stopped).total_seconds())}, labels {list(rule.labels)}"
+        found.append(Removal(kind=Kind.CONTAINER, target=container.id, name=name, reason=reason))
     return found
 
 
 def _tags(
     cfg: Config,
     found: list[recovery.Leftover],
-    images: list[dict[str, Any]],
-    containers: list[dict[str, Any]],
+    images: list[ImageView],
+    containers: list[ContainerView],
     now: datetime,
 ) -> list[Removal]:
     """Rule 3, dockwarden's own tags, per service: `-pulled` tags a killed upgrade left (rule 2, the
     half-done upgrades, is `recovery`'s), then retained versions beyond keep_previous that nothing uses."""
     used_by = retention.users(containers)
-    running_image = {retention.container_name(c): str(c.get("ImageID") or "") for c in containers}
+    running_image = {c.name: c.image_id for c in containers}
     todo = []
     for service in cfg.services:
         for leftover in found:
@@ -209,7 +205,7 @@ def _tags(
 
 
 def _count_untag_bytes(
-    tags: list[Removal], images: list[dict[str, Any]], sizes: dict[str, int], used_by: dict[str, list[str]]
+    tags: list[Removal], images: list[ImageView], sizes: dict[str, int], used_by: dict[str, list[str]]
 ) -> None:
     """Bytes of an untag: the image's, when that was its last tag and nothing uses it (the engine deletes
     it then), credited once, to the last of its tags to go. Replaces items of `tags` in place."""
@@ -219,15 +215,16 @@ def _count_untag_bytes(
         untagged[image_id] = untagged.get(image_id, 0) + 1
     for index in reversed(range(len(tags))):
         image_id = _image_of(images, tags[index].target)
-        image = next((i for i in images if i["Id"] == image_id), {})
-        if len(retention.tags(image)) == untagged.pop(image_id, -1) and not used_by.get(image_id):
+        image = next((i for i in images if i.id == image_id), None)
+        left = len(image.tags) if image is not None else 0
+        if left == untagged.pop(image_id, -1) and not used_by.get(image_id):
             tags[index] = dataclasses.replace(tags[index], bytes=sizes.get(image_id, 0))
 
 
 def _dangling(
     cfg: Config,
-    images: list[dict[str, Any]],
-    containers: list[dict[str, Any]],
+    images: list[ImageView],
+    containers: list[ContainerView],
     sizes: dict[str, int],
     now: datetime,
 ) -> list[Removal]:
@@ -235,10 +232,10 @@ def _dangling(
     used_by = retention.users(containers)
     found = []
     for image in images:
-        image_id = str(image["Id"])
-        if retention.tags(image) or used_by.get(image_id):
+        image_id = image.id
+        if image.tags or used_by.get(image_id):
             continue
-        age = now - datetime.fromtimestamp(int(image.get("Created") or 0), UTC)
+        age = now - image.created
         if age < cfg.gc.min_age:
             continue
         found.append(
@@ -253,37 +250,25 @@ def _dangling(
     return found
 
 
-def _image_of(images: list[dict[str, Any]], reference: str) -> str:
-    return next((str(i["Id"]) for i in images if reference in (i.get("RepoTags") or ())), "")
+def _image_of(images: list[ImageView], reference: str) -> str:
+    return next((i.id for i in images if reference in i.tags), "")
 
 
-def _stopped_at(engine: Engine, containers: list[dict[str, Any]], cfg: Config) -> dict[str, datetime]:
+def _stopped_at(engine: Engine, containers: list[ContainerView], cfg: Config) -> dict[str, datetime]:
     """When each container the opt-in rule might remove stopped (its creation, if it never ran)."""
     rule = cfg.gc.stopped_containers
     found: dict[str, datetime] = {}
     if rule is None:
         return found
-    for item in containers:
-        if item.get("State") not in STOPPED_STATES or not matches(item.get("Labels") or {}, rule.labels):
+    for container in containers:
+        if container.state not in STOPPED_STATES or not matches(container.labels, rule.labels):
             continue
         try:
-            state = engine.inspect_container(str(item["Id"])).get("State") or {}
+            finished = engine.container_view(container.id).finished_at  # the list API has no stop time
         except EngineError:
             continue  # gone meanwhile
-        finished = _parse_time(str(state.get("FinishedAt") or ""))
-        found[str(item["Id"])] = finished or datetime.fromtimestamp(int(item.get("Created") or 0), UTC)
+        found[container.id] = finished or container.created
     return found
-
-
-def _parse_time(text: str) -> datetime | None:
-    # The engine writes nanoseconds ("2026-11-28T07:15:00.123456789Z"); the zero time means "never".
-    if not text or text.startswith("0001-"):
-        return None
-    head, _, fraction = text.rstrip("Z").partition(".")
-    try:
-        return datetime.fromisoformat(head + (f".{fraction[:6]}" if fraction else "")).replace(tzinfo=UTC)
-    except ValueError:
-        return None
 
 
 def collect(

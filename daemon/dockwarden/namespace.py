@@ -8,28 +8,26 @@ before them (`parents`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import structlog
 
-from dockwarden import recreate
 from dockwarden.config import Service
-from dockwarden.engine import Engine, EngineError
+from dockwarden.engine import ContainerView, Engine, EngineError
 from dockwarden.locks import Busy, ContainerLock
 from dockwarden.upgrade import Hooks, Outcome, Result, Target, Upgrade
 
 
-def parents(services: list[Service], inspected: dict[str, dict[str, Any]]) -> dict[str, str]:
+def parents(services: list[Service], inspected: dict[str, ContainerView]) -> dict[str, str]:
     """service -> the service whose container's network namespace it joins (named by name or by ID).
 
-    `inspected`: service name -> its container's inspect document (GET /containers/{id}/json)."""
+    `inspected`: service name -> its container (`Engine.container_view`)."""
     owner: dict[str, str] = {}  # container name and ID -> service
     for service in services:
         if service.name in inspected:
-            owner[service.container] = owner[str(inspected[service.name]["Id"])] = service.name
+            owner[service.container] = owner[inspected[service.name].id] = service.name
     found = {}
-    for name, data in inspected.items():
-        mode = recreate.network_mode(data)
+    for name, container in inspected.items():
+        mode = container.network_mode
         target = mode.removeprefix("container:")
         if mode.startswith("container:") and owner.get(target, name) != name:
             found[name] = owner[target]
@@ -44,14 +42,14 @@ def follow_up(engine: Engine, state_dir: Path, target: Target, outcome: Outcome,
     if old_id is None:
         return
     try:
-        new = engine.inspect_container(target.container)
+        new = engine.container_view(target.container)
         children = engine.containers_in_namespace_of(old_id, target.container)
     except EngineError as exc:
         log.error("namespace.refresh_failed", container=target.container, error=str(exc))
         return
     for child in children:
         if outcome.result == Result.UPGRADED:
-            _rejoin(engine, state_dir, target, child, old_id, str(new["Id"]), hooks)
+            _rejoin(engine, state_dir, target, child, old_id, new.id, hooks)
         else:
             try:
                 engine.restart(child)
@@ -66,7 +64,7 @@ def _rejoin(
     resolves again by itself, one naming the old ID is pointed at the new one."""
     log = structlog.get_logger("dockwarden.update")
     try:
-        mode = recreate.network_mode(engine.inspect_container(child))
+        mode = engine.container_view(child).network_mode
     except EngineError as exc:
         log.error("namespace.refresh_failed", container=child, error=str(exc))
         return

@@ -12,11 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from dockwarden import gate, retention, upgrade
 from dockwarden.config import Service
-from dockwarden.engine import Engine, EngineError, NotFound
+from dockwarden.engine import ContainerView, Engine, EngineError, ImageView, NotFound
 from dockwarden.locks import ContainerLock
 
 
@@ -37,19 +36,19 @@ class Leftover:
 
 def leftovers(
     services: tuple[Service, ...] | list[Service],
-    containers: list[dict[str, Any]],
-    images: list[dict[str, Any]],
+    containers: list[ContainerView],
+    images: list[ImageView],
 ) -> list[Leftover]:
     """Half-done upgrades (in the container list's order), then pulled tags (in service order), of the
     given services only: another dockwarden with another state_dir (so other locks) may be in the middle
     of its own upgrade of a container these services do not name.
 
-    `containers` and `images`: the engine's list API items (GET /containers/json?all=1, GET /images/json).
+    `containers` and `images`: the engine's lists (`Engine.containers`, `Engine.images`).
     """
     watched = {s.container: s for s in services}
     found = []
-    for item in containers:
-        name = retention.container_name(item)
+    for container in containers:
+        name = container.name
         for suffix, kind in (
             (upgrade.OLD_SUFFIX, LeftoverKind.UNDO),
             (upgrade.DONE_SUFFIX, LeftoverKind.FINISH),
@@ -58,11 +57,11 @@ def leftovers(
             if name.endswith(suffix) and base in watched:
                 service = watched[base]
                 found.append(
-                    Leftover(kind=kind, service=service.name, container=base, name=name, id=str(item["Id"]))
+                    Leftover(kind=kind, service=service.name, container=base, name=name, id=container.id)
                 )
     for service in services:
         for reference in retention.pulled_references(images, service.container):
-            image_id = next((str(i["Id"]) for i in images if reference in (i.get("RepoTags") or ())), "")
+            image_id = next((i.id for i in images if reference in i.tags), "")
             found.append(
                 Leftover(
                     kind=LeftoverKind.PULLED,

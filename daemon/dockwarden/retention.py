@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 
 from dockwarden import imageref
-from dockwarden.engine import Engine, EngineError
+from dockwarden.engine import ContainerView, Engine, EngineError, ImageView
 from dockwarden.history import Event
 
 PREFIX = "dockwarden-"
@@ -72,19 +72,17 @@ class Version:
         }
 
 
-def versions(images: list[dict[str, Any]], container: str) -> list[Version]:
+def versions(images: list[ImageView], container: str) -> list[Version]:
     """The retained versions of the service run by `container` among the engine's images, newest first."""
     found = []
     for image in images:
-        for reference in image.get("RepoTags") or ():
+        for reference in image.tags:
             repo, tag = _split(reference)
             at = _stamp(tag, container)
             if at is None:
                 continue
-            digests = imageref.digests_for(_full_name(repo), list(image.get("RepoDigests") or ()))
-            found.append(
-                Version(reference, str(image["Id"]), at, tuple(sorted(digests)), int(image.get("Size") or 0))
-            )
+            digests = imageref.digests_for(_full_name(repo), list(image.repo_digests))
+            found.append(Version(reference, image.id, at, tuple(sorted(digests)), image.size))
     return sorted(found, key=lambda v: v.retired_at, reverse=True)
 
 
@@ -95,32 +93,22 @@ def _full_name(repo: str) -> str:
         return repo
 
 
-def pulled_references(images: list[dict[str, Any]], container: str) -> list[str]:
+def pulled_references(images: list[ImageView], container: str) -> list[str]:
     wanted = pulled_tag(container)
-    return [r for image in images for r in image.get("RepoTags") or () if _split(r)[1] == wanted]
+    return [r for image in images for r in image.tags if _split(r)[1] == wanted]
 
 
-def container_name(item: dict[str, Any]) -> str:
-    """A container's name from the list API."""
-    return str((item.get("Names") or ["?"])[0]).lstrip("/")
-
-
-def tags(image: dict[str, Any]) -> list[str]:
-    """An image's tags from the list API (Engine 20.10 lists an untagged image as `<none>:<none>`)."""
-    return [t for t in image.get("RepoTags") or () if t != "<none>:<none>"]
-
-
-def digests_of(images: list[dict[str, Any]], image_id: str, repo: str) -> list[str]:
+def digests_of(images: list[ImageView], image_id: str, repo: str) -> list[str]:
     """The manifest digests image `image_id` is known by in repository `repo`, sorted."""
-    image = next((i for i in images if i["Id"] == image_id), {})
-    return sorted(imageref.digests_for(repo, list(image.get("RepoDigests") or ())))
+    image = next((i for i in images if i.id == image_id), None)
+    return sorted(imageref.digests_for(repo, list(image.repo_digests if image else ())))
 
 
-def users(containers: list[dict[str, Any]]) -> dict[str, list[str]]:
+def users(containers: list[ContainerView]) -> dict[str, list[str]]:
     """Image ID -> names of the containers (running or stopped) created from it."""
     found: dict[str, list[str]] = {}
-    for item in containers:
-        found.setdefault(str(item.get("ImageID") or ""), []).append(container_name(item))
+    for container in containers:
+        found.setdefault(container.image_id, []).append(container.name)
     return found
 
 
@@ -181,7 +169,7 @@ def plan(
 def choose(
     known: list[Version],
     running: str,
-    images: list[dict[str, Any]],
+    images: list[ImageView],
     repo: str,
     to: str | None,
 ) -> tuple[str, str | None]:
@@ -200,10 +188,9 @@ def choose(
         if wanted in version.digests or version.image_id.startswith(wanted):
             return _not_running(version.image_id, running, wanted if wanted in version.digests else None)
     for image in images:
-        digests = imageref.digests_for(repo, list(image.get("RepoDigests") or ()))
-        if wanted in digests or str(image["Id"]).startswith(wanted):
-            image_id = str(image["Id"])
-            return _not_running(image_id, running, wanted if wanted in digests else _first(digests))
+        digests = imageref.digests_for(repo, list(image.repo_digests))
+        if wanted in digests or image.id.startswith(wanted):
+            return _not_running(image.id, running, wanted if wanted in digests else _first(digests))
     raise LookupError(f"{to} is not on this host (a rollback never pulls)")
 
 

@@ -44,13 +44,13 @@ def _locked(runner: Runner, cfg: Config, service: Service, to: str | None) -> Ou
     policy = gate.policy_for(service, cfg.health_timeout_max)
     upgrade.converge(runner.engine, service.container, policy)  # a half-done upgrade first
     try:
-        container = runner.engine.inspect_container(service.container)
+        container = runner.engine.container_view(service.container)
         images = runner.engine.images()
-        ref = service.image or imageref.parse(str(container["Config"]["Image"]))
+        ref = service.image or imageref.parse(container.config_image)
     except (EngineError, imageref.InvalidReference) as exc:
         return _error(service, str(exc))
     ref = ref.with_tag_default()
-    running = str(container["Image"])
+    running = container.image_id
     running_digests = retention.digests_of(images, running, ref.name)
     from_digest = running_digests[0] if running_digests else None
     known = retention.versions(images, service.container)

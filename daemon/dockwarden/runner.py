@@ -118,9 +118,7 @@ class Runner:
         except EngineError as exc:
             self.log.error("retention.failed", service=target.service, error=str(exc))
             return
-        old_tags = tuple(
-            tag for image in images if image["Id"] == outcome.old_image for tag in retention.tags(image)
-        )
+        old_tags = tuple(tag for image in images if image.id == outcome.old_image for tag in image.tags)
         todo = retention.plan(
             target.container,
             target.ref.name,

@@ -11,7 +11,7 @@ from typing import Any
 
 from dockwarden import imageref, retention
 from dockwarden.config import Config, Service
-from dockwarden.engine import Engine, EngineError, NotFound
+from dockwarden.engine import ContainerView, Engine, EngineError, Health, ImageView, NotFound
 from dockwarden.history import Event, History
 from dockwarden.retention import Version
 from dockwarden.skiplist import Entry, SkipList
@@ -22,7 +22,7 @@ class ServiceStatus:
     service: str
     container: str
     state: str  # the engine's: running, exited, ...; "missing" when there is no such container
-    health: str | None = None  # healthy / unhealthy / starting; None without a HEALTHCHECK
+    health: Health | None = None  # healthy / unhealthy / starting; None without a HEALTHCHECK
     image: str | None = None
     image_id: str | None = None
     running_digest: str | None = None
@@ -53,13 +53,13 @@ class ServiceStatus:
 
 def describe(
     service: Service,
-    container: dict[str, Any] | None,
-    images: list[dict[str, Any]],
+    container: ContainerView | None,
+    images: list[ImageView],
     entries: list[dict[str, Any]],
     skipped: Entry | None,
 ) -> ServiceStatus:
-    """One service's status from its inspect (None: missing), the image list and its history entries
-    (newest first)."""
+    """One service's status from its container as inspect reads it (`Engine.container_view`; None:
+    missing), the image list and its history entries (newest first)."""
     status = ServiceStatus(service.name, service.container, "missing", skipped=skipped)
     status.retained = retention.versions(images, service.container)
     checked = next((e for e in entries if e.get("event") == Event.CHECKED), None)
@@ -71,11 +71,10 @@ def describe(
     )
     if container is None:
         return status
-    state = container.get("State") or {}
-    status.state = str(state.get("Status") or "unknown")
-    status.health = (state.get("Health") or {}).get("Status")
-    status.image_id = str(container.get("Image") or "")
-    text = str((container.get("Config") or {}).get("Image") or "")
+    status.state = str(container.state)
+    status.health = container.health
+    status.image_id = container.image_id
+    text = container.config_image
     try:
         ref = service.image or imageref.parse(text)
     except imageref.InvalidReference:
@@ -96,7 +95,7 @@ def gather(engine: Engine, cfg: Config) -> list[ServiceStatus]:
     for service in cfg.services:
         error = None
         try:
-            container: dict[str, Any] | None = engine.inspect_container(service.container)
+            container: ContainerView | None = engine.container_view(service.container)
         except NotFound:
             container = None
         except EngineError as exc:

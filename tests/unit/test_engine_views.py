@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from dockwarden.engine import ContainerState, ContainerView, ImageView
+from dockwarden.engine import ContainerState, ContainerView, Health, ImageView
 from tests.unit.conftest import Recorded
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -30,7 +30,7 @@ def _microseconds(stamp: str) -> str:
 def test_container_from_list(rec: Recorded) -> None:
     """A list item gives the name without its slash, the image ID, the state and labels, the creation time
     from Unix seconds, and the network mode."""
-    item = rec.container("recorded-web")
+    item = rec.container("recorded-web").raw
     view = ContainerView.from_list(item)
     assert (view.id, view.name, view.image_id) == (item["Id"], "recorded-web", rec.running)
     assert (view.state, view.running) == (ContainerState.RUNNING, True)
@@ -43,13 +43,13 @@ def test_container_from_list(rec: Recorded) -> None:
 
 def test_container_from_list_after_its_tag_moved(rec: Recorded) -> None:
     """The list API shows the image ID instead of the reference once that tag points at another image."""
-    item = rec.container("recorded-other")
+    item = rec.container("recorded-other").raw
     assert ContainerView.from_list(item).config_image == item["ImageID"]
 
 
 def test_container_from_list_never_started(rec: Recorded) -> None:
     """A container that was created and never started is in state `created`, not running."""
-    view = ContainerView.from_list(rec.stopped)
+    view = ContainerView.from_list(rec.stopped.raw)
     assert (view.state, view.running, view.labels["role"]) == (ContainerState.CREATED, False, "batch")
 
 
@@ -79,6 +79,29 @@ def test_container_from_inspect(inspected: dict[str, Any]) -> None:
     assert view.raw is data
 
 
+def test_container_health_and_stop_time_from_inspect(inspected: dict[str, Any]) -> None:
+    """Inspect gives the HEALTHCHECK status (None without one) and, once the container has stopped, when
+    (None for the zero time: it never did)."""
+    data = inspected["container"]
+    view = ContainerView.from_inspect(data)
+    assert (view.health, view.finished_at) == (Health.STARTING, None)
+    stopped = {
+        **data,
+        "State": {**data["State"], "Status": "exited", "FinishedAt": "2026-11-28T07:15:00.123456789Z"},
+    }
+    assert ContainerView.from_inspect(stopped).finished_at == datetime(
+        2026, 11, 28, 7, 15, 0, 123456, tzinfo=UTC
+    )
+    bare = ContainerView.from_inspect({**data, "State": {"Status": "running"}})
+    assert (bare.health, bare.finished_at) == (None, None)
+
+
+def test_container_list_item_has_no_health_or_stop_time(rec: Recorded) -> None:
+    """The list API's health is only words in its Status text, and it has no stop time: both None."""
+    view = rec.container("recorded-web")
+    assert (view.health, view.finished_at) == (None, None)
+
+
 def test_unknown_container_state_reads_as_unknown() -> None:
     """A state outside the Engine API's seven (a newer engine's) reads as UNKNOWN, never as another state
     and never as an error that would fail a whole check cycle."""
@@ -89,7 +112,7 @@ def test_unknown_container_state_reads_as_unknown() -> None:
 
 def test_image_from_list(rec: Recorded) -> None:
     """A list item gives the image's tags, repository digests, labels, build time and size."""
-    item = next(i for i in rec.images if i["Id"] == rec.running)
+    item = next(i.raw for i in rec.images if i.id == rec.running)
     view = ImageView.from_list(item)
     assert view.id == rec.running
     assert view.tags == ("127.0.0.1:5000/recorded:latest",)
@@ -102,7 +125,7 @@ def test_image_from_list(rec: Recorded) -> None:
 
 def test_untagged_image_from_list_has_no_tags_on_either_engine(rec: Recorded) -> None:
     """Engine 20.10's `<none>:<none>` and `<none>@<none>` are not tags or digests: () as on 26.1."""
-    item = next(i for i in rec.images if i["Id"] == rec.dangling)
+    item = next(i.raw for i in rec.images if i.id == rec.dangling)
     view = ImageView.from_list(item)
     assert (view.tags, view.repo_digests) == ((), ())
     assert view.created == datetime(1990, 1, 1, tzinfo=UTC)  # the build time recorded for it
@@ -122,7 +145,7 @@ def test_image_from_inspect(inspected: dict[str, Any]) -> None:
 
 def test_views_are_hashable_and_compare_without_raw(rec: Recorded) -> None:
     """Views can go in sets, and two views of one object are equal whatever else their documents hold."""
-    item = rec.container("recorded-web")
+    item = rec.container("recorded-web").raw
     view = ContainerView.from_list(item)
     assert view == ContainerView.from_list({**item, "Status": "Up 2 hours"})
-    assert len({view, ImageView.from_list(rec.images[0])}) == 2
+    assert len({view, ImageView.from_list(rec.images[0].raw)}) == 2

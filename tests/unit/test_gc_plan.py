@@ -13,6 +13,7 @@ from typing import Any
 
 from dockwarden import gc, retention
 from dockwarden.config import Config, Gc, Service, StoppedContainers
+from dockwarden.engine import ContainerView, ImageView
 from tests.unit.conftest import Recorded
 
 NOW = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
@@ -33,12 +34,12 @@ def _config(
 
 
 def _plan(
-    rec: Recorded, cfg: Config, containers: list[dict[str, Any]] | None = None, **kwargs: Any
+    rec: Recorded, cfg: Config, containers: list[ContainerView] | None = None, **kwargs: Any
 ) -> list[gc.Removal]:
     containers = rec.containers if containers is None else containers
-    stopped_at = kwargs.pop("stopped_at", {rec.stopped["Id"]: NOW - timedelta(days=30)})
+    stopped_at = kwargs.pop("stopped_at", {rec.stopped.id: NOW - timedelta(days=30)})
     images = kwargs.pop("images", rec.images)
-    return gc.plan(cfg, containers, images, {i["Id"]: 1000 for i in images}, stopped_at, NOW)
+    return gc.plan(cfg, containers, images, {i.id: 1000 for i in images}, stopped_at, NOW)
 
 
 def test_nothing_used_or_retained_is_planned(rec: Recorded) -> None:
@@ -52,7 +53,7 @@ def test_versions_beyond_a_lowered_keep_previous_are_untagged_but_used_ones_stay
     their bytes count); the one another container runs is not touched."""
     todo = _plan(rec, _config(keep=0))
     known = retention.versions(rec.images, "recorded-web")
-    used = {c["ImageID"] for c in rec.containers}
+    used = {c.image_id for c in rec.containers}
     assert [(r.kind, r.target) for r in todo] == [
         (gc.Kind.TAG, v.reference) for v in known if v.image_id not in used
     ]
@@ -65,7 +66,7 @@ def test_a_dangling_image_goes_once_its_only_user_is_collected(rec: Recorded) ->
     rule = StoppedContainers(labels=("role=batch",), min_age=timedelta(days=7))
     todo = _plan(rec, _config(stopped=rule))
     assert [(r.kind, r.target) for r in todo] == [
-        (gc.Kind.CONTAINER, rec.stopped["Id"]),
+        (gc.Kind.CONTAINER, rec.stopped.id),
         (gc.Kind.IMAGE, rec.dangling),
     ]
     assert "role=batch" in todo[0].reason
@@ -86,11 +87,11 @@ def test_the_stopped_container_rule_needs_every_label_and_the_age(rec: Recorded)
 def test_running_and_watched_containers_are_never_swept(rec: Recorded) -> None:
     """A label match on a running container, or on the service's own stopped container, is not garbage."""
     rule = StoppedContainers(labels=("dockwarden.test",), min_age=timedelta(0))
-    web = next(c for c in rec.containers if c["Names"] == ["/recorded-web"])
-    stopped_web = {**web, "State": "exited"}
+    web = next(c for c in rec.containers if c.name == "recorded-web")
+    stopped_web = ContainerView.from_list({**web.raw, "State": "exited"})
     others = [c for c in rec.containers if c is not web]  # the stopped one: no known stop time, so kept
     todo = _plan(
-        rec, _config(stopped=rule), [stopped_web, *others], stopped_at={web["Id"]: NOW - timedelta(days=9)}
+        rec, _config(stopped=rule), [stopped_web, *others], stopped_at={web.id: NOW - timedelta(days=9)}
     )
     assert todo == []
 
@@ -99,28 +100,34 @@ def test_young_dangling_images_are_spared(rec: Recorded) -> None:
     """An unused dangling image younger than gc.min_age may belong to a build in progress."""
     unused = [c for c in rec.containers if c is not rec.stopped]
     assert [r.target for r in _plan(rec, _config(), unused)] == [rec.dangling]
-    created = datetime.fromtimestamp(next(i["Created"] for i in rec.images if i["Id"] == rec.dangling), UTC)
+    created = next(i.created for i in rec.images if i.id == rec.dangling)
     assert _plan(rec, _config(min_age=NOW - created + timedelta(days=1)), unused) == []
 
 
 def test_half_done_upgrades_and_pulled_tags_of_watched_containers_are_leftovers(rec: Recorded) -> None:
     """A -done or -old copy of a watched container is converged; its -pulled tag untagged; those of
     containers this config does not watch are left to their owner."""
-    web = next(c for c in rec.containers if c["Names"] == ["/recorded-web"])
+    web = next(c for c in rec.containers if c.name == "recorded-web")
     copies = [
-        {**web, "Id": "c1", "Names": ["/recorded-web--dockwarden-done"], "State": "exited"},
-        {**web, "Id": "c2", "Names": ["/other--dockwarden-old"], "State": "exited"},
+        ContainerView.from_list(
+            {**web.raw, "Id": "c1", "Names": ["/recorded-web--dockwarden-done"], "State": "exited"}
+        ),
+        ContainerView.from_list(
+            {**web.raw, "Id": "c2", "Names": ["/other--dockwarden-old"], "State": "exited"}
+        ),
     ]
-    latest = next(i for i in rec.images if "127.0.0.1:5000/recorded:latest" in i["RepoTags"])
+    latest = next(i for i in rec.images if "127.0.0.1:5000/recorded:latest" in i.tags)
     pulled = [
-        {
-            **latest,
-            "RepoTags": [
-                *latest["RepoTags"],
-                "127.0.0.1:5000/recorded:dockwarden-recorded-web-pulled",
-                "127.0.0.1:5000/recorded:dockwarden-other-pulled",
-            ],
-        },
+        ImageView.from_list(
+            {
+                **latest.raw,
+                "RepoTags": [
+                    *latest.raw["RepoTags"],
+                    "127.0.0.1:5000/recorded:dockwarden-recorded-web-pulled",
+                    "127.0.0.1:5000/recorded:dockwarden-other-pulled",
+                ],
+            }
+        ),
         *(i for i in rec.images if i is not latest),
     ]
     todo = _plan(rec, _config(), [*rec.containers, *copies], images=pulled)
@@ -144,10 +151,15 @@ def test_an_image_losing_two_tags_is_counted_once(rec: Recorded) -> None:
     """A retained version beyond keep_previous that also carries a -pulled tag: both tags go, its
     bytes are counted once."""
     known = retention.versions(rec.images, "recorded-web")
-    unused = next(v for v in known if v.image_id != rec.container("recorded-other")["ImageID"])
+    unused = next(v for v in known if v.image_id != rec.container("recorded-other").image_id)
     images = [
-        {**i, "RepoTags": [*i["RepoTags"], "127.0.0.1:5000/recorded:dockwarden-recorded-web-pulled"]}
-        if i["Id"] == unused.image_id
+        ImageView.from_list(
+            {
+                **i.raw,
+                "RepoTags": [*i.raw["RepoTags"], "127.0.0.1:5000/recorded:dockwarden-recorded-web-pulled"],
+            }
+        )
+        if i.id == unused.image_id
         else i
         for i in rec.images
     ]
@@ -157,5 +169,5 @@ def test_an_image_losing_two_tags_is_counted_once(rec: Recorded) -> None:
     assert sorted(r.bytes for r in mine) == [0, 1000]
 
 
-def _image_of(images: list[dict[str, Any]], reference: str) -> str:
-    return next((str(i["Id"]) for i in images if reference in (i.get("RepoTags") or ())), "")
+def _image_of(images: list[ImageView], reference: str) -> str:
+    return next((i.id for i in images if reference in i.tags), "")

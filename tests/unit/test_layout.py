@@ -52,3 +52,55 @@ def test_only_engine_imports_docker() -> None:
 def test_module_does_not_depend_on_the_cycle(module: str) -> None:
     """GC, recovery, the runner, rollback and the transaction never import the update cycle."""
     assert "dockwarden.cycle" not in _imports(_modules()[module])
+
+
+# Keys of Docker's list and inspect documents. `engine` reads them into views; `recreate`, `upgrade` and
+# `gate` work on whole inspect documents (the create body, the transaction, the health gate).
+DOCKER_KEYS = frozenset(
+    {
+        "Id",
+        "Names",
+        "Name",
+        "Image",
+        "ImageID",
+        "State",
+        "Status",
+        "Health",
+        "FinishedAt",
+        "Labels",
+        "Created",
+        "Size",
+        "Config",
+        "HostConfig",
+        "NetworkMode",
+        "RepoTags",
+        "RepoDigests",
+    }
+)
+DOCUMENT_MODULES = {"engine", "recreate", "upgrade", "gate"}
+
+
+def _docker_keys(tree: ast.Module) -> set[str]:
+    """Docker keys a module indexes, as `x["Key"]` or `x.get("Key")`."""
+    found = set()
+    for node in ast.walk(tree):
+        key: ast.expr | None
+        if isinstance(node, ast.Subscript):
+            key = node.slice
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+            key = node.args[0] if node.args else None
+        else:
+            continue
+        if isinstance(key, ast.Constant) and key.value in DOCKER_KEYS:
+            found.add(str(key.value))
+    return found
+
+
+def test_other_modules_read_the_engines_views_not_docker_json() -> None:
+    """Outside engine, recreate, upgrade and gate, no module indexes a Docker JSON key: it reads views."""
+    readers = {
+        name: sorted(keys)
+        for name, tree in _modules().items()
+        if name not in DOCUMENT_MODULES and (keys := _docker_keys(tree))
+    }
+    assert readers == {}

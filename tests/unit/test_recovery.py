@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from dockwarden import recovery
 from dockwarden.config import Service
+from dockwarden.engine import ContainerView, ImageView
 from dockwarden.recovery import LeftoverKind
 from tests.unit.conftest import Recorded
 
 
-def _with_leftovers(rec: Recorded) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _with_leftovers(rec: Recorded) -> tuple[list[ContainerView], list[ImageView]]:
     """The recorded lists plus a -done and an -old copy and two -pulled tags, of web and of another."""
-    web = rec.container("recorded-web")
+    web = rec.container("recorded-web").raw
     containers = [
         *rec.containers,
-        {**web, "Id": "c1", "Names": ["/recorded-web--dockwarden-old"], "State": "running"},
-        {**web, "Id": "c2", "Names": ["/recorded-db--dockwarden-done"], "State": "exited"},
-        {**web, "Id": "c3", "Names": ["/unwatched--dockwarden-done"], "State": "exited"},
+        *(
+            ContainerView.from_list(item)
+            for item in (
+                {**web, "Id": "c1", "Names": ["/recorded-web--dockwarden-old"], "State": "running"},
+                {**web, "Id": "c2", "Names": ["/recorded-db--dockwarden-done"], "State": "exited"},
+                {**web, "Id": "c3", "Names": ["/unwatched--dockwarden-done"], "State": "exited"},
+            )
+        ),
     ]
-    latest = next(i for i in rec.images if "127.0.0.1:5000/recorded:latest" in i["RepoTags"])
+    latest = next(i for i in rec.images if "127.0.0.1:5000/recorded:latest" in i.tags)
     extra = [
         "127.0.0.1:5000/recorded:dockwarden-recorded-web-pulled",
         "127.0.0.1:5000/recorded:dockwarden-x-pulled",
     ]
-    images = [{**i, "RepoTags": [*i["RepoTags"], *extra]} if i is latest else i for i in rec.images]
+    images = [
+        ImageView.from_list({**i.raw, "RepoTags": [*i.raw["RepoTags"], *extra]}) if i is latest else i
+        for i in rec.images
+    ]
     return containers, images
 
 
@@ -37,7 +44,7 @@ def test_leftovers_of_watched_containers_only_half_done_first(rec: Recorded) -> 
         Service(name="db", container="recorded-db"),
     )
     found = recovery.leftovers(services, containers, images)
-    latest = next(i for i in rec.images if "127.0.0.1:5000/recorded:latest" in i["RepoTags"])
+    latest = next(i for i in rec.images if "127.0.0.1:5000/recorded:latest" in i.tags)
     assert [(f.kind, f.service, f.container, f.name, f.id) for f in found] == [
         (LeftoverKind.UNDO, "web", "recorded-web", "recorded-web--dockwarden-old", "c1"),
         (LeftoverKind.FINISH, "db", "recorded-db", "recorded-db--dockwarden-done", "c2"),
@@ -46,7 +53,7 @@ def test_leftovers_of_watched_containers_only_half_done_first(rec: Recorded) -> 
             "web",
             "recorded-web",
             "127.0.0.1:5000/recorded:dockwarden-recorded-web-pulled",
-            latest["Id"],
+            latest.id,
         ),
     ]
 

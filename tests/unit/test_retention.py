@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import pytest
 
 from dockwarden import retention
+from dockwarden.engine import ImageView
 from tests.unit.conftest import Recorded
 
 REPO = "127.0.0.1:5000/recorded"
@@ -37,12 +38,8 @@ def test_tag_round_trip() -> None:
     """A version tag is a valid Docker tag, parsed back to the time it was made."""
     tag = retention.version_tag("web", NOW)
     assert len(tag) <= 128
-    assert (
-        retention.versions([{"Id": "sha256:x", "RepoTags": [f"{REPO}:{tag}"], "RepoDigests": []}], "web")[
-            0
-        ].retired_at
-        == NOW
-    )
+    image = ImageView.from_list({"Id": "sha256:x", "RepoTags": [f"{REPO}:{tag}"], "RepoDigests": []})
+    assert retention.versions([image], "web")[0].retired_at == NOW
 
 
 def test_an_upgrade_keeps_the_replaced_image_and_lets_the_oldest_unused_go(rec: Recorded) -> None:
@@ -124,7 +121,6 @@ def test_rollback_target_by_digest_or_image_id(rec: Recorded) -> None:
 
 def test_pulled_tags_are_found_per_container() -> None:
     """Only the container's own -pulled tag is its leftover."""
-    images = [
-        {"Id": "sha256:1", "RepoTags": [f"{REPO}:dockwarden-web-pulled", f"{REPO}:dockwarden-web-2-pulled"]}
-    ]
+    tags = [f"{REPO}:dockwarden-web-pulled", f"{REPO}:dockwarden-web-2-pulled"]
+    images = [ImageView.from_list({"Id": "sha256:1", "RepoTags": tags})]
     assert retention.pulled_references(images, "web") == [f"{REPO}:dockwarden-web-pulled"]

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from dockwarden import report, status
 from dockwarden.config import Service
+from dockwarden.engine import ContainerView
 from dockwarden.skiplist import Entry
 from tests.unit.conftest import Recorded
 
 
-def _inspect(rec: Recorded) -> dict[str, Any]:
-    """What inspect says of recorded-web, reduced to the fields status reads."""
-    return {
-        "Image": rec.running,
-        "State": {"Status": "running", "Health": {"Status": "healthy"}},
-        "Config": {"Image": "127.0.0.1:5000/recorded:latest"},
-    }
+def _inspect(rec: Recorded) -> ContainerView:
+    """What inspect says of recorded-web, reduced to the fields status reads (and the ID a view needs)."""
+    return ContainerView.from_inspect(
+        {
+            "Id": rec.container("recorded-web").id,
+            "Image": rec.running,
+            "State": {"Status": "running", "Health": {"Status": "healthy"}},
+            "Config": {"Image": "127.0.0.1:5000/recorded:latest"},
+        }
+    )
 
 
 ENTRIES = [  # newest first, as History.entries returns them
@@ -35,8 +37,8 @@ def test_status_combines_engine_history_and_skip_list(rec: Recorded) -> None:
     )
     assert (found.state, found.health) == ("running", "healthy")
     assert found.image == "127.0.0.1:5000/recorded:latest"
-    image = next(i for i in rec.images if i["Id"] == rec.running)
-    assert found.running_digest == image["RepoDigests"][0].partition("@")[2]
+    image = next(i for i in rec.images if i.id == rec.running)
+    assert found.running_digest == image.repo_digests[0].partition("@")[2]
     assert found.registry_digest == "sha256:" + "9" * 64
     assert found.last_upgrade == ENTRIES[1]
     assert len(found.retained) == 3

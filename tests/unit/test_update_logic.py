@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 from dockwarden.check import CheckResult, Status
 from dockwarden.config import Service, Update
 from dockwarden.cycle import Action, Options, decide, order
+from dockwarden.engine import ContainerView
 from dockwarden.locks import Busy, ContainerLock
 from dockwarden.namespace import parents as namespace_parents
 from dockwarden.skiplist import SkipList
@@ -159,4 +160,5 @@ def test_namespace_parents_by_name_or_id() -> None:
         "side2": {"Id": "c" * 64, "HostConfig": {"NetworkMode": "container:web"}},
         "alone": {"Id": "d" * 64, "HostConfig": {"NetworkMode": "container:unwatched"}},
     }
-    assert namespace_parents(services, inspected) == {"side": "web", "side2": "web"}
+    views = {name: ContainerView.from_inspect(data) for name, data in inspected.items()}
+    assert namespace_parents(services, views) == {"side": "web", "side2": "web"}
