@@ -31,7 +31,7 @@ class NotFound(EngineError):
     """The named container or image does not exist."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Platform:
     os: str
     architecture: str
@@ -197,7 +197,7 @@ class ImageView:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Snapshot:
     """Every container and image at one moment, from two list calls whatever the number of services."""
 
@@ -205,7 +205,7 @@ class Snapshot:
     repo_digests: dict[str, tuple[str, ...]]  # image ID -> RepoDigests
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Credentials:
     username: str | None
     password: str | None
@@ -258,7 +258,7 @@ class Engine:
         arch = str(version.get("Arch", "amd64"))
         # The engine says arm for 32-bit ARM; manifests name the variant separately (v7 is Docker's default).
         variant = "v7" if arch == "arm" else ("v8" if arch == "arm64" else None)
-        return Platform(str(version.get("Os", "linux")), arch, variant)
+        return Platform(os=str(version.get("Os", "linux")), architecture=arch, variant=variant)
 
     def container(self, name: str) -> ContainerView:
         try:
@@ -290,7 +290,7 @@ class Engine:
             for name in item.get("Names") or ():
                 by_name[name.lstrip("/")] = view
         digests = {item["Id"]: tuple(item.get("RepoDigests") or ()) for item in images}
-        return Snapshot(by_name, digests)
+        return Snapshot(containers=by_name, repo_digests=digests)
 
     # -- what an upgrade needs: raw documents and single actions, every error an EngineError ----------
 

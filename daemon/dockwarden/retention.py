@@ -55,7 +55,7 @@ def _stamp(tag: str, container: str) -> datetime | None:
     return datetime.strptime(rest, _STAMP).replace(tzinfo=UTC)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Version:
     reference: str  # REPO:dockwarden-CONTAINER-TIMESTAMP
     image_id: str
@@ -82,7 +82,15 @@ def versions(images: list[ImageView], container: str) -> list[Version]:
             if at is None:
                 continue
             digests = imageref.digests_for(_full_name(repo), list(image.repo_digests))
-            found.append(Version(reference, image.id, at, tuple(sorted(digests)), image.size))
+            found.append(
+                Version(
+                    reference=reference,
+                    image_id=image.id,
+                    retired_at=at,
+                    digests=tuple(sorted(digests)),
+                    size=image.size,
+                )
+            )
     return sorted(found, key=lambda v: v.retired_at, reverse=True)
 
 
@@ -112,7 +120,7 @@ def users(containers: list[ContainerView]) -> dict[str, list[str]]:
     return found
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Plan:
     tag: list[tuple[str, str]] = field(default_factory=list)  # (image ID, reference to add)
     untag: list[tuple[Version, str]] = field(default_factory=list)  # (version, why)

@@ -17,7 +17,7 @@ from dockwarden.retention import Version
 from dockwarden.skiplist import Entry, SkipList
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ServiceStatus:
     service: str
     container: str
@@ -60,7 +60,9 @@ def describe(
 ) -> ServiceStatus:
     """One service's status from its container as inspect reads it (`Engine.container_view`; None:
     missing), the image list and its history entries (newest first)."""
-    status = ServiceStatus(service.name, service.container, "missing", skipped=skipped)
+    status = ServiceStatus(
+        service=service.name, container=service.container, state="missing", skipped=skipped
+    )
     status.retained = retention.versions(images, service.container)
     checked = next((e for e in entries if e.get("event") == Event.CHECKED), None)
     if checked is not None:

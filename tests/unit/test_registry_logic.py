@@ -17,11 +17,11 @@ INDEX = json.loads((Path(__file__).parents[1] / "data" / "index-multiarch.json")
 @pytest.mark.parametrize(
     ("platform", "digit"),
     [
-        (Platform("linux", "amd64"), "1"),
-        (Platform("linux", "arm", "v6"), "2"),
-        (Platform("linux", "arm", "v7"), "3"),
-        (Platform("linux", "arm64", "v8"), "4"),
-        (Platform("linux", "arm64", None), "4"),
+        (Platform(os="linux", architecture="amd64"), "1"),
+        (Platform(os="linux", architecture="arm", variant="v6"), "2"),
+        (Platform(os="linux", architecture="arm", variant="v7"), "3"),
+        (Platform(os="linux", architecture="arm64", variant="v8"), "4"),
+        (Platform(os="linux", architecture="arm64", variant=None), "4"),
     ],
 )
 def test_select_platform(platform: Platform, digit: str) -> None:
@@ -32,7 +32,7 @@ def test_select_platform(platform: Platform, digit: str) -> None:
 def test_select_platform_missing() -> None:
     """An index without this platform is a clear per-service error."""
     with pytest.raises(PlatformMissing, match="linux/s390x"):
-        select_platform(INDEX, Platform("linux", "s390x"))
+        select_platform(INDEX, Platform(os="linux", architecture="s390x"))
 
 
 @pytest.mark.parametrize(
