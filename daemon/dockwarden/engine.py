@@ -205,7 +205,9 @@ class Snapshot:
     repo_digests: dict[str, tuple[str, ...]]  # image ID -> RepoDigests
 
 
-@dataclass(frozen=True, kw_only=True)
+# Positional on purpose: credential helpers' (username, secret) pairs read naturally that way, and outside
+# code (the registry-realm field case) builds them so.
+@dataclass(frozen=True)
 class Credentials:
     username: str | None
     password: str | None

@@ -9,7 +9,7 @@ import pytest
 
 from dockwarden import registry
 from dockwarden.check import PlatformMissing, select_platform
-from dockwarden.engine import Platform
+from dockwarden.engine import Credentials, Platform
 
 INDEX = json.loads((Path(__file__).parents[1] / "data" / "index-multiarch.json").read_text())
 
@@ -91,3 +91,10 @@ def test_accept_lists_all_four_manifest_types() -> None:
         registry.OCI_INDEX,
     ):
         assert media_type in registry.ACCEPT
+
+
+def test_credentials_never_show_their_secret() -> None:
+    """Credentials built positionally, as outside code does, keep the password out of repr()."""
+    text = repr(Credentials("alice", "s3cret"))
+    assert "alice" in text
+    assert "s3cret" not in text
