@@ -170,6 +170,10 @@ class Daemon:
             )
             self.notifier.status("config reload failed; still running the previous config")
             return
+        except Exception as exc:  # a bug in loading must not take the daemon down mid-upgrade
+            self.log.exception("config.reload_failed", problems=[repr(exc)], kept="previous config")
+            self.notifier.status("config reload failed; still running the previous config")
+            return
         if new.docker_host != self.config.docker_host:
             self.log.warning("config.restart_needed", key="docker_host", kept=self.config.docker_host)
         self.config = new

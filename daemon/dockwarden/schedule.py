@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 _DURATION = re.compile(r"(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?\Z")
 _DAY_NAMES = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
 MIN_INTERVAL = timedelta(seconds=10)
+# Every duration in the config (intervals, windows, timeouts, ages) must be usable as a timedelta, by
+# APScheduler (which adds it to a datetime) and as a socket timeout: a year is far past any sensible value
+# and far inside all three ranges.
+MAX_DURATION = timedelta(days=365)
+_MAX_DIGITS = 9  # per number: bounds the work of int() on hostile input, and timedelta's own range
 
 
 class ScheduleError(ValueError):
@@ -26,16 +31,22 @@ class ScheduleError(ValueError):
 
 
 def parse_duration(text: str) -> timedelta:
-    """`90s`, `5m`, `1h30m`, `7d`: days, hours, minutes and seconds, each with its unit."""
+    """`90s`, `5m`, `1h30m`, `7d`: days, hours, minutes and seconds, each with its unit, at most
+    MAX_DURATION in all. Raises ScheduleError saying why a text is not one."""
     match = _DURATION.match(text.strip()) if text.strip() else None
     if not match or not any(match.groupdict().values()):
         raise ScheduleError(
             f"{text!r} is not a duration: write a number with a unit, like 30s, 5m, 1h, 1h30m or 7d"
         )
+    if any(len(v) > _MAX_DIGITS for v in match.groupdict().values() if v):
+        raise ScheduleError(f"{text!r} is too long: durations go up to {format_duration(MAX_DURATION)}")
     parts = {k: int(v) for k, v in match.groupdict().items() if v}
-    return timedelta(
+    value = timedelta(
         days=parts.get("d", 0), hours=parts.get("h", 0), minutes=parts.get("m", 0), seconds=parts.get("s", 0)
     )
+    if value > MAX_DURATION:
+        raise ScheduleError(f"{text!r} is too long: durations go up to {format_duration(MAX_DURATION)}")
+    return value
 
 
 def format_duration(value: timedelta) -> str:

@@ -13,6 +13,10 @@ from typing import Any
 import yaml
 
 Location = tuple[int, int]  # 1-based line and column
+# A config is a few levels deep and a few thousand values at most. The bounds keep hostile files (deep
+# nesting, recursive aliases, "billion laughs" alias bombs) from exhausting the stack or the memory.
+MAX_DEPTH = 32
+MAX_VALUES = 100_000
 KeyPath = tuple[str | int, ...]
 
 
@@ -53,13 +57,43 @@ def _where(node: yaml.Node) -> Location:
     return (node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+class _TooBig(Exception):
+    def __init__(self, node: yaml.Node, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+        self.message = message
+
+
+def _check_depth(text: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH before composing: PyYAML's composer recurses once per level,
+    while its parser, which this walks, does not."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+                raise YamlSourceError(
+                    [SourceError(line, col, f"values nested deeper than {MAX_DEPTH} levels")]
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
 class _Builder:
     def __init__(self) -> None:
         self.constructor = yaml.SafeLoader("")
         self.locations: dict[KeyPath, Location] = {}
         self.errors: list[SourceError] = []
+        self.built = 0  # values built so far, aliases counted each time they are expanded
 
     def build(self, node: yaml.Node, path: KeyPath) -> Any:
+        self.built += 1
+        if len(path) > MAX_DEPTH:
+            raise _TooBig(node, f"values nested deeper than {MAX_DEPTH} levels (a recursive alias?)")
+        if self.built > MAX_VALUES:
+            raise _TooBig(node, f"the file expands to more than {MAX_VALUES} values (aliases of aliases?)")
         self.locations[path] = _where(node)
         if isinstance(node, yaml.MappingNode):
             result: dict[Any, Any] = {}
@@ -102,6 +136,7 @@ def load(path: Path) -> YamlDocument:
 
 def loads(text: str) -> YamlDocument:
     try:
+        _check_depth(text)
         documents = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -129,6 +164,9 @@ def loads(text: str) -> YamlDocument:
         mark = exc.problem_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         raise YamlSourceError([SourceError(line, col, f"YAML error: {exc.problem}")]) from None
+    except _TooBig as exc:
+        line, col = _where(exc.node)
+        raise YamlSourceError([SourceError(line, col, exc.message)]) from None
     if builder.errors:
         raise YamlSourceError(builder.errors)
     return YamlDocument(data, builder.locations)

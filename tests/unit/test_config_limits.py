@@ -1,0 +1,103 @@
+"""Hostile or absurd config files end in FILE:LINE:COL problems, never a traceback, a hang or gigabytes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import cast
+
+import pytest
+from structlog.testing import capture_logs
+
+from dockwarden import config as configuration
+from dockwarden import schedule, yamlsource
+from dockwarden.check import Checker
+from dockwarden.daemon import Daemon
+from dockwarden.notify import Notifier
+
+
+def _problems(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "dw.yaml"
+    path.write_text(text)
+    with pytest.raises(configuration.ConfigError) as caught:
+        configuration.load(path)
+    return [str(p).removeprefix(f"{path}:") for p in caught.value.problems]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "interval: 3000000d",
+        "stability_window: 99999999999999999999d",
+        "registry_timeout: 200000d",
+        "gc: {min_age: 366d}",
+    ],
+)
+def test_durations_past_a_year_are_config_problems(tmp_path: Path, text: str) -> None:
+    """A duration too long for the scheduler, a socket or timedelta is refused where it is written."""
+    problems = _problems(tmp_path, f"{text}\nservices: {{}}\n")
+    assert len(problems) == 1
+    assert problems[0].startswith("1:")
+    assert "too long: durations go up to 365d" in problems[0]
+
+
+def test_a_year_is_still_a_duration() -> None:
+    """The bound itself is accepted, so no sensible value is refused."""
+    assert schedule.parse_duration("365d") == schedule.MAX_DURATION
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [("x: &a [*a]\nservices: {}\n", "1:4"), ("services: &a {web: *a}\n", "1:11")],
+    ids=["sequence", "mapping"],
+)
+def test_recursive_alias_is_a_positioned_problem(tmp_path: Path, text: str, where: str) -> None:
+    """An alias that contains itself is refused at the alias's value, not expanded until the stack ends."""
+    problems = _problems(tmp_path, text)
+    assert problems == [
+        f"{where}: values nested deeper than {yamlsource.MAX_DEPTH} levels (a recursive alias?)"
+    ]
+
+
+def test_deep_nesting_is_refused_before_composing(tmp_path: Path) -> None:
+    """1500 nested lists are refused at the first level past the limit (PyYAML's composer would recurse)."""
+    problems = _problems(
+        tmp_path, "services: " + "[" * 1500 + "]" * 1500 + "\n"
+    )  # the top mapping is level 1
+    assert problems == [
+        f"1:{10 + yamlsource.MAX_DEPTH}: values nested deeper than {yamlsource.MAX_DEPTH} levels"
+    ]
+
+
+def test_billion_laughs_is_refused_quickly(tmp_path: Path) -> None:
+    """A 317-byte file of aliases of aliases (9^7 values) is refused after at most MAX_VALUES values."""
+    lines = ["a0: &a0 [x,x,x,x,x,x,x,x,x]"]
+    lines += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 7)]
+    started = time.monotonic()
+    problems = _problems(tmp_path, "\n".join([*lines, "services: {}"]) + "\n")
+    assert len(problems) == 1
+    assert f"expands to more than {yamlsource.MAX_VALUES} values" in problems[0]
+    assert time.monotonic() - started < 30  # a bound on a hang, not a speed target (seconds, not minutes)
+
+
+def test_reload_keeps_the_previous_config_on_any_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGHUP's reload keeps the running config, and logs why, whatever the new file or the loader raises."""
+    path = tmp_path / "dw.yaml"
+    path.write_text(f"state_dir: {tmp_path}\nservices: {{}}\n")
+    cfg = configuration.load(path)
+    running = Daemon(cfg, cast(Checker, None), Notifier({}))
+    path.write_text("x: &a [*a]\nservices: {}\n")
+    with capture_logs() as logs:
+        running.reload()
+
+    def crash(_path: Path) -> configuration.Config:
+        raise RuntimeError("a bug in loading")
+
+    monkeypatch.setattr(configuration, "load", crash)
+    with capture_logs() as more:
+        running.reload()
+    assert running.config is cfg
+    assert [e["event"] for e in [*logs, *more]] == ["config.reload_failed", "config.reload_failed"]
+    assert "RuntimeError" in str(more[0]["problems"])
