@@ -82,6 +82,18 @@ def _duration(value: object) -> timedelta:
         raise ValueError(str(exc)) from None
 
 
+# A request timeout becomes a socket wait, which poll() takes in milliseconds as a C int (24.8 days); a
+# registry that needs an hour to answer one request is down anyway.
+MAX_REQUEST_TIMEOUT = timedelta(hours=1)
+
+
+def _short_enough(value: timedelta) -> timedelta:
+    if value > MAX_REQUEST_TIMEOUT:
+        limit = schedule.format_duration(MAX_REQUEST_TIMEOUT)
+        raise ValueError(f"{schedule.format_duration(value)} is too long for one request: at most {limit}")
+    return value
+
+
 def _long_enough(value: timedelta) -> timedelta:
     try:
         return schedule.check_interval(value)
@@ -179,6 +191,7 @@ def _not_from_file(value: object) -> object:
 
 
 Duration = Annotated[timedelta, PlainValidator(_duration)]  # `90s`, `5m`, `1h30m`, `7d`
+RequestTimeout = Annotated[timedelta, PlainValidator(_duration), AfterValidator(_short_enough)]
 Interval = Annotated[timedelta, PlainValidator(_duration), AfterValidator(_long_enough)]  # at least 10 s
 Image = Annotated[imageref.ImageRef, PlainValidator(_image)]
 UpdateMode = Annotated[Update, PlainValidator(_update)]
@@ -272,7 +285,7 @@ class Config(_Model):
     state_dir: StateDir = Path("/var/lib/dockwarden")
     docker_host: str | None = None  # None: $DOCKER_HOST, else the local socket
     check_concurrency: int = Field(default=32, ge=1, le=256)
-    registry_timeout: Duration = timedelta(seconds=10)
+    registry_timeout: RequestTimeout = timedelta(seconds=10)
     stability_window: Duration = STABILITY_WINDOW
     health_timeout_max: Duration = timedelta(minutes=5)
     keep_previous: int = Field(default=KEEP_PREVIOUS, ge=0, le=MAX_KEEP)

@@ -21,12 +21,13 @@ from apscheduler.schedulers.base import STATE_RUNNING
 from apscheduler.triggers.base import BaseTrigger
 
 from dockwarden import config as configuration
-from dockwarden import cycle, gc, schedule
+from dockwarden import cycle, gc, liveness, schedule
 from dockwarden.check import Checker
 from dockwarden.history import History
+from dockwarden.liveness import Liveness
 from dockwarden.notify import Notifier
 from dockwarden.runner import Runner
-from dockwarden.upgrade import Checkpoint, Hooks
+from dockwarden.upgrade import Checkpoint, Hooks, Progress
 
 JOB_ID = "check-cycle"
 GC_JOB_ID = "gc"
@@ -56,6 +57,7 @@ class Daemon:
         self.checker = checker  # and its engine: opened and closed by the caller
         self.upgrading = threading.Event()  # set while a transaction runs, so a stop waits for its end
         self.checkpoint = checkpoint
+        self.liveness = Liveness()
         self.notifier = notifier
         self.log = structlog.get_logger("dockwarden.daemon")
         self.cancel = threading.Event()
@@ -81,13 +83,34 @@ class Daemon:
         self.cycle_done.clear()
         try:
             cfg = self.config  # read once: a reload may replace it meanwhile
-            hooks = Hooks(cancel=self.cancel, checkpoint=self.checkpoint)
+            limits = liveness.bounds(cfg)
+            self.liveness.enter("check cycle", limits.check)
+            hooks = Hooks(
+                cancel=self.cancel, checkpoint=self._step_watch(limits), progress=self._pull_watch(limits)
+            )
             runner = Runner(self.checker.engine, cfg.state_dir, History.of(cfg), hooks, self.upgrading)
             report = cycle.run(self.checker, runner, cfg, cfg.services, cycle.Options(cancel=self.cancel))
             stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
             self.notifier.status(f"last cycle {stamp}: {cycle.describe(report)}")
         finally:
+            self.liveness.idle()
             self.cycle_done.set()
+
+    def _step_watch(self, limits: liveness.Bounds) -> Checkpoint:
+        """A checkpoint that tells the liveness each step's bound, then runs the test's own, if any."""
+
+        def entered(step: str) -> None:
+            self.liveness.enter(f"upgrade step {step}", liveness.step_bound(step, limits))
+            if self.checkpoint is not None:
+                self.checkpoint(step)
+
+        return entered
+
+    def _pull_watch(self, limits: liveness.Bounds) -> Progress:
+        def moved(_message: dict[str, Any]) -> None:
+            self.liveness.enter("upgrade step pull", limits.pull)
+
+        return moved
 
     def _gc(self) -> None:
         self.gc_done.clear()
@@ -183,16 +206,23 @@ class Daemon:
         self.notifier.status(f"config reloaded: watching {len(new.services)} services")
 
     def serve(self) -> None:
-        """Wait for signals until asked to stop, feeding the watchdog while the scheduler lives."""
+        """Wait for signals until asked to stop, feeding the watchdog while the scheduler lives and the
+        cycle, if one runs, is within its bound (see `liveness`)."""
         interval = self.notifier.watchdog_interval
         next_ping = 0.0
+        starved: tuple[str, float] | None = None
         while True:
             request, self.requested = self.requested, None
             if request == "stop":
                 return
             if request == "reload":
                 self.reload()
-            if interval and time.monotonic() >= next_ping and self.scheduler_alive():
+            overdue = self.liveness.overdue()
+            if overdue is not None and starved is None:
+                self.log.error("watchdog.starved", stuck_in=overdue[0], for_s=round(overdue[1], 1))
+                self.notifier.status(f"stuck in {overdue[0]} for {overdue[1]:.0f} s; systemd will restart us")
+            starved = overdue
+            if interval and time.monotonic() >= next_ping and self.scheduler_alive() and overdue is None:
                 self.notifier.watchdog()
                 next_ping = time.monotonic() + interval / 3
             time.sleep(TICK)

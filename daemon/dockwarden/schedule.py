@@ -19,10 +19,10 @@ if TYPE_CHECKING:
 _DURATION = re.compile(r"(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?\Z")
 _DAY_NAMES = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]
 MIN_INTERVAL = timedelta(seconds=10)
-# Every duration in the config (intervals, windows, timeouts, ages) must be usable as a timedelta, by
-# APScheduler (which adds it to a datetime) and as a socket timeout: a year is far past any sensible value
-# and far inside all three ranges.
-MAX_DURATION = timedelta(days=365)
+# Every duration in the config (intervals, windows, timeouts, ages) must stay usable as a timedelta and by
+# APScheduler, which adds it to today's date (datetime ends in year 9999). A hundred years still lets people
+# write "never" (`gc.min_age: 36500d`). Socket timeouts have a lower bound of their own (config).
+MAX_DURATION = timedelta(days=36500)
 _MAX_DIGITS = 9  # per number: bounds the work of int() on hostile input, and timedelta's own range
 
 

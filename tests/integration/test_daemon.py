@@ -248,7 +248,7 @@ def test_watchdog_is_fed_only_while_the_scheduler_lives(tmp_path: Path) -> None:
 def test_gc_runs_on_its_own_schedule_and_follows_a_reload(tmp_path: Path) -> None:
     """The daemon schedules GC on gc.schedule (UTC cron) beside the check cycle, drops it when a reload
     disables GC, and its job collects (logging gc.finished)."""
-    path = write_config(tmp_path / "dw.yaml", {}, extra='gc:\n  schedule: "30 3 * * *"\n  min_age: 1000000h')
+    path = write_config(tmp_path / "dw.yaml", {}, extra='gc:\n  schedule: "30 3 * * *"\n  min_age: 36500d')
     cfg = configuration.load(path)
     with check.connect(cfg) as checker:
         _gc_follows_reload(path, Daemon(cfg, checker, Notifier({})))

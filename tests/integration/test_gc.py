@@ -29,9 +29,9 @@ pytestmark = pytest.mark.engine
 
 # GC removes dangling images engine-wide. So that the GC scene touches nothing but its own, its config
 # spares every dangling image younger than ~22 years, and the ones it means to collect claim to be from
-# 1990. Every other GC a test runs spares even those (~114 years), so it cannot race the scene for them.
+# 1990. Every other GC a test runs spares even those (100 years), so it cannot race the scene for them.
 HERMETIC_MIN_AGE = "200000h"
-SPARE_ALL_DANGLING = "1000000h"
+SPARE_ALL_DANGLING = "36500d"  # the longest duration a config may give
 ANCIENT = "1990-01-01T00:00:00Z"
 OLD_BUT_NOT_ANCIENT = "2020-01-01T00:00:00Z"
 

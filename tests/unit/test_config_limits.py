@@ -26,24 +26,29 @@ def _problems(tmp_path: Path, text: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "text",
-    [
-        "interval: 3000000d",
-        "stability_window: 99999999999999999999d",
-        "registry_timeout: 200000d",
-        "gc: {min_age: 366d}",
-    ],
+    ["interval: 3000000d", "stability_window: 99999999999999999999d", "gc: {min_age: 36501d}"],
 )
-def test_durations_past_a_year_are_config_problems(tmp_path: Path, text: str) -> None:
-    """A duration too long for the scheduler, a socket or timedelta is refused where it is written."""
+def test_durations_past_a_century_are_config_problems(tmp_path: Path, text: str) -> None:
+    """A duration too long for the scheduler or timedelta is refused where it is written."""
     problems = _problems(tmp_path, f"{text}\nservices: {{}}\n")
     assert len(problems) == 1
     assert problems[0].startswith("1:")
-    assert "too long: durations go up to 365d" in problems[0]
+    assert "too long: durations go up to 36500d" in problems[0]
 
 
-def test_a_year_is_still_a_duration() -> None:
-    """The bound itself is accepted, so no sensible value is refused."""
-    assert schedule.parse_duration("365d") == schedule.MAX_DURATION
+def test_a_request_timeout_past_an_hour_is_a_config_problem(tmp_path: Path) -> None:
+    """registry_timeout becomes a socket wait, whose range is far shorter: it is at most 1h."""
+    assert _problems(tmp_path, "registry_timeout: 2d\nservices: {}\n") == [
+        "1:19: 2d is too long for one request: at most 1h"
+    ]
+
+
+def test_the_bounds_themselves_are_accepted(tmp_path: Path) -> None:
+    """A century ("never", for an age) and a one-hour request timeout are valid."""
+    assert schedule.parse_duration("36500d") == schedule.MAX_DURATION
+    path = tmp_path / "dw.yaml"
+    path.write_text("registry_timeout: 1h\ngc: {min_age: 36500d}\nservices: {}\n")
+    assert configuration.load(path).gc.min_age == schedule.MAX_DURATION
 
 
 @pytest.mark.parametrize(
