@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
-from dockwarden import __version__, check, cycle, gc, logs, report, status, upgrade
+from dockwarden import __version__, check, cycle, gc, logs, report, statefiles, status, upgrade
 from dockwarden import config as configuration
 from dockwarden.engine import Engine, EngineError
 from dockwarden.history import History
@@ -104,15 +104,21 @@ class _Exit(Exception):
         self.message = message
 
 
-def _config(args: argparse.Namespace, quiet: bool = False) -> configuration.Config:
+def _config(args: argparse.Namespace, quiet: bool = False, state: bool = True) -> configuration.Config:
     """The loaded config, after configuring logs to stderr (`quiet`: warnings only, for --json output);
-    every problem is printed as FILE:LINE:COL and the command ends with EXIT_USAGE."""
+    every problem is printed as FILE:LINE:COL and the command ends with EXIT_USAGE. With `state`, its
+    state_dir is created or checked (`statefiles.verify`); an unsafe one ends the command with EXIT_FAILED."""
     try:
         cfg = configuration.load(configuration.resolve_path(args.config))
     except configuration.ConfigError as exc:
         raise _Exit(EXIT_USAGE, "\n".join(str(p) for p in exc.problems)) from None
     # stdout carries the report; logs go to stderr so `--json` output stays parseable.
     logs.configure(sys.stderr, level=logging.WARNING if quiet else logging.INFO)
+    if state:
+        try:
+            statefiles.verify(cfg.state_dir)
+        except (statefiles.UnsafeStateDir, OSError) as exc:
+            raise _Exit(EXIT_FAILED, f"dockwarden: {exc}") from None
     return cfg
 
 
@@ -138,7 +144,7 @@ def _show(args: argparse.Namespace, as_json: str, as_table: str) -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    cfg = _config(args, quiet=True)
+    cfg = _config(args, quiet=True, state=False)
     print(
         f"{cfg.path}: valid; {len(cfg.services)} services, {cfg.describe_schedule()}, "
         f"keep_previous {cfg.keep_previous}, {cfg.describe_gc()}"

@@ -21,7 +21,7 @@ from apscheduler.schedulers.base import STATE_RUNNING
 from apscheduler.triggers.base import BaseTrigger
 
 from dockwarden import config as configuration
-from dockwarden import cycle, gc, liveness, schedule
+from dockwarden import cycle, gc, liveness, schedule, statefiles
 from dockwarden.check import Checker
 from dockwarden.history import History
 from dockwarden.liveness import Liveness
@@ -195,6 +195,12 @@ class Daemon:
             return
         except Exception as exc:  # a bug in loading must not take the daemon down mid-upgrade
             self.log.exception("config.reload_failed", problems=[repr(exc)], kept="previous config")
+            self.notifier.status("config reload failed; still running the previous config")
+            return
+        try:
+            statefiles.verify(new.state_dir)
+        except (statefiles.UnsafeStateDir, OSError) as exc:
+            self.log.error("config.reload_failed", problems=[str(exc)], kept="previous config")
             self.notifier.status("config reload failed; still running the previous config")
             return
         if new.docker_host != self.config.docker_host:

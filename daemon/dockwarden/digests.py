@@ -9,13 +9,13 @@ cache: if it is missing, unreadable or from another platform it is ignored (with
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import threading
 from pathlib import Path
 
 import structlog
+
+from dockwarden import statefiles
 
 FILE_NAME = "digests.json"
 MAX_ENTRIES = 10_000
@@ -36,7 +36,7 @@ class DigestCache:
     def _load(self, path: Path) -> None:
         log = structlog.get_logger("dockwarden.state")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(statefiles.read_text(path))
         except FileNotFoundError:
             return
         except (OSError, ValueError) as exc:
@@ -77,12 +77,8 @@ class DigestCache:
             payload = json.dumps({"version": 1, "platform": self._platform, "config_of": self._config_of})
             self._dirty = False
         try:
-            self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             # Write then rename, so a crash mid-write never leaves a torn file behind.
-            fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".digests-", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(payload)
-            os.replace(tmp, self._path)
+            statefiles.replace(self._path, payload)
         except OSError as exc:
             if not self._warned:
                 structlog.get_logger("dockwarden.state").warning(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from dockwarden import statefiles
 from dockwarden.locks import serialised
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ class History:
         try:
             with serialised(self.path):
                 self._rotate_for(len(line))
-                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+                fd = statefiles.open_file(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
                 try:
                     size = os.fstat(fd).st_size
                     if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -97,7 +98,7 @@ class History:
         found: list[dict[str, Any]] = []
         for path in self.files():
             try:
-                text = path.read_text(encoding="utf-8", errors="replace")
+                text = statefiles.read_text(path)
             except OSError:
                 continue
             for line in text.splitlines():

@@ -16,6 +16,8 @@ from types import TracebackType
 
 import structlog
 
+from dockwarden import statefiles
+
 DIR_NAME = "locks"
 
 
@@ -40,15 +42,15 @@ class ContainerLock:
 
     def holder(self) -> int | None:
         try:
-            text = self.path.read_text().strip()
+            text = statefiles.read_text(self.path).strip()
         except OSError:
             return None
         return int(text) if text.isdigit() else None
 
     def acquire(self) -> None:
         """Take the lock or raise Busy naming the holder; OSError if state_dir is unusable."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        statefiles.make_dir(self.path.parent)
+        fd = statefiles.open_file(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -57,21 +59,26 @@ class ContainerLock:
             raise Busy(
                 f"another dockwarden process{f' (pid {pid})' if pid else ''} is upgrading it"
             ) from None
-        previous = os.read(fd, 32).decode(errors="replace").strip()
-        if previous.isdigit() and int(previous) != os.getpid() and _alive(int(previous)) is False:
-            structlog.get_logger("dockwarden.lock").warning(
-                "lock.taken_over", container=self.path.stem, stale_pid=int(previous)
-            )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        try:
+            previous = os.read(fd, 32).decode(errors="replace").strip()
+            if previous.isdigit() and int(previous) != os.getpid() and _alive(int(previous)) is False:
+                structlog.get_logger("dockwarden.lock").warning(
+                    "lock.taken_over", container=self.path.stem, stale_pid=int(previous)
+                )
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except BaseException:
+            os.close(fd)  # a failed write (a full disk) must not leave the lock held by nobody's upgrade
+            raise
         self._fd = fd
 
     def release(self) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)  # closing releases the flock, whatever happened above
 
     def __enter__(self) -> ContainerLock:
         self.acquire()
@@ -87,8 +94,8 @@ class ContainerLock:
 def serialised(path: Path) -> Iterator[None]:
     """Hold an exclusive flock on PATH.lock while rewriting or appending to PATH (blocking: such writes
     take microseconds). The daemon and a manual command both write the skip list and the history."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    statefiles.make_dir(path.parent)
+    fd = statefiles.open_file(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -8,8 +8,6 @@ restart does not start the loop again; an unreadable file is ignored with a warn
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from dockwarden import statefiles
 from dockwarden.locks import serialised
 
 FILE_NAME = "skipped.json"
@@ -39,7 +38,7 @@ class SkipList:
 
     def _read(self) -> dict[str, Any]:
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
+            data = json.loads(statefiles.read_text(self.path))
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
@@ -50,10 +49,7 @@ class SkipList:
         return data if isinstance(data, dict) else {}
 
     def _write(self, data: dict[str, Any]) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".skipped-", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
+        statefiles.replace(self.path, json.dumps(data, indent=1, sort_keys=True))
 
     def get(self, service: str) -> Entry | None:
         return _entry(self._read().get(service))
