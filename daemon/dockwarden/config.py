@@ -85,6 +85,8 @@ def _duration(value: object) -> timedelta:
 # A request timeout becomes a socket wait, which poll() takes in milliseconds as a C int (24.8 days); a
 # registry that needs an hour to answer one request is down anyway.
 MAX_REQUEST_TIMEOUT = timedelta(hours=1)
+# The transaction's names for a container set aside (upgrade.OLD_SUFFIX, upgrade.DONE_SUFFIX).
+RESERVED_SUFFIXES = ("--dockwarden-old", "--dockwarden-done")
 
 
 def _short_enough(value: timedelta) -> timedelta:
@@ -468,9 +470,35 @@ def load(path: Path) -> Config:
     return config
 
 
-def _relation_problems(path: Path, doc: yamlsource.YamlDocument, config: Config) -> list[ConfigProblem]:
-    """depends_on must name services in this file and must not loop; health needs one probe."""
+def _container_problems(path: Path, doc: yamlsource.YamlDocument, config: Config) -> list[ConfigProblem]:
+    """One container, one service: two services upgrading one container would race each other's locks and
+    skip lists. And no container name may end like the names dockwarden gives containers it sets aside,
+    which recovery would otherwise take for a half-done upgrade."""
     problems = []
+    owner: dict[str, str] = {}
+    for service in config.services:
+        where = ("services", service.name, "container")
+        written = (*where, "<key>") in doc.locations  # else the container is the service's name
+        line, col = doc.locate_key(where if written else where[:2])
+        message = None
+        if service.container.endswith(RESERVED_SUFFIXES):
+            message = (
+                f"container {service.container!r} ends like a name dockwarden gives a container set aside"
+            )
+        elif service.container in owner:
+            message = (
+                f"container {service.container!r} is already watched by service {owner[service.container]!r}"
+            )
+        owner.setdefault(service.container, service.name)
+        if message is not None:
+            problems.append(ConfigProblem(path=path, line=line, column=col, message=message))
+    return problems
+
+
+def _relation_problems(path: Path, doc: yamlsource.YamlDocument, config: Config) -> list[ConfigProblem]:
+    """depends_on must name services in this file and must not loop; health needs one probe; each
+    container is watched once (`_container_problems`)."""
+    problems = _container_problems(path, doc, config)
     names = {service.name for service in config.services}
     for service in config.services:
         for index, other in enumerate(service.depends_on):

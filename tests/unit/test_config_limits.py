@@ -10,7 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from dockwarden import config as configuration
-from dockwarden import schedule, yamlsource
+from dockwarden import schedule, upgrade, yamlsource
 from dockwarden.check import Checker
 from dockwarden.daemon import Daemon
 from dockwarden.notify import Notifier
@@ -106,3 +106,23 @@ def test_reload_keeps_the_previous_config_on_any_error(
     assert running.config is cfg
     assert [e["event"] for e in [*logs, *more]] == ["config.reload_failed", "config.reload_failed"]
     assert "RuntimeError" in str(more[0]["problems"])
+
+
+def test_a_container_watched_by_two_services_is_refused(tmp_path: Path) -> None:
+    """Two services naming one container (explicitly, or by a service's default name) are refused at the
+    second one."""
+    text = "services:\n  web: {}\n  other:\n    container: web\n  third:\n    container: db\n  db: {}\n"
+    assert _problems(tmp_path, text) == [
+        "4:5: container 'web' is already watched by service 'web'",
+        "7:3: container 'db' is already watched by service 'third'",
+    ]
+
+
+def test_container_names_dockwarden_gives_set_aside_containers_are_refused(tmp_path: Path) -> None:
+    """A watched container named like a set-aside one would be taken for a half-done upgrade."""
+    text = "services:\n  a:\n    container: web--dockwarden-old\n  web--dockwarden-done: {}\n"
+    assert _problems(tmp_path, text) == [
+        "3:5: container 'web--dockwarden-old' ends like a name dockwarden gives a container set aside",
+        "4:3: container 'web--dockwarden-done' ends like a name dockwarden gives a container set aside",
+    ]
+    assert configuration.RESERVED_SUFFIXES == (upgrade.OLD_SUFFIX, upgrade.DONE_SUFFIX)
