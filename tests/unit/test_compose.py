@@ -164,21 +164,22 @@ def test_order_upgrades_a_compose_dependency_first(recorded: dict[str, Any]) -> 
 # -- what a recreate cannot carry -----------------------------------------------------------------------
 
 
+# Compose's schema allows `file`, `environment` (and `external`) for secrets, and `content` too for configs.
 PROJECT = """
     services:
       app:
         image: r/app
-        secrets: [inline, {source: from_file}]
-        configs: [{source: from_env, target: /etc/app.conf}]
+        secrets: [from_env, {source: from_file}]
+        configs: [{source: inline, target: /etc/app.conf}]
       other:
         image: r/other
         secrets: [only_other]
     secrets:
-      inline: {content: "s3cret"}
+      from_env: {environment: TOKEN}
       from_file: {file: ./token.txt}
-      only_other: {environment: TOKEN}
+      only_other: {environment: OTHER_TOKEN}
     configs:
-      from_env: {environment: APP_CONF}
+      inline: {content: "setting=1"}
 """
 
 
@@ -197,8 +198,8 @@ def test_copied_secrets_and_configs_are_uncarried(tmp_path: Path) -> None:
     ones (bind mounts) and another service's are not."""
     documents = _project(tmp_path, PROJECT)
     assert compose.uncarried("app", documents) == [
-        "secret 'inline' (content:)",
-        "config 'from_env' (environment:)",
+        "secret 'from_env' (environment:)",
+        "config 'inline' (content:)",
     ]
     assert compose.uncarried("other", documents) == ["secret 'only_other' (environment:)"]
 
@@ -226,33 +227,33 @@ def test_an_extended_service_brings_its_secrets(tmp_path: Path) -> None:
     """A secret of the service `app` extends (in another file, then by name there) counts as app's."""
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "base.yaml").write_text(
-        "services: {base: {extends: root}, root: {secrets: [s]}}\nsecrets: {s: {content: x}}\n"
+        "services: {base: {extends: root}, root: {secrets: [s]}}\nsecrets: {s: {environment: S}}\n"
     )
     documents = _project(tmp_path, "services: {app: {extends: {service: base, file: lib/base.yaml}}}")
-    assert compose.uncarried("app", documents) == ["secret 's' (content:)"]
+    assert compose.uncarried("app", documents) == ["secret 's' (environment:)"]
 
 
 def test_files_are_a_union_so_an_override_cannot_hide_a_secret(tmp_path: Path) -> None:
-    """A secret defined in one file and used in another is found; compose's `!reset` in an override
+    """A config defined in one file and used in another is found; compose's `!reset` in an override
     still counts it (refusing when in doubt), and compose's YAML tags parse."""
     documents = _project(
         tmp_path,
-        "services: {app: {image: r/app}}\nsecrets: {s: {content: x}}",
-        "services: {app: {secrets: [s]}}",
-        "services: {app: {secrets: !reset [], environment: !override {A: '1'}}}",
+        "services: {app: {image: r/app}}\nconfigs: {c: {content: x}}",
+        "services: {app: {configs: [c]}}",
+        "services: {app: {configs: !reset [], environment: !override {A: '1'}}}",
     )
-    assert compose.uncarried("app", documents) == ["secret 's' (content:)"]
+    assert compose.uncarried("app", documents) == ["config 'c' (content:)"]
 
 
 def test_included_files_are_read_once_each(tmp_path: Path) -> None:
     """`include:` (a path, or a mapping with a list of paths) is followed relative to the including file,
     and files that include each other are read once."""
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "a.yaml").write_text("include: [../compose.yaml]\nsecrets: {s: {content: x}}\n")
+    (tmp_path / "sub" / "a.yaml").write_text("include: [../compose.yaml]\nsecrets: {s: {environment: S}}\n")
     (tmp_path / "sub" / "b.yaml").write_text("services: {app: {secrets: [s]}}\n")
     documents = _project(tmp_path, "include: [sub/a.yaml, {path: [sub/b.yaml]}]\n")
     assert len(documents) == 3
-    assert compose.uncarried("app", documents) == ["secret 's' (content:)"]
+    assert compose.uncarried("app", documents) == ["secret 's' (environment:)"]
 
 
 @pytest.mark.parametrize(
@@ -271,12 +272,15 @@ def test_a_project_that_cannot_be_read_is_unreadable(tmp_path: Path, text: str, 
 
 
 def test_refusal_names_the_service_what_is_lost_and_the_way_out(tmp_path: Path) -> None:
-    """A compose service with a copied secret is refused with its project, the secret and the compose
-    command that does upgrade it."""
+    """A compose service with copied secrets and configs is refused with its project, each of them and the
+    compose command that does upgrade it."""
     (tmp_path / "compose.yaml").write_text(textwrap.dedent(PROJECT))
     message = compose.refusal(_compose_labels(tmp_path / "compose.yaml"))
     assert message is not None
-    assert message.startswith("compose service 'app' of project 'proj' has secret 'inline' (content:)")
+    assert message.startswith(
+        "compose service 'app' of project 'proj' has secret 'from_env' (environment:), config 'inline' "
+        "(content:), which compose applies"
+    )
     assert "`docker compose pull app && docker compose up -d app`" in message
 
 
