@@ -13,8 +13,10 @@ computes from the project (`mustRecreate`, pkg/compose/convergence.go):
   the new image's ID (`successor_labels`).
 
 The others (project, service, container-number, oneoff, version, working_dir, config_files, depends_on)
-name the container's place in its project and are copied as they are. Facts are from Compose v2.40.3's
-source (github.com/docker/compose, tag v2.40.3; label names in pkg/api/labels.go).
+name the container's place in its project and are copied as they are. The depends_on label also orders
+upgrades (`needs`), and its `restart: true` items name the containers compose restarts after it recreates
+a service (`dependents`). Facts are from Compose v2.40.3's source (github.com/docker/compose, tag v2.40.3;
+label names in pkg/api/labels.go).
 
 A recreate from inspect documents loses what compose does to a container outside its create body:
 `secrets:` and `configs:` whose source is `content:` or `environment:` are copied into the container
@@ -32,10 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import structlog
 import yaml
 
 from dockwarden.config import Service
-from dockwarden.engine import ContainerView
+from dockwarden.engine import ContainerState, ContainerView, Engine, EngineError
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -127,6 +130,46 @@ def needs(services: Iterable[Service], inspected: Mapping[str, ContainerView]) -
         wanted = {Member(project=own.project, service=d.service) for d in depends_on(view.labels)}
         result[name] = {other for m in wanted for other in by_member.get(m, set()) if other != name}
     return {name: found for name, found in result.items() if found}
+
+
+def dependents(parent: ContainerView, containers: Iterable[ContainerView]) -> list[str]:
+    """Names of the running containers of `parent`'s compose project whose depends_on label names its
+    service with `restart: true`, which compose restarts once it has recreated that service
+    (`stopDependentContainers` before, the start phase after; pkg/compose/convergence.go). [] when
+    `parent` is no compose container."""
+    who = member(parent.labels)
+    if who is None:
+        return []
+    found = []
+    for view in containers:
+        own = member(view.labels)
+        if own is None or own.project != who.project or view.id == parent.id or not view.name:
+            continue
+        wanted = any(d.service == who.service and d.restart for d in depends_on(view.labels))
+        # Only running ones: starting a container the user stopped is not ours to do (nor compose's `up`
+        # of one service's).
+        if wanted and view.state is ContainerState.RUNNING:
+            found.append(view.name)
+    return sorted(found)
+
+
+def restart_dependents(engine: Engine, container: str) -> None:
+    """After `container` was replaced: restart its compose `dependents`, as compose would. Failures are
+    logged (`compose.restart_failed`), never raised: the upgrade itself is done."""
+    log = structlog.get_logger("dockwarden.update")
+    try:
+        parent = engine.container_view(container)
+        names = dependents(parent, engine.containers())
+    except EngineError as exc:
+        log.error("compose.restart_failed", parent=container, error=str(exc))
+        return
+    for name in names:
+        try:
+            engine.restart(name)
+        except EngineError as exc:
+            log.error("compose.restart_failed", container=name, parent=container, error=str(exc))
+            continue
+        log.info("compose.restarted", container=name, parent=container)
 
 
 # -- what a recreate cannot carry -------------------------------------------------------------------------

@@ -156,10 +156,12 @@ def test_upgraded_services_stay_compose_services(
     side: Side, project: Project, registry: Registry, tmp_path: Path, run_label: str
 ) -> None:
     """Upgraded in the order compose's depends_on says, both services keep their compose identity, named
-    volume and file-based secret and config; `docker compose up -d` then changes nothing, and `down` leaves
-    only the retained image tags."""
+    volume and file-based secret and config, a dependent with `restart: true` is restarted; `docker compose
+    up -d` then changes nothing, and `down` leaves only the retained image tags."""
     tag, _, _ = push_version(side, registry, "compose-app")
     old_id = side.client.images.get(tag).id
+    # The worker's own image: one following compose-app's tag would be recreated by `up` once the tag moved.
+    worker_tag, _, _ = push_version(side, registry, "compose-worker")
     project.directory.mkdir(parents=True)
     (project.directory / "token.txt").write_text("t0ken\n")
     (project.directory / "app.conf").write_text("setting=1\n")
@@ -176,6 +178,10 @@ def test_upgraded_services_stay_compose_services(
             image: {tag}
             depends_on: {{db: {{condition: service_started}}}}
             {_labelled(run_label)}
+          worker:
+            image: {worker_tag}
+            depends_on: {{db: {{condition: service_started, restart: true}}}}
+            {_labelled(run_label)}
         volumes:
           named: {{{_labelled(run_label)}}}
         secrets:
@@ -186,6 +192,7 @@ def test_upgraded_services_stay_compose_services(
     )
     project.exec("db", "sh", "-c", "echo kept > /named/marker")
     before = {service: project.container(service) for service in ("db", "web")}
+    worker = project.container("worker")
     marker, _ = _remote_only(side, registry, "compose-app", old_id)
     # web first in dockwarden's file: only compose's label can put db first.
     services = {s: {"container": project.container_name(s)} for s in ("web", "db")}
@@ -220,11 +227,17 @@ def test_upgraded_services_stay_compose_services(
         "setting=1",
     ]
 
-    upgraded = {service: project.container(service)["Id"] for service in before}
+    # worker, unwatched, depends on db with `restart: true`: restarted after db's upgrade, as compose would.
+    restarted = project.container("worker")
+    assert restarted["Id"] == worker["Id"]
+    assert restarted["State"]["StartedAt"] != worker["State"]["StartedAt"]
+    assert '"compose.restarted"' in err
+
+    upgraded = {service: project.container(service)["Id"] for service in ("db", "web", "worker")}
     again = project.compose("up", "-d")
 
     assert "Recreate" not in again.stderr, again.stderr
-    assert {service: project.container(service)["Id"] for service in before} == upgraded
+    assert {service: project.container(service)["Id"] for service in upgraded} == upgraded
 
     project.note_volumes()
     project.compose("down", "--timeout", "1")

@@ -161,6 +161,22 @@ def test_order_upgrades_a_compose_dependency_first(recorded: dict[str, Any]) -> 
     assert [s.name for s in order(services, {})] == ["web", "db"]
 
 
+def test_dependents_with_restart_true_are_restarted(recorded: dict[str, Any]) -> None:
+    """web depends on db with `restart: true`, so it is db's dependent; a stopped one, one of another
+    project and one whose item says restart false are not, and web has no dependents itself."""
+    views = _views(recorded)
+    assert compose.dependents(views["db"], views.values()) == ["rec-web-1"]
+    assert compose.dependents(views["web"], views.values()) == []
+    stopped = copy.deepcopy(recorded["web"])
+    stopped["State"]["Status"] = "exited"
+    assert compose.dependents(views["db"], [views["db"], ContainerView.from_inspect(stopped)]) == []
+    for change in ({compose.PROJECT_LABEL: "other"}, {compose.DEPENDS_ON_LABEL: "db:service_started:false"}):
+        assert compose.dependents(views["db"], _views(recorded, web=change).values()) == []
+    assert (
+        compose.dependents(ContainerView.from_inspect(recorded["image"] | {"Id": "x"}), views.values()) == []
+    )
+
+
 # -- what a recreate cannot carry -----------------------------------------------------------------------
 
 
