@@ -46,8 +46,9 @@ IMAGE_LABEL = "com.docker.compose.image"
 DEPENDS_ON_LABEL = "com.docker.compose.depends_on"
 CONFIG_FILES_LABEL = "com.docker.compose.project.config_files"  # absolute paths, joined by ","
 
-# A depends_on item without a condition: compose reads it as "running_or_healthy", restart true
-# (pkg/compose/compose.go, projectFromName; labels of Compose before 2.17 name the service only).
+# The depends_on label grew: Compose 2.0 wrote SERVICE, 2.5 SERVICE:CONDITION, 2.17 SERVICE:CONDITION:RESTART
+# (pkg/compose/create.go at those tags). Compose reads a missing condition as this one (projectFromName,
+# pkg/compose/compose.go).
 LEGACY_CONDITION = "running_or_healthy"
 MAX_INCLUDE_DEPTH = 16  # compose files including each other; deeper means a loop we failed to see
 _FILE_OBJECTS = ("secrets", "configs")
@@ -106,8 +107,10 @@ def depends_on(labels: Mapping[str, str]) -> tuple[Dependency, ...]:
             Dependency(
                 service=name,
                 condition=condition or LEGACY_CONDITION,
-                # Compose reads the flag with Go's ParseBool and restarts when there is none.
-                restart=restart.lower() not in ("false", "f", "0") if restart else True,
+                # Go's ParseBool spellings of true. Without the flag, no restart: Compose before 2.17 had no
+                # such feature, and `up` takes it from the YAML, where it defaults to false (compose's own
+                # reader of old labels assumes true, for commands run without the project's files).
+                restart=restart.lower() in ("true", "t", "1"),
             )
         )
     return tuple(found)
@@ -203,7 +206,7 @@ def refusal(labels: Mapping[str, str]) -> str | None:
 
 def uncarried(service: str, documents: Iterable[Mapping[str, Any]]) -> list[str]:
     """What compose does to `service`'s container that a recreate from its inspect cannot redo, as phrases
-    ("secret 'token' (content:)", "post_start hooks"), from the project's parsed compose files. Files are
+    ("secret 'token' (environment:)", "post_start hooks"), from the project's parsed compose files. Files are
     read as a union, as if every override only added: a definition one file resets still counts, so an
     unusual project may be refused when it need not be, never the reverse."""
     documents = list(documents)
@@ -220,7 +223,7 @@ def uncarried(service: str, documents: Iterable[Mapping[str, Any]]) -> list[str]
             for item in _sequence(spec.get(kind)):
                 name = str(item.get("source") if isinstance(item, Mapping) else item)
                 source = copied.get((kind, name))
-                phrase = f"{kind[:-1]} {name!r} ({source}:)"  # "secret 'token' (content:)"
+                phrase = f"{kind[:-1]} {name!r} ({source}:)"  # "config 'app' (content:)"
                 if source is not None and phrase not in lost:
                     lost.append(phrase)
         if _sequence(spec.get("post_start")) and "post_start hooks" not in lost:

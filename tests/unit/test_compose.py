@@ -106,16 +106,17 @@ def test_dry_run_plan_leaves_the_image_label(recorded: dict[str, Any]) -> None:
     ("label", "expected"),
     [
         ("", ()),
-        ("db", (("db", compose.LEGACY_CONDITION, True),)),
+        ("db", (("db", compose.LEGACY_CONDITION, False),)),
         (
             "db:service_healthy:false,cache:service_completed_successfully:true",
             (("db", "service_healthy", False), ("cache", "service_completed_successfully", True)),
         ),
-        ("db:service_started", (("db", "service_started", True),)),
+        ("db:service_started", (("db", "service_started", False),)),
     ],
 )
 def test_depends_on_label(label: str, expected: tuple[tuple[str, str, bool], ...]) -> None:
-    """SERVICE:CONDITION:RESTART items, comma-separated; a bare name is a legacy item that restarts."""
+    """SERVICE:CONDITION:RESTART items, comma-separated; older Compose labels without the restart flag
+    (2.5-2.16) or the condition too (2.0-2.4) restart nothing."""
     found = compose.depends_on({compose.DEPENDS_ON_LABEL: label})
     assert tuple((d.service, d.condition, d.restart) for d in found) == expected
 
