@@ -147,8 +147,9 @@ install_engine26() {
     fetch_debian "$ENGINE26_DIR" trixie docker.io containerd tini
 }
 
-# Compose v2 from forky (testing), else sid: Debian 12 has only Compose v1. Its binary needs nothing but
-# glibc >= 2.34, so it runs here; the plugin folder gets a link to it.
+# Compose v2 from forky (testing) or sid, whichever has the newer (2.40.3 when this was written): Debian 12
+# has only Compose v1. Its binary needs nothing but glibc >= 2.34, so it runs here; the plugin folder gets a
+# link to it.
 install_compose() {
     local binary=$COMPOSE_DIR/usr/libexec/docker/cli-plugins/docker-compose
     if [[ ! -x $binary ]]; then
