@@ -2,7 +2,9 @@
 # The lab: a real Docker Engine and a CNCF distribution registry on 127.0.0.1, for the demo,
 # the tests, the benchmarks and CI. Idempotent: every step first checks whether it is already done.
 # Beside Debian 12's Engine 20.10 (API 1.41) it runs Debian 13's Engine 26.1 (API 1.45) for compatibility
-# tests, with its own socket, data root, exec root, pidfile and bridge.
+# tests, with its own socket, data root, exec root, pidfile and bridge. It also installs Docker Compose v2 from
+# Debian forky/sid as a CLI plugin, for the compose tests. Both come unpacked from newer Debian suites into
+# private folders, through the mirror this machine's own apt sources name.
 #   scripts/lab.sh up      install what is missing, start dockerd and the registry (default)
 #   scripts/lab.sh status  say what answers
 #   scripts/lab.sh down    stop what `up` started
@@ -18,6 +20,10 @@ ENGINE26_SOCK=/var/run/dwlab-docker26.sock
 ENGINE26_BRIDGE=dwbr26
 # The second engine's bridge; nothing is ever sent to it except through ports published on 127.0.0.1.
 ENGINE26_BRIDGE_ADDR=172.30.0.1/24
+COMPOSE_DIR=${DWLAB_COMPOSE_DIR:-/opt/dwlab/compose}
+# A system plugin folder that both Docker CLIs (Debian's 20.10 and 28) search whatever DOCKER_CONFIG says, so
+# tests that point DOCKER_CONFIG at their own credentials still find `docker compose`.
+COMPOSE_PLUGIN=/usr/local/lib/docker/cli-plugins/docker-compose
 
 say() { printf 'lab: %s\n' "$*" >&2; }
 
@@ -92,27 +98,72 @@ YAML
     wait_for registry registry_answers 30
 }
 
-install_engine26() {
-    [[ -x $ENGINE26_DIR/usr/sbin/dockerd ]] && return 0
-    say "fetching Debian 13's docker.io 26.1 into $ENGINE26_DIR (not installed system-wide)"
-    local apt_dir
+# The mirror this machine's apt sources use for its own Debian release: newer suites come from the same place
+# (a machine behind a local mirror or proxy must not be sent elsewhere).
+debian_mirror() {
+    local codename
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    apt-get indextargets --no-release-info --format '$(RELEASE) $(REPO_URI)' "Target-Of: deb" 2>/dev/null |
+        awk -v want="$codename" '
+            $1 == want { print $2; found = 1; exit }
+            !first && $1 !~ /-/ { first = $2 }
+            END { if (!found && first) print first }'
+}
+
+# fetch_debian DEST "SUITE..." PACKAGE...: download PACKAGEs from other Debian suites through this machine's
+# mirror and unpack them into DEST, which appears only once complete. Nothing is installed system-wide.
+fetch_debian() {
+    local dest=$1 suites=$2
+    shift 2
+    local mirror apt_dir
+    mirror=$(debian_mirror)
+    if [[ -z $mirror ]]; then
+        say "no Debian mirror found in this machine's apt sources (apt-get indextargets)"
+        return 1
+    fi
     apt_dir=$(mktemp -d)
     mkdir -p "$apt_dir"/{etc,lists/partial,cache/archives/partial}
-    cat >"$apt_dir/etc/trixie.sources" <<SOURCES
+    cat >"$apt_dir/etc/newer.sources" <<SOURCES
 Types: deb
-URIs: http://deb.debian.org/debian
-Suites: trixie
+URIs: $mirror
+Suites: $suites
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SOURCES
     local opts=(-o Dir::Etc::SourceList=/dev/null -o "Dir::Etc::SourceParts=$apt_dir/etc"
-        -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache")
-    apt-get "${opts[@]}" -o APT::Sandbox::User=root update -qq
-    (cd "$apt_dir" && apt-get "${opts[@]}" -o APT::Sandbox::User=root download docker.io containerd tini >/dev/null)
-    mkdir -p "$ENGINE26_DIR.tmp"
-    for deb in "$apt_dir"/*.deb; do dpkg -x "$deb" "$ENGINE26_DIR.tmp"; done
-    rm -rf "$apt_dir" "$ENGINE26_DIR"
-    mv "$ENGINE26_DIR.tmp" "$ENGINE26_DIR"
+        -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache" -o APT::Sandbox::User=root)
+    apt-get "${opts[@]}" update -qq
+    (cd "$apt_dir" && apt-get "${opts[@]}" download "$@" >/dev/null)
+    rm -rf "$dest.tmp"
+    mkdir -p "$dest.tmp"
+    for deb in "$apt_dir"/*.deb; do dpkg -x "$deb" "$dest.tmp"; done
+    rm -rf "$apt_dir" "$dest"
+    mv "$dest.tmp" "$dest"
+}
+
+install_engine26() {
+    [[ -x $ENGINE26_DIR/usr/sbin/dockerd ]] && return 0
+    say "fetching Debian 13's docker.io 26.1 into $ENGINE26_DIR (not installed system-wide)"
+    fetch_debian "$ENGINE26_DIR" trixie docker.io containerd tini
+}
+
+# Compose v2 from forky (testing) or sid, whichever has the newer (2.40.3 when this was written): Debian 12
+# has only Compose v1. Its binary needs nothing but glibc >= 2.34, so it runs here; the plugin folder gets a
+# link to it.
+install_compose() {
+    local binary=$COMPOSE_DIR/usr/libexec/docker/cli-plugins/docker-compose
+    if [[ ! -x $binary ]]; then
+        say "fetching Debian forky/sid's docker-compose (v2) into $COMPOSE_DIR (not installed system-wide)"
+        fetch_debian "$COMPOSE_DIR" "forky sid" docker-compose
+    fi
+    if [[ $(readlink "$COMPOSE_PLUGIN" 2>/dev/null) != "$binary" ]]; then
+        mkdir -p "$(dirname "$COMPOSE_PLUGIN")"
+        ln -sfn "$binary" "$COMPOSE_PLUGIN"
+    fi
+}
+
+compose_answers() {
+    docker compose version >/dev/null 2>&1
 }
 
 engine26_answers() {
@@ -141,6 +192,8 @@ status() {
     engine_answers && say "engine: up ($DOCKER_SOCK)" || say "engine: down"
     engine26_answers && say "engine 26.1: up ($ENGINE26_SOCK)" || say "engine 26.1: down"
     registry_answers && say "registry: up ($REGISTRY_ADDR)" || say "registry: down"
+    compose_answers && say "compose: $(docker compose version --short 2>/dev/null) ($COMPOSE_PLUGIN)" ||
+        say "compose: missing"
 }
 
 down() {
@@ -177,6 +230,7 @@ main() {
         start_registry
         install_engine26
         start_engine26
+        install_compose
         status
         ;;
     status) status ;;

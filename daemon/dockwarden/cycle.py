@@ -8,22 +8,22 @@ transaction to the `Runner`. A failure never stops the other services.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 import structlog
 
-from dockwarden import gate, imageref, recovery, recreate, upgrade
+from dockwarden import compose, gate, imageref, recovery, recreate, upgrade
 from dockwarden.check import Checker, CheckResult, Status
 from dockwarden.config import Config, Service, Update
-from dockwarden.engine import Engine, EngineError
+from dockwarden.engine import ContainerView, Engine, EngineError
 from dockwarden.history import Event, History
 from dockwarden.locks import Busy
 from dockwarden.namespace import parents
 from dockwarden.runner import Runner
 from dockwarden.skiplist import Entry, SkipList
-from dockwarden.upgrade import Outcome, Result, Target
+from dockwarden.upgrade import Outcome, Result, Step, Target
 
 
 class Action(StrEnum):
@@ -65,13 +65,24 @@ def record_checks(journal: History, results: Iterable[CheckResult]) -> None:
         )
 
 
-def order(services: list[Service], namespace_parents: dict[str, str]) -> list[Service]:
-    """Config order, except that a service comes after those it depends on and after the container whose
-    network namespace it shares (`namespace_parents`: service -> service)."""
+def order(
+    services: list[Service],
+    namespace_parents: dict[str, str],
+    compose_needs: Mapping[str, Set[str]] | None = None,
+) -> list[Service]:
+    """Config order, except that a service comes after those it depends on (`depends_on:`, and compose's
+    depends_on label: `compose_needs`, service -> services) and after the container whose network namespace
+    it shares (`namespace_parents`: service -> service)."""
     names = {s.name for s in services}
+    more = compose_needs or {}
     needs = {
         s.name: (
-            {*s.depends_on, *([namespace_parents[s.name]] if s.name in namespace_parents else [])} & names
+            {
+                *s.depends_on,
+                *([namespace_parents[s.name]] if s.name in namespace_parents else []),
+                *more.get(s.name, ()),
+            }
+            & names
         )
         for s in services
     }
@@ -154,9 +165,11 @@ def run(
         record_checks(runner.journal, summary.results)
     report = Report()
     skips = SkipList(cfg.state_dir)
-    # Namespace parents cost an inspect per service: only worth it when several may be upgraded.
+    # Namespace parents and compose dependencies cost an inspect per service: only worth it when several
+    # may be upgraded.
     pending = [s for s in services if results[s.name].status == Status.UPDATE_AVAILABLE]
-    ordered = order(services, _parents(runner.engine, pending) if len(pending) > 1 else {})
+    inspected = _inspect(runner.engine, pending) if len(pending) > 1 else {}
+    ordered = order(services, parents(pending, inspected), compose.needs(pending, inspected))
     for service in ordered:
         if options.cancel is not None and options.cancel.is_set():
             outcome = _outcome(results[service.name], Result.SKIPPED, "dockwarden is stopping")
@@ -172,17 +185,20 @@ def run(
     return report
 
 
-def _parents(engine: Engine, services: list[Service]) -> dict[str, str]:
+def _inspect(engine: Engine, services: list[Service]) -> dict[str, ContainerView]:
+    """service name -> its container, for those the engine could inspect."""
     inspected = {}
     for service in services:
         try:
             inspected[service.name] = engine.container_view(service.container)
         except EngineError:
             continue  # its own upgrade will report the engine error
-    return parents(services, inspected)
+    return inspected
 
 
-def _outcome(result: CheckResult, status: Result, error: str | None = None) -> Outcome:
+def _outcome(
+    result: CheckResult, status: Result, error: str | None = None, step: Step | None = None
+) -> Outcome:
     return Outcome(
         service=result.service,
         container=result.container,
@@ -190,6 +206,7 @@ def _outcome(result: CheckResult, status: Result, error: str | None = None) -> O
         to_digest=result.registry_digest,
         result=status,
         error=error,
+        step=step,
     )
 
 
@@ -211,6 +228,18 @@ def _one(
             )
             log.warning("upgrade.skipped", reason=reason)
         return _outcome(result, action, reason)
+    refused = _compose_refusal(runner.engine, service)
+    if refused is not None:
+        structlog.get_logger("dockwarden.update").warning(
+            "upgrade.failed",
+            service=service.name,
+            container=service.container,
+            from_digest=result.running_digest,
+            to_digest=result.registry_digest,
+            step=Step.PLAN,
+            error=refused,
+        )
+        return _outcome(result, Result.ERROR, refused, Step.PLAN)
     digest = str(result.registry_digest)
     target = Target(
         service=service.name,
@@ -228,6 +257,16 @@ def _one(
     elif outcome.result == Result.UPGRADED and skipped is not None:
         skips.clear(service.name)
     return outcome
+
+
+def _compose_refusal(engine: Engine, service: Service) -> str | None:
+    """Why the service's compose features forbid a recreate (`compose.refusal`), found before anything is
+    pulled: the transaction refuses it at plan too, but only after its pull, which each cycle would repeat."""
+    try:
+        container = engine.container_view(service.container)
+    except EngineError:
+        return None  # the upgrade reports it
+    return compose.refusal(container.labels)
 
 
 def _plan(engine: Engine, target: Target, result: CheckResult, report: Report) -> Outcome:

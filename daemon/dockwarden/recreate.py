@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dockwarden import compose
+
 REPLACES_LABEL = "dockwarden.replaces"  # on a successor: the ID of the container it replaced
 
 # Config keys whose value, when equal to the old image's, came from the image and must not be frozen
@@ -200,11 +202,11 @@ def plan(
 
     `mode_override` replaces a `container:X` network mode whose X has itself been recreated.
     """
-    del new_image  # the new image's defaults apply by omission; kept in the signature for the reader
     notes: list[str] = []
     mode = network_mode(container)
     body = _kept_config(container, old_image, notes, mode)
     body["Image"] = image
+    _follow_compose(body, new_image)
     body["HostConfig"] = _host_config(container, notes)
     if mode_override is not None:
         body["HostConfig"]["NetworkMode"] = mode_override
@@ -220,6 +222,13 @@ def plan(
             body["NetworkingConfig"] = {"EndpointsConfig": {primary: endpoints.pop(primary)}}
         connect = endpoints
     return CreatePlan(name=str(container["Name"]).lstrip("/"), body=body, connect=connect, notes=tuple(notes))
+
+
+def _follow_compose(body: dict[str, Any], new_image: dict[str, Any]) -> None:
+    """A compose service's successor names the image it runs in compose's image label, as `docker compose
+    up` would have; with the old image's ID there, compose would recreate it once more (`compose`)."""
+    if new_image.get("Id"):  # the dry run plans without the new image: the label is left as it is
+        body["Labels"] = compose.successor_labels(body["Labels"], str(new_image["Id"]))
 
 
 # -- after create: is the new container what we asked for? ---------------------------------------

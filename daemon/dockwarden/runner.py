@@ -2,9 +2,10 @@
 
 Needs only the engine and state_dir, never a registry. For the update cycle and `dockwarden rollback`
 alike, in this order: take the container's lock (one transaction per container across processes), run the
-`Upgrade`, redo the containers that shared the old container's network namespace, and, when the service
-switched image, keep the image it left as its newest previous version. Skip-list decisions stay with the
-callers, because an upgrade and a rollback record different things.
+`Upgrade`, redo the containers that shared the old container's network namespace, restart the compose
+containers that depend on it with `restart: true` (as compose would), and, when the service switched
+image, keep the image it left as its newest previous version. Skip-list decisions stay with the callers,
+because an upgrade and a rollback record different things.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import structlog
 
-from dockwarden import namespace, retention
+from dockwarden import compose, namespace, retention
 from dockwarden.engine import Engine, EngineError
 from dockwarden.history import Event, History
 from dockwarden.locks import Busy, ContainerLock
@@ -80,6 +81,8 @@ class Runner:
         """Run the transaction and what follows a switch; the caller holds the lock (`locked`)."""
         outcome = Upgrade(self.engine, target, self.hooks).run()
         namespace.follow_up(self.engine, self.state_dir, target, outcome, self.hooks)
+        if outcome.result == Result.UPGRADED and outcome.replaced is not None:
+            compose.restart_dependents(self.engine, target.container)
         if outcome.switched:
             self._retain(target, outcome, keep_previous)
         return outcome

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from dockwarden import gate, imageref, recreate, retention
+from dockwarden import compose, gate, imageref, recreate, retention
 from dockwarden.engine import EngineError, NotFound
 from dockwarden.imageref import ImageRef
 
@@ -359,6 +359,9 @@ class Upgrade:
         self.was_running = bool((self.old.get("State") or {}).get("Running"))
         if not self.was_running and not t.stopped_ok:
             raise StepFailed(Step.PLAN, "the container is not running; upgrade it after starting it")
+        refused = compose.refusal((self.old.get("Config") or {}).get("Labels") or {})
+        if refused is not None:
+            raise StepFailed(Step.PLAN, refused)
         old_image = self.engine.inspect_image(self.old["Image"])
         switching = new_image is not None
         if new_image is None:
