@@ -463,9 +463,7 @@ class Upgrade:
         try:
             self.engine.rename(old_id, name + self.mode.aside_suffix)
         except EngineError:
-            if self.mode is not Mode.RUNNING or _state(self.engine.inspect_container(old_id)) not in (
-                ContainerState.RESTARTING,
-            ):
+            if self.mode is not Mode.RUNNING or not _crash_looping(self.engine, self.old):
                 raise
             # It crashed again since PLAN, and the engine refuses to rename it between two restarts.
             self.mode = Mode.CRASH_LOOP
@@ -763,22 +761,42 @@ def _free_the_name(engine: TransactionEngine, name: str, old: dict[str, Any], st
             UndoStep.ROLLBACK, f"{name} is held by container {holder['Id'][:12]}, which is not ours"
         )
     step(UndoStep.REMOVE_NEW)
-    with contextlib.suppress(NotFound):  # already gone: the name is free, which is the aim
-        engine.remove(holder["Id"])
+    _remove_successor(engine, holder["Id"])
     return True
 
 
+def _crash_looping(engine: TransactionEngine, before: dict[str, Any]) -> bool:
+    """Whether the container `before` describes is in a crash loop now: restarting, or restarted since."""
+    now = engine.inspect_container(before["Id"])
+    restarted = int(now.get("RestartCount") or 0) > int(before.get("RestartCount") or 0)
+    return restarted or _state(now) is ContainerState.RESTARTING
+
+
+def _remove_successor(engine: TransactionEngine, container_id: str) -> None:
+    """Remove a successor; one the engine is deleting already (AutoRemove, once it exited) is waited for."""
+    try:
+        engine.remove(container_id)
+    except NotFound:
+        return  # already gone: the name is free, which is the aim
+    except EngineError:
+        found = _find(engine, container_id)
+        if found is not None and _state(found) not in (ContainerState.REMOVING, ContainerState.DEAD):
+            raise
+        _wait_gone(engine, container_id, UndoStep.REMOVE_NEW)
+
+
 def _rename_back(engine: TransactionEngine, container: dict[str, Any], name: str) -> None:
-    """Rename a container that was just started back to `name`. One that crashes again at once may be
-    between two restarts, when the engine refuses a rename: stopped (immediate then), renamed, started."""
+    """Rename a container that was just started back to `name`. The engine refuses to rename one that
+    crashes again at once while it is between two restarts, or even as the exit is processed (its state
+    may read running then); stopped (immediate then), it can be renamed, and is started again."""
     try:
         engine.rename(container["Id"], name)
     except EngineError:
-        if _state(engine.inspect_container(container["Id"])) is not ContainerState.RESTARTING:
-            raise
         engine.stop(container["Id"], stop_timeout(container))
-        engine.rename(container["Id"], name)
-        engine.start(container["Id"])
+        try:
+            engine.rename(container["Id"], name)
+        finally:  # renamed or not, it runs again (if not renamed, where recovery looks)
+            engine.start(container["Id"])
 
 
 def _start_with_retries(engine: TransactionEngine, container_id: str) -> None:
