@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dockwarden import upgrade
+from dockwarden import recreate, upgrade
 from dockwarden.config import Stopped
 from dockwarden.engine import ContainerState, EngineError
 from dockwarden.upgrade import Mode, Step
@@ -366,3 +366,32 @@ def test_auto_remove_stand_in_left_beside_the_running_original_is_dropped(engine
     upgrade.converge(scene.fake, NAME, POLICY)
     assert scene.fake.names() == [NAME]
     assert _holder(scene)["Id"] == scene.old_id
+
+
+def test_auto_remove_stand_in_is_made_from_the_image_the_old_one_runs(engine: str) -> None:
+    """If the tag the old container was created from points elsewhere by now, it is pointed back at the
+    image the old one runs before its stand-in is created, so the stand-in runs the old version."""
+    scene = _scene(engine, "auto-remove")
+    elsewhere = copy.deepcopy(scene.fake.images[scene.old_image])
+    elsewhere.update(Id="sha256:" + "9" * 64, RepoTags=[TAG], RepoDigests=[])
+    scene.fake.images[scene.old_image]["RepoTags"].remove(TAG)
+    scene.fake.add_image(elsewhere)
+    scene.fake.on_start[NEW_ID] = Behaviour(exit_code=1)
+    outcome = _run(scene)
+    assert outcome.result == "rolled-back"
+    assert _holder(scene)["Image"] == scene.old_image
+
+
+def test_relinked_points_links_to_a_set_aside_name_back_at_the_service() -> None:
+    """Links to the service under its own or a set-aside name are pointed at its name; others stay."""
+    plan = recreate.CreatePlan(
+        name="client",
+        body={
+            "Image": "r/client:latest",
+            "HostConfig": {"Links": ["web--dockwarden-done:app", "db:database", "web--dockwarden-old:w2"]},
+        },
+    )
+    assert upgrade.relinked(plan, "web").body["HostConfig"]["Links"] == ["web:app", "db:database", "web:w2"]
+    assert plan.body["HostConfig"]["Links"][0] == "web--dockwarden-done:app"  # the plan itself is unchanged
+    unlinked = recreate.CreatePlan(name="client", body={"Image": "r/client:latest", "HostConfig": {}})
+    assert upgrade.relinked(unlinked, "web") is unlinked
