@@ -564,9 +564,8 @@ class Upgrade:
                     self.engine.remove(self.stand_in)
             if self.held:
                 self.engine.start(self.old["Id"])  # its restart policy takes over again
-        except EngineError as exc:
-            self.log.warning("upgrade.set_aside_undo_failed", error=str(exc))
-            return False
+        except EngineError:
+            return False  # then the undo takes it from here, and reports what fails
         return True
 
     def _roll_back(self, started: float, error: str, step: Step | UndoStep | None) -> Outcome:
