@@ -22,7 +22,7 @@ import structlog
 from dockwarden import digests, imageref, registry
 from dockwarden.config import Config, Service
 from dockwarden.digests import DigestCache
-from dockwarden.engine import Engine, EngineError, Platform, Snapshot, registry_credentials
+from dockwarden.engine import ContainerState, Engine, EngineError, Platform, Snapshot, registry_credentials
 from dockwarden.engine import NotFound as ContainerMissing
 from dockwarden.imageref import ImageRef
 
@@ -34,6 +34,9 @@ class Status(StrEnum):
 
     UP_TO_DATE = "up-to-date"
     UPDATE_AVAILABLE = "update-available"
+    # Created from `repo@sha256:...` or `repo:tag@sha256:...` and the service names no `image:` to follow:
+    # the digest is the user's choice of version, so there is nothing to check and nothing to upgrade.
+    PINNED = "pinned"
     ERROR = "error"
 
 
@@ -49,6 +52,7 @@ class CheckResult:
     reason: str | None = None  # stable short code for an error, e.g. "unreachable", "rate-limited"
     duration: float = 0.0
     ratelimit_remaining: str | None = None  # Docker Hub's pull budget, as its header says it
+    state: ContainerState | None = None  # the container's, when the check found it
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,11 +74,21 @@ class _Running:
     ref: ImageRef
     image_id: str
     digests: frozenset[str]  # RepoDigests of the running image that belong to ref's repository
+    state: ContainerState
 
 
 class Unfollowable(Exception):
-    """The container names no tag to follow (created from an image ID, or pinned to a digest) and the
-    service sets no `image:`: a config problem, not the engine's."""
+    """The container names no reference to follow (it was created from an image ID) and the service sets
+    no `image:`: a config problem, not the engine's."""
+
+
+class Pinned(Exception):
+    """The container was created from a reference pinned to a digest and the service sets no `image:`."""
+
+    def __init__(self, ref: ImageRef, state: ContainerState) -> None:
+        super().__init__(f"{ref} is pinned to a digest")
+        self.ref = ref
+        self.state = state
 
 
 class PlatformMissing(registry.RegistryError):
@@ -135,10 +149,10 @@ def _resolve(service: Service, engine: Engine, snapshot: Snapshot) -> _Running:
             ref = imageref.parse(info.config_image)
         except imageref.InvalidReference as exc:
             raise Unfollowable(f"container {service.container!r} image {info.config_image!r}: {exc}") from exc
+        if ref.digest is not None:
+            raise Pinned(ref, info.state)
     if ref.tag is None:
-        raise Unfollowable(
-            f"{ref} is pinned to a digest, so it has no tag to follow; set `image:` with a tag"
-        )
+        raise Unfollowable(f"{ref} names a digest, not a tag to follow; set `image:` with a tag")
     ref = ImageRef(ref.registry, ref.repository, ref.tag, None)
     repo_digests = snapshot.repo_digests.get(info.image_id)
     if repo_digests is None:  # created after the snapshot was taken
@@ -148,6 +162,7 @@ def _resolve(service: Service, engine: Engine, snapshot: Snapshot) -> _Running:
         ref=ref,
         image_id=info.image_id,
         digests=frozenset(imageref.digests_for(ref.name, list(repo_digests))),
+        state=info.state,
     )
 
 
@@ -174,6 +189,7 @@ def _check_group(
                 error=str(exc),
                 reason=exc.reason,
                 duration=took,
+                state=m.state,
             )
             for m in members
         ]
@@ -201,6 +217,7 @@ def _check_group(
                 reason=reason,
                 duration=time.monotonic() - started,
                 ratelimit_remaining=head.ratelimit_remaining,
+                state=member.state,
             )
         )
     return results
@@ -225,6 +242,9 @@ def _group_by_image(
             continue
         except Unfollowable as exc:
             results[service.name] = _failure(service, str(exc), "config-problem", started)
+            continue
+        except Pinned as pin:
+            results[service.name] = _pinned(service, pin, started)
             continue
         except EngineError as exc:
             results[service.name] = _failure(service, str(exc), "engine-error", started)
@@ -283,6 +303,21 @@ def run_checks(
     for result in ordered:
         _log_result(log, result)
     return ordered
+
+
+def _pinned(service: Service, pin: Pinned, started: float) -> CheckResult:
+    """A pinned service: it runs the digest it names (the engine resolves a digest reference exactly), and
+    no registry is asked anything."""
+    return CheckResult(
+        service=service.name,
+        container=service.container,
+        image=str(pin.ref),
+        running_digest=pin.ref.digest,
+        registry_digest=None,
+        status=Status.PINNED,
+        duration=time.monotonic() - started,
+        state=pin.state,
+    )
 
 
 def _failure(service: Service, message: str, reason: str, started: float | None = None) -> CheckResult:
@@ -416,6 +451,7 @@ class Checker:
             checked=len(results),
             up_to_date=summary.count(Status.UP_TO_DATE),
             update_available=summary.count(Status.UPDATE_AVAILABLE),
+            pinned=summary.count(Status.PINNED),
             errors=summary.count(Status.ERROR),
             cancelled=bool(cancel and cancel.is_set()),
             duration_ms=round(summary.duration * 1000, 1),

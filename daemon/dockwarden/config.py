@@ -14,11 +14,12 @@ import contextlib
 import graphlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -54,6 +55,16 @@ class Update(StrEnum):
 
     AUTO = "auto"  # upgrade the container (gated, rolled back on failure)
     MONITOR = "monitor"  # only report it; `dockwarden update SERVICE` still upgrades it
+
+
+class Stopped(StrEnum):
+    """What an upgrade does with a service whose container is not running (exited or created)."""
+
+    SKIP = "skip"  # leave it alone, and say so: starting or replacing it is not dockwarden's call
+    RECREATE = "recreate"  # recreate it on the new image and leave it stopped (a job started by a timer)
+
+
+_Choice = TypeVar("_Choice", bound=StrEnum)
 
 
 class ProbeKind(StrEnum):
@@ -113,11 +124,16 @@ def _image(value: object) -> imageref.ImageRef:
         raise ValueError(f"invalid image reference {text!r}: {exc}") from None
 
 
-def _update(value: object) -> Update:
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return Update(value)
-    raise PydanticKnownError("enum", {"expected": " or ".join(repr(mode.value) for mode in Update)})
+def _choice(kind: type[_Choice]) -> Callable[[object], _Choice]:
+    """A validator for one of `kind`'s words, strictly (YAML's `yes` is a bool, not a word)."""
+
+    def validate(value: object) -> _Choice:
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return kind(value)
+        raise PydanticKnownError("enum", {"expected": " or ".join(repr(word.value) for word in kind)})
+
+    return validate
 
 
 def _state_dir(value: object) -> Path:
@@ -196,7 +212,8 @@ Duration = Annotated[timedelta, PlainValidator(_duration)]  # `90s`, `5m`, `1h30
 RequestTimeout = Annotated[timedelta, PlainValidator(_duration), AfterValidator(_short_enough)]
 Interval = Annotated[timedelta, PlainValidator(_duration), AfterValidator(_long_enough)]  # at least 10 s
 Image = Annotated[imageref.ImageRef, PlainValidator(_image)]
-UpdateMode = Annotated[Update, PlainValidator(_update)]
+UpdateMode = Annotated[Update, PlainValidator(_choice(Update))]
+StoppedMode = Annotated[Stopped, PlainValidator(_choice(Stopped))]
 StateDir = Annotated[Path, PlainValidator(_state_dir)]  # absolute
 Name = Annotated[str, AfterValidator(_check_name)]
 TagSafeName = Annotated[str, AfterValidator(_check_tag_safe_name)]
@@ -264,6 +281,7 @@ class Service(_Model):
     container: TagSafeName = Field(default_factory=_name_of)
     image: Image | None = None  # None: follow the reference the container was created from
     update: UpdateMode = Update.AUTO
+    stopped: StoppedMode = Stopped.SKIP  # a container that is not running: skip it, or recreate it stopped
     depends_on: Annotated[tuple[Name, ...], BeforeValidator(_tuple)] = ()  # service names
     probe: Probe | None = Field(default=None, alias="health")  # `health:` in the file, `health=` in code
     stability_window: Duration = STABILITY_WINDOW

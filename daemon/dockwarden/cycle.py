@@ -100,20 +100,36 @@ def order(
 def decide(
     service: Service, result: CheckResult, skipped: Entry | None, options: Options
 ) -> tuple[Action | Result, str | None]:
-    """What to do with one checked service: Action.UPGRADE, or a final result and its reason."""
+    """What to do with one checked service: Action.UPGRADE, or a final result and its reason (a skip's
+    starts with a stable word: `pinned`, `update`, a container state, or the digest that failed)."""
     if result.status == Status.ERROR:
         return Result.ERROR, result.error
     if result.status == Status.UP_TO_DATE:
         return Result.UP_TO_DATE, None
-    if service.update != Update.AUTO and not options.named:
-        return Result.SKIPPED, "update: monitor"
+    reason = _left_as_is(service, result, options)
     digest = str(result.registry_digest)
-    if skipped is not None and digest in skipped.digests and not options.force:
+    if reason is None and skipped is not None and digest in skipped.digests and not options.force:
+        reason = f"{digest[:19]} failed before ({skipped.reason}); pass --force to try it again"
+    return (Action.UPGRADE, None) if reason is None else (Result.SKIPPED, reason)
+
+
+def _left_as_is(service: Service, result: CheckResult, options: Options) -> str | None:
+    """Why a service with a newer image (or a pinned one) is not upgraded, whatever its skip list says."""
+    if result.status == Status.PINNED:
         return (
-            Result.SKIPPED,
-            f"{digest[:19]} failed before ({skipped.reason}); pass --force to try it again",
+            f"pinned: {result.image} names a digest, the version chosen for it; set `image:` for this "
+            "service to follow a tag instead"
         )
-    return Action.UPGRADE, None
+    if service.update != Update.AUTO and not options.named:
+        return "update: monitor"
+    # From the check's look at the container; the transaction decides again on what it inspects.
+    return upgrade.left_alone(result.state, service.stopped)
+
+
+def blamed(outcome: Outcome) -> bool:
+    """Whether a failed upgrade puts its digest on the skip list: only if the new version was started (it
+    ran, and failed its gate or its start). A failure before that says nothing against the digest."""
+    return outcome.result in (Result.ROLLED_BACK, Result.ROLLBACK_FAILED) and outcome.started_new
 
 
 def recover(engine: Engine, cfg: Config) -> None:
@@ -176,7 +192,8 @@ def run(
         else:
             outcome = _one(runner, cfg, service, results[service.name], options, skips, report)
         report.outcomes.append(outcome)
-        if not options.dry_run:
+        # A pinned service's skip is its check's result, which its `checked` entry already records.
+        if not options.dry_run and results[service.name].status != Status.PINNED:
             runner.record(outcome)
     counts = (Result.UPGRADED, Result.ROLLED_BACK, Result.ROLLBACK_FAILED, Result.SKIPPED)
     structlog.get_logger("dockwarden.update").info(
@@ -248,11 +265,12 @@ def _one(
         from_digest=result.running_digest,
         to_digest=digest,
         policy=gate.policy_for(service, cfg.health_timeout_max),
+        stopped=service.stopped,
     )
     if options.dry_run:
         return _plan(runner.engine, target, result, report)
     outcome = runner.upgrade(target, service.keep_previous)
-    if outcome.result in (Result.ROLLED_BACK, Result.ROLLBACK_FAILED):
+    if blamed(outcome):
         skips.add(service.name, [digest], f"{outcome.step}: {outcome.error}")
     elif outcome.result == Result.UPGRADED and skipped is not None:
         skips.clear(service.name)

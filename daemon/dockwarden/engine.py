@@ -111,6 +111,10 @@ class ContainerView:
     health: Health | None  # None without a HEALTHCHECK
     finished_at: datetime | None  # UTC, when it last stopped; None if it never did
     raw: dict[str, Any] = field(repr=False, compare=False)  # the document, for what the view leaves out
+    # From the list API only (() from inspect): the containers that link to this one with `--link`. The
+    # list names a container also as /LINKER/ALIAS for each such link (moby daemon/links.go registers
+    # them in its name index); the engine moves them along with a rename of either container.
+    linked_by: tuple[str, ...] = ()
 
     @property
     def running(self) -> bool:
@@ -135,6 +139,7 @@ class ContainerView:
             health=None,
             finished_at=None,
             raw=item,
+            linked_by=tuple(sorted({n.split("/")[1] for n in names if n.count("/") == 2})),
         )
 
     @classmethod
@@ -316,6 +321,10 @@ class Engine:
 
     def inspect_image(self, ref: str) -> dict[str, Any]:
         return dict(self._call(f"inspecting image {ref}", self._client.api.inspect_image, ref))
+
+    def linkers_of(self, name: str) -> list[str]:
+        """Names of the containers that link to container `name` with `--link` (`ContainerView.linked_by`)."""
+        return next((sorted(view.linked_by) for view in self.containers() if view.name == name), [])
 
     def containers_in_namespace_of(self, container_id: str, name: str) -> list[str]:
         """Names of containers that use `network_mode: container:X` with X this container (by ID or name)."""

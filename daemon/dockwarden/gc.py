@@ -146,11 +146,10 @@ def _stopped_containers(
     if rule is None:
         return []
     watched = {s.container for s in cfg.services}
-    suffixes = (upgrade.OLD_SUFFIX, upgrade.DONE_SUFFIX)
     found = []
     for container in containers:
         name = container.name
-        if container.state not in STOPPED_STATES or name in watched or name.endswith(suffixes):
+        if container.state not in STOPPED_STATES or name in watched or name.endswith(upgrade.SUFFIXES):
             continue
         stopped = stopped_at.get(container.id)
         if not matches(container.labels, rule.labels) or stopped is None or now - stopped < rule.min_age:

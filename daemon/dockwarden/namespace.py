@@ -1,17 +1,23 @@
-"""Containers that share another container's network namespace (`--network container:X`).
+"""Containers bound to another container's identity: sharing its network namespace (`--network
+container:X`), or linking to it (`--link X:alias`, the legacy links of the default bridge).
 
-Such a container loses its network with X: when X is replaced, each of them is recreated (same image) to
-join the successor, or restarted after a rollback to rejoin the old one. And in a cycle, X is upgraded
-before them (`parents`).
+Such a container breaks when X is replaced: a namespace child loses its network with X, and a link
+follows X through every rename to its set-aside name, which goes when X is removed. So when another
+container takes X's name (an upgrade, or a rollback onto the stand-in of an AutoRemove container), each of
+them is recreated (same image) to join or link to it: a link is pointed back at X's name, a namespace by
+ID at the new ID. When X itself comes back (a rollback), namespace children are restarted to rejoin it,
+and links need nothing: they followed X back, and the engine rewrites the linkers' /etc/hosts when X
+starts again. In a cycle, X is upgraded before them (`parents`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
 
-from dockwarden.config import Service
+from dockwarden.config import Service, Stopped
 from dockwarden.engine import ContainerView, Engine, EngineError
 from dockwarden.locks import Busy, ContainerLock
 from dockwarden.upgrade import Hooks, Outcome, Result, Target, Upgrade
@@ -34,9 +40,30 @@ def parents(services: list[Service], inspected: dict[str, ContainerView]) -> dic
     return found
 
 
-def follow_up(engine: Engine, state_dir: Path, target: Target, outcome: Outcome, hooks: Hooks) -> None:
-    """After `target`'s transaction set its container aside: recreate (upgraded) or restart (rolled back)
-    every container that shared the old container's namespace. Failures are logged, never raised."""
+def linkers(engine: Engine, container: str) -> list[str]:
+    """The containers linking to `container`, read before its transaction (the links follow it to its
+    set-aside name, and go with the old container). Failures are logged: then none are redone."""
+    try:
+        return engine.linkers_of(container)
+    except EngineError as exc:
+        structlog.get_logger("dockwarden.update").error(
+            "namespace.refresh_failed", container=container, error=str(exc)
+        )
+        return []
+
+
+def follow_up(
+    engine: Engine,
+    state_dir: Path,
+    target: Target,
+    outcome: Outcome,
+    hooks: Hooks,
+    linked: Sequence[str] = (),
+) -> None:
+    """After `target`'s transaction set its container aside: recreate (another container holds the name
+    now) or restart (the old one is back) every container that shared the old container's namespace, and
+    recreate every container in `linked` (those that linked to it) if another holds the name. Failures are
+    logged, never raised."""
     log = structlog.get_logger("dockwarden.update")
     old_id = outcome.replaced
     if old_id is None:
@@ -47,14 +74,17 @@ def follow_up(engine: Engine, state_dir: Path, target: Target, outcome: Outcome,
     except EngineError as exc:
         log.error("namespace.refresh_failed", container=target.container, error=str(exc))
         return
+    replaced = new.id != old_id and outcome.result in (Result.UPGRADED, Result.ROLLED_BACK)
     for child in children:
-        if outcome.result == Result.UPGRADED:
+        if replaced:
             _rejoin(engine, state_dir, target, child, old_id, new.id, hooks)
         else:
             try:
                 engine.restart(child)
             except EngineError as exc:
                 log.error("namespace.refresh_failed", container=child, error=str(exc))
+    for linker in linked if replaced else ():
+        _recreate(engine, state_dir, target, linker, hooks, relink=target.container)
 
 
 def _rejoin(
@@ -62,13 +92,30 @@ def _rejoin(
 ) -> None:
     """Recreate `child` (same image) in the new parent's namespace; a mode naming the parent by name
     resolves again by itself, one naming the old ID is pointed at the new one."""
-    log = structlog.get_logger("dockwarden.update")
     try:
         mode = engine.container_view(child).network_mode
     except EngineError as exc:
-        log.error("namespace.refresh_failed", container=child, error=str(exc))
+        structlog.get_logger("dockwarden.update").error(
+            "namespace.refresh_failed", container=child, error=str(exc)
+        )
         return
     override = f"container:{new_id}" if mode == f"container:{old_id}" else None
+    _recreate(engine, state_dir, parent, child, hooks, network_mode=override)
+
+
+def _recreate(
+    engine: Engine,
+    state_dir: Path,
+    parent: Target,
+    child: str,
+    hooks: Hooks,
+    *,
+    network_mode: str | None = None,
+    relink: str | None = None,
+) -> None:
+    """Recreate `child` on its own image under its lock, gated like its parent. One that is stopped is
+    recreated stopped: left as it is, it could never start again."""
+    log = structlog.get_logger("dockwarden.update")
     target = Target(
         service=child,
         container=child,
@@ -76,7 +123,9 @@ def _rejoin(
         from_digest=None,
         to_digest=None,
         policy=parent.policy,
-        network_mode=override,
+        network_mode=network_mode,
+        stopped=Stopped.RECREATE,
+        relink=relink,
     )
     try:
         with ContainerLock(state_dir, child):

@@ -1,10 +1,11 @@
 """What a killed upgrade leaves behind, found from the engine's lists and resolved one item at a time.
 
 A transaction killed half-way leaves its state in Docker itself (see `upgrade`): the old container set
-aside as `NAME--dockwarden-old` (not committed: undo) or `NAME--dockwarden-done` (committed: finish), and
-the pulled image's protective tag `REPO:dockwarden-NAME-pulled`. The update cycle resolves every leftover
-of its services before it checks; garbage collection lists and resolves them too. `leftovers` is pure;
-`resolve` takes the container's lock, so it never touches an upgrade that is still alive.
+aside as `NAME--dockwarden-old` or `NAME--dockwarden-old-stopped` (not committed: undo) or
+`NAME--dockwarden-done` (committed: finish), and the pulled image's protective tag
+`REPO:dockwarden-NAME-pulled`. The update cycle resolves every leftover of its services before it checks;
+garbage collection lists and resolves them too. `leftovers` is pure; `resolve` takes the container's lock,
+so it never touches an upgrade that is still alive.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dockwarden.locks import ContainerLock
 
 class LeftoverKind(StrEnum):
     FINISH = "finish"  # NAME--dockwarden-done: the successor passed its gate; remove the old container
-    UNDO = "undo"  # NAME--dockwarden-old: put the old container back
+    UNDO = "undo"  # NAME--dockwarden-old(-stopped): put the old container back (started, or stopped)
     PULLED = "pulled"  # REPO:dockwarden-NAME-pulled: an image tag protecting a pull; drop it
 
 
@@ -51,6 +52,7 @@ def leftovers(
         name = container.name
         for suffix, kind in (
             (upgrade.OLD_SUFFIX, LeftoverKind.UNDO),
+            (upgrade.STOPPED_SUFFIX, LeftoverKind.UNDO),
             (upgrade.DONE_SUFFIX, LeftoverKind.FINISH),
         ):
             base = name.removesuffix(suffix)

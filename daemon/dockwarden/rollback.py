@@ -49,6 +49,11 @@ def _locked(runner: Runner, cfg: Config, service: Service, to: str | None) -> Ou
         ref = service.image or imageref.parse(container.config_image)
     except (EngineError, imageref.InvalidReference) as exc:
         return _error(service, str(exc))
+    if service.image is None and ref.digest is not None:
+        # As for the update cycle (check.Status.PINNED): the digest is the version chosen for it.
+        return _error(
+            service, f"{ref} is pinned to a digest; set `image:` for {service.name} to follow a tag"
+        )
     ref = ref.with_tag_default()
     running = container.image_id
     running_digests = retention.digests_of(images, running, ref.name)

@@ -2,10 +2,10 @@
 
 Needs only the engine and state_dir, never a registry. For the update cycle and `dockwarden rollback`
 alike, in this order: take the container's lock (one transaction per container across processes), run the
-`Upgrade`, redo the containers that shared the old container's network namespace, restart the compose
-containers that depend on it with `restart: true` (as compose would), and, when the service switched
-image, keep the image it left as its newest previous version. Skip-list decisions stay with the callers,
-because an upgrade and a rollback record different things.
+`Upgrade`, redo the containers that shared the old container's network namespace or linked to it,
+restart the compose containers that depend on it with `restart: true` (as compose would), and, when the
+service switched image, keep the image it left as its newest previous version. Skip-list decisions stay
+with the callers, because an upgrade and a rollback record different things.
 """
 
 from __future__ import annotations
@@ -79,8 +79,9 @@ class Runner:
 
     def transact(self, target: Target, keep_previous: int) -> Outcome:
         """Run the transaction and what follows a switch; the caller holds the lock (`locked`)."""
+        linked = namespace.linkers(self.engine, target.container)
         outcome = Upgrade(self.engine, target, self.hooks).run()
-        namespace.follow_up(self.engine, self.state_dir, target, outcome, self.hooks)
+        namespace.follow_up(self.engine, self.state_dir, target, outcome, self.hooks, linked)
         if outcome.result == Result.UPGRADED and outcome.replaced is not None:
             compose.restart_dependents(self.engine, target.container)
         if outcome.switched:

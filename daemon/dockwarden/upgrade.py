@@ -1,20 +1,29 @@
 """The upgrade transaction: replace one container by its successor, never destroying before proving.
 
-Reads top to bottom in `Upgrade.run`. Every state it passes through is visible in Docker itself, through
+Reads top to bottom in `Upgrade._steps`. Every state it passes through is visible in Docker itself, through
 container names and one label, so a process killed at any point leaves enough for `converge` to finish
 or undo the work on the next start:
 
-    X                      the service's container (old, then new)
-    X--dockwarden-old      the old container, set aside while its successor is tried
-    X--dockwarden-done     the old container after the successor passed its gate (the commit point)
+    X                           the service's container (old, then new)
+    X--dockwarden-old           the old container, set aside while its successor is tried; undo starts it
+    X--dockwarden-old-stopped   the same for a container that was not running; undo leaves it stopped
+    X--dockwarden-done          the old container after the successor passed its gate (the commit point)
     label dockwarden.replaces=<old ID> on the successor, so we never remove a container that is not ours
 
-Undo = remove the successor, rename the old one back, start it, check it runs. Commit = remove the old one.
+Undo = remove the successor, start the old one (unless it was stopped), rename it back, check it runs.
+Commit = remove the old one.
+
+How the old container is replaced depends on its state (`left_alone`, `mode_for`): a paused one is left
+alone; a crash-looping one is stopped first (the engine refuses to rename it between two restarts); one
+with AutoRemove (`--rm`) vanishes when it stops, so a created copy of it (its stand-in, made from its
+inspect document by `recreate`) is what is set aside, and what an undo starts; a stopped one is recreated
+stopped when its service says `stopped: recreate`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -25,14 +34,24 @@ from typing import Any, Protocol
 import structlog
 
 from dockwarden import compose, gate, imageref, recreate, retention
-from dockwarden.engine import EngineError, NotFound
+from dockwarden.config import Stopped
+from dockwarden.engine import ContainerState, EngineError, NotFound
 from dockwarden.imageref import ImageRef
 
 OLD_SUFFIX = "--dockwarden-old"
+STOPPED_SUFFIX = "--dockwarden-old-stopped"
 DONE_SUFFIX = "--dockwarden-done"
+# Every name a half-done upgrade leaves on the old container (recovery and GC look for them).
+SUFFIXES = (OLD_SUFFIX, STOPPED_SUFFIX, DONE_SUFFIX)
 START_ATTEMPTS = 5  # for the old container during an undo
 START_RETRY_DELAY = 1.0
 DEFAULT_STOP_TIMEOUT = 10  # the engine's own default when a container sets no StopTimeout
+GONE_TIMEOUT = 30.0  # seconds for the engine to delete an AutoRemove container once it stopped
+GONE_POLL = 0.1
+NEVER = "0001-01-01T00:00:00Z"  # the engine's zero time: State.StartedAt of a container never started
+# The gate's verdict for a successor that is created and left stopped (`stopped: recreate`): nothing runs,
+# so nothing can be gated; what vouches for it is VERIFY, which found it to be what was planned.
+NOT_STARTED = "not started (stopped: recreate): created as planned, left stopped"
 
 
 class Step(StrEnum):
@@ -65,6 +84,71 @@ STEPS = tuple(Step)
 UNDO_STEPS = (UndoStep.REMOVE_NEW, UndoStep.START_OLD, UndoStep.RENAME_OLD)
 
 
+class Mode(StrEnum):
+    """How the transaction replaces a container, from the state it found it in (`mode_for`)."""
+
+    RUNNING = "running"  # set aside while it serves; the outage is its stop plus the successor's start
+    # Running with AutoRemove (`--rm`): the engine deletes it when it stops, so a created copy of it (its
+    # stand-in) is set aside instead, and it is stopped before the successor is created (its name frees
+    # only then): the outage is stop + create + start.
+    AUTO_REMOVE = "auto-remove"
+    # Restarting (a crash loop): stopped first, since the engine refuses to rename it between two restarts
+    # (Engine 20.10 and 26.1: "sandbox ... not found"); a stop of a restarting container is immediate and
+    # ends the loop (moby daemon/kill.go: a manual stop cancels the restart). It served nothing anyway.
+    CRASH_LOOP = "restarting"
+    STOPPED = "stopped"  # exited or created, `stopped: recreate`: the successor is created and left stopped
+    REVIVE = "revive"  # exited or created, a rollback: the successor is started and gated
+
+    @property
+    def restores_running(self) -> bool:
+        """Whether an undo starts the old container again (else it puts it back stopped)."""
+        return self in (Mode.RUNNING, Mode.AUTO_REMOVE, Mode.CRASH_LOOP)
+
+    @property
+    def starts_new(self) -> bool:
+        return self is not Mode.STOPPED
+
+    @property
+    def aside_suffix(self) -> str:
+        """The set-aside name's suffix, which tells recovery whether to start the old one again."""
+        return OLD_SUFFIX if self.restores_running else STOPPED_SUFFIX
+
+
+STOPPED_STATES = (ContainerState.EXITED, ContainerState.CREATED)
+
+
+def left_alone(state: ContainerState | None, stopped: Stopped, *, stopped_ok: bool = False) -> str | None:
+    """Why a container in `state` (None: not known yet) is not to be replaced, or None if it may be.
+
+    The reason starts with the state's word (`paused`, `exited`, ...), a stable code for logs and history.
+    `stopped` is the service's choice for a container that is not running; `stopped_ok` (a rollback by
+    hand) replaces such a container whatever the choice."""
+    if state in (None, ContainerState.RUNNING, ContainerState.RESTARTING):
+        return None
+    if state is ContainerState.PAUSED:
+        return (
+            "paused: the container is paused (docker pause); dockwarden leaves it alone until it is unpaused"
+        )
+    if state in STOPPED_STATES:
+        if stopped_ok or stopped is Stopped.RECREATE:
+            return None
+        return (
+            f"{state}: the container is not running and starting it is not dockwarden's call; set "
+            "`stopped: recreate` for this service to recreate it on the new image and leave it stopped"
+        )
+    return f"{state}: dockwarden replaces only running, restarting and stopped (exited, created) containers"
+
+
+def mode_for(state: ContainerState, *, auto_remove: bool, stopped_ok: bool) -> Mode:
+    """How to replace a container in `state` that `left_alone` lets through; `auto_remove` is its
+    HostConfig.AutoRemove (which the engine refuses together with a restart policy, so never restarting)."""
+    if state is ContainerState.RESTARTING:
+        return Mode.CRASH_LOOP
+    if state is ContainerState.RUNNING:
+        return Mode.AUTO_REMOVE if auto_remove else Mode.RUNNING
+    return Mode.REVIVE if stopped_ok else Mode.STOPPED
+
+
 class Result(StrEnum):
     """How a service's turn in a cycle, or a rollback, ended (`update --json`'s and history's `result`)."""
 
@@ -92,9 +176,13 @@ class Target:
     policy: gate.Policy
     network_mode: str | None = None  # replaces HostConfig.NetworkMode (container:X whose X was recreated)
     image_id: str | None = None  # switch to this local image instead of pulling (a rollback)
-    # A rollback may replace a container that is not running: its version may be what crashed. An
-    # upgrade may not: starting a service the user stopped is not our call.
+    # A rollback replaces (and starts) a container that is not running: its version may be what crashed.
+    # An upgrade does what `stopped` says: starting a service the user stopped is not our call.
     stopped_ok: bool = False
+    stopped: Stopped = Stopped.SKIP
+    # Legacy links (`--link`) of this container to `relink`, whatever set-aside name they followed it to,
+    # are pointed back at `relink` (a container linking to one that was replaced).
+    relink: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,6 +200,7 @@ class Outcome:
     old_image: str | None = None  # image IDs the service ran before, and was switched to
     new_image: str | None = None
     verdict: str | None = None  # the gate's, when it passed
+    started_new: bool = False  # the successor was started: only then can its digest be blamed
 
     @property
     def switched(self) -> bool:
@@ -218,6 +307,15 @@ class TransactionEngine(gate.Inspector, Protocol):
         ...
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Final:
+    """How a transaction ends at PLAN without touching anything."""
+
+    result: Result
+    reason: str | None = None
+    step: Step | None = None
+
+
 class Upgrade:
     def __init__(self, engine: TransactionEngine, target: Target, hooks: Hooks | None = None) -> None:
         self.engine = engine
@@ -233,10 +331,13 @@ class Upgrade:
         self._step_started = 0.0
         self._entered: set[Step] = set()
         self.old: dict[str, Any] = {}
+        self.old_image: dict[str, Any] = {}
         self.new_image: dict[str, Any] = {}
         self.verdict: str | None = None
         self.pulled_ref: str | None = None
-        self.was_running = True
+        self.mode = Mode.RUNNING
+        self.stand_in: str | None = None  # ID of the old container's created copy (AutoRemove)
+        self.held = False  # a crash-looping old container was stopped at SET_ASIDE
 
     def _enter(self, step: Step) -> None:
         self._leave()
@@ -287,15 +388,15 @@ class Upgrade:
         pulled = self._pull() if t.to_digest is not None and t.image_id is None else None
         self._enter(Step.PLAN)
         prepared = self._plan(pulled)
-        if isinstance(prepared, Result):
+        if isinstance(prepared, _Final):
             self._leave()
-            if prepared == Result.SKIPPED:  # stopping: nothing is touched yet, so leave it as it is
-                return self._outcome(prepared, started, "not started: dockwarden is stopping", Step.PLAN)
-            return self._outcome(prepared, started)
+            return self._outcome(prepared.result, started, prepared.reason, prepared.step)
         plan, image_text, switching = prepared
 
         self._enter(Step.SET_ASIDE)
-        self.engine.rename(self.old["Id"], t.container + OLD_SUFFIX)
+        aside = self._set_aside()
+        if self.mode is Mode.AUTO_REMOVE:
+            self._stop_old()  # the engine deletes it, freeing its name for the successor
 
         if switching:
             self._enter(Step.TAG)
@@ -313,29 +414,87 @@ class Upgrade:
         if problems:
             raise StepFailed(Step.VERIFY, "the new container differs from the old: " + "; ".join(problems))
 
+        if self.mode.starts_new:
+            self._switch(new_id)
+        else:
+            self.verdict = NOT_STARTED
+
+        self._enter(Step.COMMIT)
+        # The rename is the commit record: from here on, a restart finishes instead of undoing.
+        self.engine.rename(aside, t.container + DONE_SUFFIX)
+
+        self._enter(Step.REMOVE_OLD)
+        self.engine.remove(aside)
+        self._leave()
+        return self._outcome(Result.UPGRADED, started)
+
+    def _switch(self, new_id: str) -> None:
+        """STOP_OLD, START, GATE: the outage, then the proof that the successor is good enough to keep."""
         # Only now does the service stop: everything that can be prepared while the old version
         # serves (tag, create, connect, verify) is done, so the outage is stop + start.
-        self._enter(Step.STOP_OLD)
-        self.engine.stop(self.old["Id"], stop_timeout(self.old))
+        if self.mode is not Mode.AUTO_REMOVE:  # that one was stopped before create
+            self._stop_old()
 
         self._enter(Step.START)
         self.engine.start(new_id)
 
         self._enter(Step.GATE)
-        verdict = gate.wait(self.engine, new_id, t.policy, 0, self.hooks.cancel)
+        verdict = gate.wait(self.engine, new_id, self.t.policy, 0, self.hooks.cancel)
         if not verdict.passed:
             raise StepFailed(Step.GATE, verdict.reason)
         self.verdict = verdict.reason
         self._leave(verdict=verdict.reason)
 
-        self._enter(Step.COMMIT)
-        # The rename is the commit record: from here on, a restart finishes instead of undoing.
-        self.engine.rename(self.old["Id"], t.container + DONE_SUFFIX)
+    def _stop_old(self) -> None:
+        """STOP_OLD, honouring StopSignal and StopTimeout (with AutoRemove: until the engine deleted it)."""
+        self._enter(Step.STOP_OLD)
+        self.engine.stop(self.old["Id"], stop_timeout(self.old))
+        if self.mode is Mode.AUTO_REMOVE:
+            _wait_gone(self.engine, self.old["Id"], Step.STOP_OLD)
 
-        self._enter(Step.REMOVE_OLD)
-        self.engine.remove(self.old["Id"])
-        self._leave()
-        return self._outcome(Result.UPGRADED, started)
+    def _set_aside(self) -> str:
+        """SET_ASIDE: free the service's name, keeping the old version under a set-aside name where undo and
+        recovery find it. Returns the ID of the container set aside (the old one, or its stand-in)."""
+        old_id, name = self.old["Id"], self.t.container
+        if self.mode is Mode.AUTO_REMOVE:
+            return self._make_stand_in()
+        if self.mode is Mode.CRASH_LOOP:
+            self._hold()
+        try:
+            self.engine.rename(old_id, name + self.mode.aside_suffix)
+        except EngineError:
+            if self.mode is not Mode.RUNNING or not _crash_looping(self.engine, self.old):
+                raise
+            # It crashed again since PLAN, and the engine refuses to rename it between two restarts.
+            self.mode = Mode.CRASH_LOOP
+            self._hold()
+            self.engine.rename(old_id, name + self.mode.aside_suffix)
+        return str(old_id)
+
+    def _hold(self) -> None:
+        """Stop a crash-looping container (immediate between two restarts) so that it can be renamed."""
+        self.held = True
+        self.engine.stop(self.old["Id"], stop_timeout(self.old))
+
+    def _make_stand_in(self) -> str:
+        """A created, never started copy of the old container under the set-aside name, made from its inspect
+        document as a successor is: the engine deletes the old one when it stops (AutoRemove), so this copy
+        is what an undo starts. Returns its ID."""
+        text = str(self.old["Config"]["Image"])
+        try:
+            resolves_to = self.engine.inspect_image(text)["Id"]
+        except NotFound:
+            resolves_to = None
+        if resolves_to != self.old["Image"]:
+            _retag(self.engine, self.old)  # the copy must be created from the image the old one runs
+        copy = recreate.plan(self.old, self.old_image, self.old_image, text)
+        self.stand_in = self.engine.create(copy.body, self.t.container + OLD_SUFFIX)
+        for network, endpoint in copy.connect.items():
+            self.engine.connect_network(self.stand_in, network, endpoint)
+        problems = recreate.differences(copy, self.engine.inspect_container(self.stand_in))
+        if problems:
+            raise StepFailed(Step.SET_ASIDE, "the old container's stand-in differs: " + "; ".join(problems))
+        return self.stand_in
 
     def _pull(self) -> dict[str, Any]:
         """PULL: fetch the target by digest and protect it with the `-pulled` tag; its inspect."""
@@ -348,32 +507,40 @@ class Upgrade:
         self.engine.tag(image["Id"], self.pulled_ref)
         return image
 
-    def _plan(self, pulled: dict[str, Any] | None) -> tuple[recreate.CreatePlan, str, bool] | Result:
-        """PLAN: read the old container and both images, and compute the successor's create body.
+    def _plan(self, pulled: dict[str, Any] | None) -> tuple[recreate.CreatePlan, str, bool] | _Final:
+        """PLAN: read the old container and both images, decide how to replace it, and compute the
+        successor's create body.
 
-        Returns (plan, the successor's Config.Image, whether it switches image), or the final result when
-        there is nothing to do (UP_TO_DATE) or dockwarden is stopping (SKIPPED)."""
+        Returns (plan, the successor's Config.Image, whether it switches image), or how the transaction
+        ends without touching anything: UP_TO_DATE, or SKIPPED (a state left alone, or dockwarden is
+        stopping)."""
         t = self.t
         new_image = self.engine.inspect_image(t.image_id) if t.image_id is not None else pulled
         self.old = self.engine.inspect_container(t.container)
-        self.was_running = bool((self.old.get("State") or {}).get("Running"))
-        if not self.was_running and not t.stopped_ok:
-            raise StepFailed(Step.PLAN, "the container is not running; upgrade it after starting it")
         refused = compose.refusal((self.old.get("Config") or {}).get("Labels") or {})
         if refused is not None:
             raise StepFailed(Step.PLAN, refused)
-        old_image = self.engine.inspect_image(self.old["Image"])
+        self.old_image = old_image = self.engine.inspect_image(self.old["Image"])
         switching = new_image is not None
         if new_image is None:
             new_image, image_text = old_image, str(self.old["Config"]["Image"])
         elif old_image["Id"] == new_image["Id"]:
-            return Result.UP_TO_DATE
+            return _Final(result=Result.UP_TO_DATE)
         else:
             image_text = image_string(self.old, t.ref)
+        state = _state(self.old)
+        refusal = left_alone(state, t.stopped, stopped_ok=t.stopped_ok)
+        if refusal is not None:
+            self.log.warning("upgrade.skipped", reason=refusal)
+            return _Final(result=Result.SKIPPED, reason=refusal)
+        auto_remove = bool((self.old.get("HostConfig") or {}).get("AutoRemove"))
+        self.mode = mode_for(state, auto_remove=auto_remove, stopped_ok=t.stopped_ok)
         self.new_image = new_image
         plan = recreate.plan(self.old, old_image, new_image, image_text, t.network_mode)
+        if t.relink is not None:
+            plan = relinked(plan, t.relink)
         if self.hooks.cancel is not None and self.hooks.cancel.is_set():
-            return Result.SKIPPED
+            return _Final(result=Result.SKIPPED, reason="not started: dockwarden is stopping", step=Step.PLAN)
         return plan, image_text, switching
 
     def _failed(self, exc: Exception, started: float) -> Outcome:
@@ -385,9 +552,24 @@ class Upgrade:
             self.log.warning("upgrade.cleanup_failed", step=failed_at, error=str(exc))
             return self._outcome(Result.UPGRADED, started, str(exc), failed_at)
         self.log.warning("upgrade.failed", step=failed_at, error=str(exc) or type(exc).__name__)
-        if failed_at in (Step.PULL, Step.PLAN):
+        if failed_at in (Step.PULL, Step.PLAN) or (failed_at == Step.SET_ASIDE and self._untouched()):
             return self._outcome(Result.ERROR, started, str(exc), failed_at)
         return self._roll_back(started, str(exc), failed_at)
+
+    def _untouched(self) -> bool:
+        """After a failed SET_ASIDE: True when the old container still holds its name, once what the step
+        began is taken back (a stand-in removed, a held crash loop started again); then nothing changed."""
+        try:
+            if _name(self.engine.inspect_container(self.old["Id"])) != self.t.container:
+                return False
+            if self.stand_in is not None:
+                with contextlib.suppress(NotFound):
+                    self.engine.remove(self.stand_in)
+            if self.held:
+                self.engine.start(self.old["Id"])  # its restart policy takes over again
+        except EngineError:
+            return False  # then the undo takes it from here, and reports what fails
+        return True
 
     def _roll_back(self, started: float, error: str, step: Step | UndoStep | None) -> Outcome:
         self.log.warning("rollback.started", step=step)
@@ -396,16 +578,27 @@ class Upgrade:
             undo(
                 self.engine,
                 self.t.container,
-                self.old,
+                self._aside_document(),
                 self.t.policy,
                 self.hooks.checkpoint,
-                self.was_running,
+                self.mode.restores_running,
+                # A crash loop comes back as it was: crash-looping, which no check would pass.
+                check=self.mode is not Mode.CRASH_LOOP,
             )
         except Exception as exc:  # any failure here is reported as rollback-failed, with its message
             self.log.error("rollback.failed", error=str(exc), duration_ms=_ms(undo_started))
             return self._outcome(Result.ROLLBACK_FAILED, started, error, step, rollback_error=str(exc))
         self.log.warning("rollback.finished", duration_ms=_ms(undo_started))
         return self._outcome(Result.ROLLED_BACK, started, error, step)
+
+    def _aside_document(self) -> dict[str, Any]:
+        """What an undo puts back: the old container, or its stand-in if one was made and still exists."""
+        if self.stand_in is None:
+            return self.old
+        try:
+            return self.engine.inspect_container(self.stand_in)
+        except NotFound:
+            return self.old
 
     def _outcome(
         self,
@@ -416,6 +609,7 @@ class Upgrade:
         rollback_error: str | None = None,
     ) -> Outcome:
         t = self.t
+        touched = self.step_reached(Step.SET_ASIDE) and result != Result.ERROR
         return Outcome(
             service=t.service,
             container=t.container,
@@ -426,10 +620,11 @@ class Upgrade:
             step=step,
             duration=time.monotonic() - started,
             rollback_error=rollback_error,
-            replaced=self.old.get("Id") if self.step_reached(Step.SET_ASIDE) else None,
+            replaced=self.old.get("Id") if touched else None,
             old_image=self.old.get("Image"),
             new_image=self.new_image.get("Id"),
             verdict=self.verdict,
+            started_new=self.step_reached(Step.START),
         )
 
     def step_reached(self, step: Step) -> bool:
@@ -445,6 +640,49 @@ def _find(engine: TransactionEngine, name: str) -> dict[str, Any] | None:
         return engine.inspect_container(name)
     except NotFound:
         return None
+
+
+def _state(container: dict[str, Any]) -> ContainerState:
+    return ContainerState(str((container.get("State") or {}).get("Status")))
+
+
+def _name(container: dict[str, Any]) -> str:
+    return str(container.get("Name") or "").lstrip("/")
+
+
+def _replaces(container: dict[str, Any]) -> str | None:
+    """The ID of the container this one was created to replace (a successor, or a stand-in), if any."""
+    return ((container.get("Config") or {}).get("Labels") or {}).get(recreate.REPLACES_LABEL) or None
+
+
+def _has_run(container: dict[str, Any]) -> bool:
+    return str((container.get("State") or {}).get("StartedAt") or NEVER) != NEVER
+
+
+def _wait_gone(engine: TransactionEngine, container_id: str, step: Step | UndoStep) -> None:
+    """Wait until the engine has deleted a stopped AutoRemove container (it does so just after the stop
+    returns: Engine 26.1 shows it `dead` or `removing` meanwhile); StepFailed after GONE_TIMEOUT."""
+    deadline = time.monotonic() + GONE_TIMEOUT
+    while _find(engine, container_id) is not None:
+        if time.monotonic() >= deadline:
+            raise StepFailed(step, f"{container_id[:12]} (AutoRemove) was not deleted after its stop")
+        time.sleep(GONE_POLL)
+
+
+def relinked(plan: recreate.CreatePlan, target: str) -> recreate.CreatePlan:
+    """`plan` with each legacy link to `target`, or to a set-aside name of it, pointed at `target`: the
+    engine moves links along with a rename, so a container linking to a replaced one links to the
+    set-aside name (moby daemon/rename.go), which goes with the old container."""
+    host = plan.body.get("HostConfig") or {}
+    links = []
+    for link in host.get("Links") or []:  # create's "name:alias" form (recreate.plan)
+        linked, _, alias = str(link).partition(":")
+        base = next((linked.removesuffix(s) for s in SUFFIXES if linked.endswith(s)), linked)
+        links.append(f"{target}:{alias}" if base == target else link)
+    if not links:
+        return plan
+    body = {**plan.body, "HostConfig": {**host, "Links": links}}
+    return dataclasses.replace(plan, body=body)
 
 
 def _retag(engine: TransactionEngine, container: dict[str, Any]) -> None:
@@ -465,41 +703,102 @@ def undo(
     policy: gate.Policy,
     checkpoint: Checkpoint | None = None,
     restart: bool = True,
+    *,
+    check: bool = True,
 ) -> None:
-    """Put `old` back as `name`: remove our successor if it holds the name, start the old one, rename it
-    back, check it runs. With `restart` False (it was not running before), only rename it back.
+    """Put `old` (the set-aside container, or a stand-in for it) back as `name`: remove our successor if it
+    holds the name, start the old one, rename it back, check it runs (healthy if it has a HEALTHCHECK).
+    With `restart` False (it was not running before), only rename it back; with `check` False (it was
+    crash-looping), do not expect it to come back well.
 
     Started before it is renamed back, so that a kill in between leaves a running container that still
     carries the set-aside name, which the next recovery finds; the reverse order could leave the old one
     stopped under its own name, where nothing would look for it.
     """
     step = checkpoint or (lambda _step: None)
-    holder = _find(engine, name)
-    if holder is not None and holder["Id"] != old["Id"]:
-        if (holder.get("Config") or {}).get("Labels", {}).get(recreate.REPLACES_LABEL) != old["Id"]:
-            raise StepFailed(
-                UndoStep.ROLLBACK, f"{name} is held by container {holder['Id'][:12]}, which is not ours"
-            )
-        step(UndoStep.REMOVE_NEW)
-        with contextlib.suppress(NotFound):  # already gone: the name is free, which is the aim
-            engine.remove(holder["Id"])
+    if not _free_the_name(engine, name, old, step):
+        return
     current = engine.inspect_container(old["Id"])
     _retag(engine, current)
     if not restart:
-        if current["Name"].lstrip("/") != name:
+        if _name(current) != name:
             step(UndoStep.RENAME_OLD)
             engine.rename(old["Id"], name)
         return
     step(UndoStep.START_OLD)
     _start_with_retries(engine, old["Id"])
-    if current["Name"].lstrip("/") != name:
+    if _name(current) != name:
         step(UndoStep.RENAME_OLD)
-        engine.rename(old["Id"], name)
+        _rename_back(engine, current, name)
+    if not check:
+        return
     # Check the old version runs again: healthy if it has a HEALTHCHECK, else up for a short while.
-    check = gate.Policy(stability=min(policy.stability, 2.0), health_timeout_max=policy.health_timeout_max)
-    verdict = gate.wait(engine, old["Id"], check, int(current.get("RestartCount") or 0))
+    quick = gate.Policy(stability=min(policy.stability, 2.0), health_timeout_max=policy.health_timeout_max)
+    verdict = gate.wait(engine, old["Id"], quick, int(current.get("RestartCount") or 0))
     if not verdict.passed:
         raise StepFailed(UndoStep.ROLLBACK, f"the old container did not come back: {verdict.reason}")
+
+
+def _free_the_name(engine: TransactionEngine, name: str, old: dict[str, Any], step: Checkpoint) -> bool:
+    """Remove what holds `name` if it is ours: a successor of the old container (or of what `old` stands
+    in for). False when there is nothing left to do: `old` is a stand-in and the container it stands in
+    for still runs under `name`, so the stand-in is removed instead. StepFailed if a container that is not
+    ours holds the name."""
+    holder = _find(engine, name)
+    if holder is None or holder["Id"] == old["Id"]:
+        return True
+    original = _replaces(old)
+    if holder["Id"] == original:  # `old` is a stand-in, made before the original stopped
+        if _state(holder) is ContainerState.RUNNING:
+            step(UndoStep.REMOVE_NEW)
+            engine.remove(old["Id"])
+            return False
+        # Stopped, so the engine is deleting it (AutoRemove): the stand-in takes its place.
+        with contextlib.suppress(EngineError):  # "removal already in progress", or gone already
+            engine.remove(holder["Id"])
+        _wait_gone(engine, holder["Id"], UndoStep.REMOVE_NEW)
+        return True
+    if _replaces(holder) not in {old["Id"], original} - {None}:
+        raise StepFailed(
+            UndoStep.ROLLBACK, f"{name} is held by container {holder['Id'][:12]}, which is not ours"
+        )
+    step(UndoStep.REMOVE_NEW)
+    _remove_successor(engine, holder["Id"])
+    return True
+
+
+def _crash_looping(engine: TransactionEngine, before: dict[str, Any]) -> bool:
+    """Whether the container `before` describes is in a crash loop now: restarting, or restarted since."""
+    now = engine.inspect_container(before["Id"])
+    restarted = int(now.get("RestartCount") or 0) > int(before.get("RestartCount") or 0)
+    return restarted or _state(now) is ContainerState.RESTARTING
+
+
+def _remove_successor(engine: TransactionEngine, container_id: str) -> None:
+    """Remove a successor; one the engine is deleting already (AutoRemove, once it exited) is waited for."""
+    try:
+        engine.remove(container_id)
+    except NotFound:
+        return  # already gone: the name is free, which is the aim
+    except EngineError:
+        found = _find(engine, container_id)
+        if found is not None and _state(found) not in (ContainerState.REMOVING, ContainerState.DEAD):
+            raise
+        _wait_gone(engine, container_id, UndoStep.REMOVE_NEW)
+
+
+def _rename_back(engine: TransactionEngine, container: dict[str, Any], name: str) -> None:
+    """Rename a container that was just started back to `name`. The engine refuses to rename one that
+    crashes again at once while it is between two restarts, or even as the exit is processed (its state
+    may read running then); stopped (immediate then), it can be renamed, and is started again."""
+    try:
+        engine.rename(container["Id"], name)
+    except EngineError:
+        engine.stop(container["Id"], stop_timeout(container))
+        try:
+            engine.rename(container["Id"], name)
+        finally:  # renamed or not, it runs again (if not renamed, where recovery looks)
+            engine.start(container["Id"])
 
 
 def _start_with_retries(engine: TransactionEngine, container_id: str) -> None:
@@ -520,18 +819,22 @@ def converge(engine: TransactionEngine, name: str, policy: gate.Policy) -> None:
     log = structlog.get_logger("dockwarden.upgrade").bind(container=name)
     done = _find(engine, name + DONE_SUFFIX)
     aside = _find(engine, name + OLD_SUFFIX)
+    stopped = _find(engine, name + STOPPED_SUFFIX)
     try:
         if done is not None:
-            # The successor passed its gate before the process died: finish the commit.
+            # The successor passed its gate (or, created stopped, its verification) before the process
+            # died: finish the commit.
             current = _find(engine, name)
             if current is not None:
-                if not (current.get("State") or {}).get("Running"):
+                if not (current.get("State") or {}).get("Running") and _has_run(current):
                     engine.start(current["Id"])
                 _retag(engine, current)
             engine.remove(done["Id"])
             log.warning("recovery.finished", old=done["Id"][:12])
-        elif aside is not None:
-            undo(engine, name, aside, policy)
-            log.warning("recovery.undone", old=aside["Id"][:12])
+        elif aside is not None or stopped is not None:
+            old = aside if aside is not None else stopped
+            assert old is not None  # noqa: S101 -- one of the two, by the branch's condition
+            undo(engine, name, old, policy, restart=aside is not None)
+            log.warning("recovery.undone", old=old["Id"][:12])
     except (EngineError, StepFailed) as exc:
         log.error("recovery.failed", error=str(exc))

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -16,15 +20,19 @@ from dockwarden.locks import ContainerLock
 from dockwarden.upgrade import Hooks, Result
 from tests.integration.helpers import spawn, wait_for_text
 from tests.integration.upgrade_lab import (
+    APP,
     Side,
     config,
     fetch,
+    free_port,
     names_like,
     push_version,
     recover,
     run_cycle,
     update,
+    wait_serving,
 )
+from tests.support.images import LABEL, ImageFactory
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.engine
@@ -70,6 +78,110 @@ def test_killed_before_each_step_converges_on_restart(
     assert rows[0]["result"] in ("upgraded", "up-to-date")
     assert fetch(port) == marker
     assert names_like(side.client, name) == [name]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Deployed:
+    """A service's container in one state, with a new version pushed for it."""
+
+    name: str
+    port: int  # where the old version serves, if it serves (0: it does not)
+    old_image: str
+    new_marker: str
+    services: dict[str, str]  # the service's lines in the config
+
+
+def _deploy(state: str, side: Side, registry: Registry, run_label: str) -> Deployed:
+    """`auto-remove`: serving, started with --rm; `restarting`: a crash loop (--restart always, an image
+    that exits at once); `stopped`: an exited job, in a service with `stopped: recreate`."""
+    name, port, labels = f"dw-crash-{state}-{uuid.uuid4().hex[:8]}", 0, {LABEL: run_label}
+    cmd = {"auto-remove": APP, "restarting": ["false"], "stopped": ["cat", "/www/index.html"]}[state]
+    tag, _, _ = push_version(side, registry, "app", cmd=cmd)
+    services = {"container": name}
+    if state == "auto-remove":
+        port = free_port()
+        ports = {"8080/tcp": ("127.0.0.1", port)}
+        side.client.containers.run(tag, name=name, detach=True, auto_remove=True, ports=ports, labels=labels)
+        wait_serving(port)
+    elif state == "restarting":
+        side.client.containers.run(
+            tag, name=name, detach=True, restart_policy={"Name": "always"}, labels=labels
+        )
+        deadline = time.monotonic() + 30
+        while side.client.api.inspect_container(name)["RestartCount"] < 2:
+            assert time.monotonic() < deadline, "no crash loop"
+            time.sleep(0.2)
+    else:
+        side.client.containers.run(tag, name=name, detach=True, labels=labels).wait()
+        services["stopped"] = "recreate"
+    old_image = side.client.api.inspect_container(name)["Image"]
+    _, marker, _ = push_version(side, registry, "app", cmd=APP if state != "stopped" else cmd)
+    return Deployed(name=name, port=port, old_image=old_image, new_marker=marker, services=services)
+
+
+@pytest.fixture
+def deployed_names(docker_client: docker.DockerClient) -> Iterator[list[str]]:
+    """Names of the containers a test deployed, removed with any set-aside copy when it ends."""
+    made: list[str] = []
+    yield made
+    for name in made:
+        for found in names_like(docker_client, name):
+            docker_client.api.remove_container(found, force=True, v=True)
+
+
+# The steps each state's transaction goes through: a container created stopped is never started or gated.
+STATE_STEPS = [
+    *((state, step) for state in ("auto-remove", "restarting") for step in upgrade.STEPS),
+    *(("stopped", step) for step in upgrade.STEPS if step not in ("stop-old", "start", "gate")),
+]
+
+
+@pytest.mark.parametrize(("state", "step"), STATE_STEPS)
+def test_killed_before_each_step_of_each_state_converges_on_restart(
+    state: str,
+    step: str,
+    deployed_names: list[str],
+    docker_client: docker.DockerClient,
+    images: ImageFactory,
+    registry: Registry,
+    run_label: str,
+    tmp_path: Path,
+) -> None:
+    """SIGKILL before any step of an upgrade of a `--rm` container, a crash loop or a stopped job, then a
+    fresh start: one container has the name, in the state it had (serving the old version, crash-looping,
+    stopped), or the new version once committed; and the next update upgrades it."""
+    side = Side(docker_client, images, None)
+    deployed = _deploy(state, side, registry, run_label)
+    deployed_names.append(deployed.name)
+    name = deployed.name
+    before = fetch(deployed.port) if deployed.port else None
+    cfg_path = config(tmp_path, {"svc": deployed.services})
+    _kill_update_before(step, cfg_path, tmp_path / "update.log")
+
+    recover(configuration.load(cfg_path))
+
+    assert names_like(side.client, name) == [name]
+    found = side.client.api.inspect_container(name)
+    committed = step == "remove-old"
+    assert (found["Image"] == deployed.old_image) is not committed
+    if state == "auto-remove":
+        assert found["HostConfig"]["AutoRemove"]
+        assert wait_serving(deployed.port) == (deployed.new_marker if committed else before)
+    elif state == "restarting" and not committed:  # crash-looping again: its restart policy is back
+        deadline = time.monotonic() + 20
+        while side.client.api.inspect_container(name)["RestartCount"] <= found["RestartCount"]:
+            assert time.monotonic() < deadline, "the old container is not crash-looping again"
+            time.sleep(0.2)
+    elif state == "stopped":
+        assert not found["State"]["Running"]
+
+    code, rows, err = update(cfg_path)
+    assert code == 0, err
+    assert rows[0]["result"] in ("upgraded", "up-to-date")
+    assert names_like(side.client, name) == [name]
+    new = side.client.api.inspect_container(name)
+    assert new["Config"]["Labels"]["marker"] == deployed.new_marker
+    assert new["State"]["Running"] is (state != "stopped")
 
 
 @pytest.mark.parametrize("step", upgrade.UNDO_STEPS)

@@ -166,7 +166,7 @@ def test_one_shot_checks_remember_digests_in_state_dir(
     assert registry.manifest_requests(mark) == {"HEAD": 1}
 
 
-def test_container_following_no_tag_is_a_config_problem(
+def test_container_from_an_image_id_is_a_config_problem_and_a_digest_pin_is_pinned(
     registry: Registry,
     images: ImageFactory,
     docker_client: docker.DockerClient,
@@ -174,9 +174,9 @@ def test_container_following_no_tag_is_a_config_problem(
     containers: list[str],
     tmp_path: Path,
 ) -> None:
-    """A container created from an image ID, or pinned to a digest, has no tag to follow: without `image:`
-    its check fails as a config problem naming the fix, not as an engine error; with `image:` it is
-    checked like any other."""
+    """A container created from an image ID has no reference to follow: without `image:` its check fails as
+    a config problem naming the fix, not as an engine error; with `image:` it is checked like any other.
+    One created from a digest reference is pinned, by choice: `pinned`, with that digest, and no error."""
     tag = f"{registry.host}/unfollowed:1.0"
     image_id, digest = images.build_and_push(tag, unique("u"))
     by_id, by_digest = unique("by-id"), unique("by-digest")
@@ -186,9 +186,9 @@ def test_container_following_no_tag_is_a_config_problem(
     found = check(write_config(tmp_path / "dw.yaml", services))
     assert {name: (r.status, r.reason) for name, r in found.items()} == {
         "by-id": ("error", "config-problem"),
-        "by-digest": ("error", "config-problem"),
+        "by-digest": ("pinned", None),
     }
     assert "set `image:`" in str(found["by-id"].error)
-    assert "set `image:`" in str(found["by-digest"].error)
+    assert (found["by-digest"].running_digest, found["by-digest"].error) == (digest, None)
     services["by-id"]["image"] = tag
     assert check(write_config(tmp_path / "dw.yaml", services))["by-id"].status == "up-to-date"

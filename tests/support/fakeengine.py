@@ -7,13 +7,17 @@ NotFound; stop and start change `State` and are no-ops on a container already th
 a running container unless forced (409); remove_image untags and deletes the image with its last tag,
 refusing while a container uses it (409); pull fetches from a dict of registry contents; create builds
 the container from the create body plus the image's config, so `recreate.differences` finds nothing on a
-faithful create.
+faithful create. A container with HostConfig.AutoRemove is deleted when it stops (moby: at once after
+the stop returns); a crash-looping one shows `restarting`, and rename refuses it (Engine 20.10 and 26.1
+answer "sandbox ... not found" between two restarts) while stop ends the loop at once.
 
 Test controls:
     fake.fail(Op.RENAME, EngineError("boom"), nth=2)       raise on the second rename
     fake.fail(Op.START, EngineError("boom"), when=pred)     raise on every start whose Call `pred` accepts
     fake.on_start[image_id] = Behaviour(exit_code=1)        containers of that image exit once started
     fake.on_start[image_id] = Behaviour(health=Health.UNHEALTHY)
+    fake.on_start[image_id] = Behaviour(crash_loop=True)     ... are restarting (a crash loop) once started
+    fake.pause(container_id)                                pause a running container
     fake.ignored_host_config.add("CapAdd")                  create drops that key, as an older engine would
 
 It is a test double for failure paths, never the only proof: the integration tests run the same
@@ -82,6 +86,7 @@ class Behaviour:
 
     exit_code: int | None = None  # None: keeps running; a number: exits at once with it
     health: Health = Health.HEALTHY  # what its HEALTHCHECK reports while it runs, if its config has one
+    crash_loop: bool = False  # restarting, as inspect shows a crash loop between two restarts
 
 
 class FakeEngine:
@@ -138,6 +143,11 @@ class FakeEngine:
             raise ValueError("give exactly one of nth and when")
         self._faults.append(Fault(op=op, error=error, nth=nth, when=when))
 
+    def pause(self, container_id: str) -> None:
+        """Pause a running container (`docker pause`): State.Status `paused`, Running and Paused true."""
+        state = self.containers[container_id]["State"]
+        state.update(Status="paused", Paused=True)
+
     def named(self, name: str) -> dict[str, Any] | None:
         """The live document of the container called `name`, if any."""
         return next((c for c in self.containers.values() if c["Name"] == f"/{name}"), None)
@@ -182,6 +192,8 @@ class FakeEngine:
         self._called(Op.RENAME, container_id, name)
         what = f"renaming {container_id[:12]} to {name}"
         container = self._container(container_id, what)
+        if container["State"]["Restarting"]:
+            raise EngineError(f"{what}: Error response from daemon: sandbox {container_id} not found")
         if container["Name"] == f"/{name}":  # moby daemon/rename.go refuses a rename to the same name
             raise EngineError(f"{what}: Renaming a container with the same name as its current name")
         self._name_free(name, what)
@@ -230,6 +242,7 @@ class FakeEngine:
         container = self._container(container_id, f"stopping {container_id[:12]}")
         if container["State"]["Running"]:  # a stopped one: 304, which docker-py does not raise
             container["State"] = _state("exited", started=container["State"]["StartedAt"])
+            self._removed_if_auto(container)
 
     def start(self, container_id: str) -> None:
         self._called(Op.START, container_id)
@@ -322,10 +335,20 @@ class FakeEngine:
                 "that name."
             )
 
+    def _removed_if_auto(self, container: dict[str, Any]) -> None:
+        # moby deletes an AutoRemove container (with its anonymous volumes) once it stopped.
+        if (container.get("HostConfig") or {}).get("AutoRemove"):
+            self.containers.pop(container["Id"], None)
+
     def _run(self, container: dict[str, Any]) -> None:
         behaviour = self.on_start.get(str(container["Image"]), Behaviour())
         if behaviour.exit_code is not None:
             container["State"] = _state("exited", started=_CREATED_AT, exit_code=behaviour.exit_code)
+            self._removed_if_auto(container)
+            return
+        if behaviour.crash_loop:
+            container["RestartCount"] = int(container.get("RestartCount") or 0) + 1
+            container["State"] = _state("restarting", started=_CREATED_AT, exit_code=1)
             return
         checked = _has_healthcheck(container.get("Config") or {})
         container["State"] = _state(
@@ -339,9 +362,10 @@ def _state(
     """A `State` object as inspect shows it (Engine API: ContainerState)."""
     state: dict[str, Any] = {
         "Status": status,
-        "Running": status == "running",
+        # moby container/state.go: a restarting container counts as running (SetRestarting).
+        "Running": status in ("running", "restarting"),
         "Paused": False,
-        "Restarting": False,
+        "Restarting": status == "restarting",
         "OOMKilled": False,
         "Dead": False,
         "ExitCode": exit_code,

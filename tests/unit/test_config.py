@@ -196,6 +196,17 @@ def test_upgrade_keys_load_with_their_defaults_and_overrides(tmp_path: Path) -> 
     assert api.probe == configuration.Probe(tcp="127.0.0.1:9000", timeout=timedelta(seconds=30))
 
 
+def test_stopped_defaults_to_skip_and_accepts_recreate_only(tmp_path: Path) -> None:
+    """A service's `stopped` is `skip` unless set to `recreate`; any other word is a located error."""
+    path = tmp_path / "dw.yaml"
+    path.write_text("services:\n  job: {stopped: recreate}\n  web: {}\n")
+    job, web = configuration.load(path).services
+    assert (job.stopped, web.stopped) == (configuration.Stopped.RECREATE, configuration.Stopped.SKIP)
+    assert problems_for(tmp_path, "services:\n  job: {stopped: start}\n") == [
+        "2:18: must be 'skip' or 'recreate', not 'start'"
+    ]
+
+
 def test_probe_targets_are_checked(tmp_path: Path) -> None:
     """An http probe must be an http(s) URL and a tcp probe HOST:PORT, each error at its value."""
     found = problems_for(

@@ -58,6 +58,7 @@ def test_container_from_list_with_link_aliases() -> None:
     item = {"Id": "c" * 64, "Names": ["/app/db", "/db"], "ImageID": "sha256:" + "a" * 64, "State": "exited"}
     view = ContainerView.from_list(item)
     assert (view.name, view.state, view.labels, view.network_mode) == ("db", "exited", {}, "default")
+    assert view.linked_by == ("app",)  # the container that links to it
 
 
 def test_container_from_inspect(inspected: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from tests.unit.conftest import Recorded
 
 
 def _with_leftovers(rec: Recorded) -> tuple[list[ContainerView], list[ImageView]]:
-    """The recorded lists plus a -done and an -old copy and two -pulled tags, of web and of another."""
+    """The recorded lists plus -done, -old and -old-stopped copies and two -pulled tags, of web and others."""
     web = rec.container("recorded-web").raw
     containers = [
         *rec.containers,
@@ -20,6 +20,7 @@ def _with_leftovers(rec: Recorded) -> tuple[list[ContainerView], list[ImageView]
                 {**web, "Id": "c1", "Names": ["/recorded-web--dockwarden-old"], "State": "running"},
                 {**web, "Id": "c2", "Names": ["/recorded-db--dockwarden-done"], "State": "exited"},
                 {**web, "Id": "c3", "Names": ["/unwatched--dockwarden-done"], "State": "exited"},
+                {**web, "Id": "c4", "Names": ["/recorded-job--dockwarden-old-stopped"], "State": "exited"},
             )
         ),
     ]
@@ -36,18 +37,20 @@ def _with_leftovers(rec: Recorded) -> tuple[list[ContainerView], list[ImageView]
 
 
 def test_leftovers_of_watched_containers_only_half_done_first(rec: Recorded) -> None:
-    """Set-aside copies come first (-old to undo, -done to finish), then -pulled tags; those of containers
-    the config does not name are another dockwarden's business and are not listed."""
+    """Set-aside copies come first (-old and -old-stopped to undo, -done to finish), then -pulled tags;
+    those of containers the config does not name are another dockwarden's business and are not listed."""
     containers, images = _with_leftovers(rec)
     services = (
         Service(name="web", container="recorded-web"),
         Service(name="db", container="recorded-db"),
+        Service(name="job", container="recorded-job"),
     )
     found = recovery.leftovers(services, containers, images)
     latest = next(i for i in rec.images if "127.0.0.1:5000/recorded:latest" in i.tags)
     assert [(f.kind, f.service, f.container, f.name, f.id) for f in found] == [
         (LeftoverKind.UNDO, "web", "recorded-web", "recorded-web--dockwarden-old", "c1"),
         (LeftoverKind.FINISH, "db", "recorded-db", "recorded-db--dockwarden-done", "c2"),
+        (LeftoverKind.UNDO, "job", "recorded-job", "recorded-job--dockwarden-old-stopped", "c4"),
         (
             LeftoverKind.PULLED,
             "web",

@@ -12,13 +12,13 @@ import pytest
 from structlog.testing import capture_logs
 
 from dockwarden.check import CheckResult, Status
-from dockwarden.config import Service, Update
-from dockwarden.cycle import Action, Options, decide, order
-from dockwarden.engine import ContainerView
+from dockwarden.config import Service, Stopped, Update
+from dockwarden.cycle import Action, Options, blamed, decide, order
+from dockwarden.engine import ContainerState, ContainerView
 from dockwarden.locks import Busy, ContainerLock
 from dockwarden.namespace import parents as namespace_parents
 from dockwarden.skiplist import SkipList
-from dockwarden.upgrade import Result
+from dockwarden.upgrade import Outcome, Result, Step
 
 D1, D2 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 
@@ -27,7 +27,9 @@ def _svc(name: str, *depends: str, update: str = "auto") -> Service:
     return Service(name=name, update=Update(update), depends_on=depends)
 
 
-def _result(status: Status, registry_digest: str | None = D2) -> CheckResult:
+def _result(
+    status: Status, registry_digest: str | None = D2, state: ContainerState | None = None
+) -> CheckResult:
     return CheckResult(
         service="web",
         container="web",
@@ -36,6 +38,7 @@ def _result(status: Status, registry_digest: str | None = D2) -> CheckResult:
         registry_digest=registry_digest,
         status=status,
         error="boom" if status == "error" else None,
+        state=state,
     )
 
 
@@ -69,6 +72,62 @@ def test_order_ignores_dependencies_outside_the_selection() -> None:
 def test_decide(service: Service, result: CheckResult, options: Options, expected: str) -> None:
     """Only an available update of an auto (or explicitly named) service is upgraded."""
     assert decide(service, result, None, options)[0] == expected
+
+
+@pytest.mark.parametrize(
+    ("service", "result", "expected"),
+    [
+        (_svc("web"), _result(Status.PINNED, registry_digest=None), "pinned"),
+        (_svc("web"), _result(Status.UPDATE_AVAILABLE, state=ContainerState.PAUSED), "paused"),
+        (_svc("web"), _result(Status.UPDATE_AVAILABLE, state=ContainerState.EXITED), "exited"),
+        (_svc("web"), _result(Status.UPDATE_AVAILABLE, state=ContainerState.CREATED), "created"),
+        (_svc("web"), _result(Status.UPDATE_AVAILABLE, state=ContainerState.DEAD), "dead"),
+        (
+            Service(name="web", stopped=Stopped.RECREATE),
+            _result(Status.UPDATE_AVAILABLE, state=ContainerState.EXITED),
+            Action.UPGRADE,
+        ),
+        (_svc("web"), _result(Status.UPDATE_AVAILABLE, state=ContainerState.RESTARTING), Action.UPGRADE),
+    ],
+)
+def test_decide_from_the_containers_state_and_pin(
+    service: Service, result: CheckResult, expected: str
+) -> None:
+    """A pinned service, and a paused, dead or (unless it opts in) stopped container, are skipped, even when
+    named and forced, with a reason that starts with that word; a crash loop is upgraded."""
+    action, reason = decide(service, result, None, Options(named=True, force=True))
+    if expected == Action.UPGRADE:
+        assert (action, reason) == (Action.UPGRADE, None)
+    else:
+        assert action == Result.SKIPPED
+        assert str(reason).startswith(f"{expected}: ")
+
+
+@pytest.mark.parametrize(
+    ("result", "started_new", "expected"),
+    [
+        (Result.ROLLED_BACK, True, True),
+        (Result.ROLLBACK_FAILED, True, True),
+        (Result.ROLLED_BACK, False, False),  # failed at create, verify, stop-old...: the digest never ran
+        (Result.ROLLBACK_FAILED, False, False),
+        (Result.ERROR, False, False),
+        (Result.UPGRADED, True, False),
+    ],
+)
+def test_only_a_digest_that_ran_and_failed_is_blamed(
+    result: Result, started_new: bool, expected: bool
+) -> None:
+    """The skip list takes a digest only when its version was started and the upgrade failed."""
+    outcome = Outcome(
+        service="web",
+        container="web",
+        from_digest=D1,
+        to_digest=D2,
+        result=result,
+        step=Step.GATE,
+        started_new=started_new,
+    )
+    assert blamed(outcome) is expected
 
 
 def test_failed_digest_is_skipped_until_the_tag_moves_or_force(tmp_path: Path) -> None:
