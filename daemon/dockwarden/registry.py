@@ -211,14 +211,15 @@ class _Deadline:
     def __init__(self, at: float) -> None:
         self.at = at
         self.expired = False
-        self._connections: list[urllib3.connection.HTTPConnection] = []
+        self._connections: list[_Watched] = []
         self._lock = threading.Lock()
 
     def left(self) -> float:
         return self.at - time.monotonic()
 
-    def attach(self, connection: urllib3.connection.HTTPConnection) -> None:
+    def attach(self, connection: _Watched) -> None:
         with self._lock:
+            connection.deadline = self  # the connection's current user: only it may be cut for this deadline
             if connection not in self._connections:
                 self._connections.append(connection)
             if self.expired:
@@ -227,14 +228,19 @@ class _Deadline:
     def release(self) -> None:
         """Forget the connections: they go back to the pool, where another request may take them."""
         with self._lock:
+            for connection in self._connections:
+                if connection.deadline is self:
+                    connection.deadline = None
             self._connections.clear()
 
     def expire(self) -> None:
-        # Cut under the lock: once release() has run, a pooled connection must never be cut for this deadline.
+        # Under the lock, and only connections still ours: urllib3 returns a connection to its pool as soon
+        # as a body is read, and another request that took it since has attached it to its own deadline.
         with self._lock:
             self.expired = True
             for connection in self._connections:
-                _cut(connection)
+                if connection.deadline is self:
+                    _cut(connection)
 
 
 def _cut(connection: urllib3.connection.HTTPConnection) -> None:
@@ -294,7 +300,7 @@ class _Watchdog:
             self._local.current = None
             deadline.release()
 
-    def attach(self, connection: urllib3.connection.HTTPConnection) -> None:
+    def attach(self, connection: _Watched) -> None:
         current: _Deadline | None = getattr(self._local, "current", None)
         if current is not None:
             current.attach(connection)
@@ -306,6 +312,7 @@ class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
     def __init__(self, *args: Any, watchdog: _Watchdog, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._watchdog = watchdog
+        self.deadline: _Deadline | None = None
 
     def connect(self) -> None:
         self._watchdog.attach(self)
@@ -322,6 +329,7 @@ class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
     def __init__(self, *args: Any, watchdog: _Watchdog, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._watchdog = watchdog
+        self.deadline: _Deadline | None = None
 
     def connect(self) -> None:
         self._watchdog.attach(self)
@@ -330,6 +338,9 @@ class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
     def request(self, *args: Any, **kwargs: Any) -> None:
         self._watchdog.attach(self)
         super().request(*args, **kwargs)
+
+
+_Watched = _WatchedHTTPConnection | _WatchedHTTPSConnection
 
 
 class _HTTPPool(urllib3.HTTPConnectionPool):
@@ -607,7 +618,12 @@ class RegistryClient:
         except Exception as exc:
             if raw is not None:
                 raw.close()  # broken halfway: never reuse the connection
-            if deadline.expired:
+            # Socket timeouts are set to the time left, so one firing means the deadline passed too. Not a
+            # refused connection, which urllib3 2 makes a subclass of its connect timeout.
+            timed_out = isinstance(exc, urllib3.exceptions.TimeoutError) and not isinstance(
+                exc, urllib3.exceptions.NewConnectionError
+            )
+            if deadline.expired or timed_out:
                 raise Timeout(f"{what} did not answer within {self._timeout:g}s") from None
             raise _translate(exc, what) from None
         finally:
@@ -717,18 +733,14 @@ class RegistryClient:
         if state.auth_kind is None:
             raise Unauthorized(f"{ref.api_host} asked for unsupported authentication {kind[:20]!r}")
 
-    def _realm(self, state: _RegistryState, scope: str, account: str | None) -> Url:
-        """The token URL of a Bearer challenge (token spec, "Requesting a Token"), refused unless http(s)."""
+    def _realm(self, state: _RegistryState) -> Url:
+        """The token service of a Bearer challenge (token spec, "Requesting a Token"), refused unless it is a
+        plain http(s) URL (no userinfo)."""
         realm = state.challenge.get("realm")
         if not realm:
             raise ProtocolError(f"{state.host} sent a Bearer challenge without a realm")
-        params = {"scope": scope}
-        if "service" in state.challenge:
-            params["service"] = state.challenge["service"]
-        if account:
-            params["account"] = account
         try:
-            url = parse_url(f"{realm}{'&' if '?' in realm else '?'}{urlencode(params)}")
+            url = parse_url(realm)
         except (urllib3.exceptions.LocationParseError, ValueError):
             url = Url()
         if url.scheme not in ("http", "https") or not url.host or url.auth:
@@ -741,38 +753,33 @@ class RegistryClient:
         creds = self._creds(state, ref.registry)
         if creds and not (creds.identity_token or (creds.username and creds.password)):
             creds = None
-        realm = self._realm(state, scope, creds.username if creds and not creds.identity_token else None)
-        if (
-            creds
-            and realm.scheme == "http"
-            and not (attempt.scheme == "http" and _hostname(realm.netloc or "") == _hostname(state.host))
-        ):
+        realm = self._realm(state)
+        if creds and realm.scheme == "http" and not (attempt.scheme == "http" and _same_host(realm, state)):
             # Plain HTTP carries credentials only where the registry itself is plain HTTP (loopback or
             # insecure-listed): never from an HTTPS registry down to an http:// realm, nor to another host.
             raise Unauthorized(
                 f"refusing to send the credentials for {state.host} over plain HTTP to its token realm "
-                f"{_mask(realm.scheme)}://{realm.netloc}{realm.path or ''}"
+                f"http://{realm.netloc}{realm.path or ''}"
                 + (" (the registry itself is HTTPS)" if attempt.scheme == "https" else " (another host)")
             )
+        params = {"scope": scope, **{k: v for k, v in state.challenge.items() if k == "service"}}
         response = None
         if creds and creds.identity_token:
             # `docker login` against an OAuth2 registry stores a refresh token, not a password.
-            form = {
-                "scope": scope,
-                "service": state.challenge.get("service", ""),
-                "grant_type": "refresh_token",
-                "refresh_token": creds.identity_token,
-                "client_id": "dockwarden",
-            }
+            form = {**params, "grant_type": "refresh_token", "refresh_token": creds.identity_token}
             headers = {"Content-Type": "application/x-www-form-urlencoded"}
-            response = self._send(
-                state, attempt, "POST", realm, headers, deadline, TOKEN_LIMIT, urlencode(form).encode()
-            )
+            body = urlencode({**form, "client_id": "dockwarden"}).encode()
+            response = self._send(state, attempt, "POST", realm, headers, deadline, TOKEN_LIMIT, body)
             if response.status_code == 404:  # a token service without OAuth2: fall back, as docker does
                 response = None
         if response is None:
-            headers = {"Authorization": _basic(creds)} if creds and creds.password else {}
-            response = self._send(state, attempt, "GET", realm, headers, deadline, TOKEN_LIMIT)
+            headers = {}
+            if creds and creds.username and creds.password:
+                headers["Authorization"] = _basic(creds)
+                params["account"] = creds.username
+            query = f"{realm.query + '&' if realm.query else ''}{urlencode(params)}"
+            url = parse_url(f"{realm.scheme}://{realm.netloc}{realm.path or '/'}?{query}")
+            response = self._send(state, attempt, "GET", url, headers, deadline, TOKEN_LIMIT)
         return self._token(state, ref, scope, response)
 
     def _token(self, state: _RegistryState, ref: ImageRef, scope: str, response: _Response) -> _Token:
@@ -788,6 +795,10 @@ class RegistryClient:
         with state.lock:
             state.tokens[scope] = token
         return token
+
+
+def _same_host(url: Url, state: _RegistryState) -> bool:
+    return _hostname(url.netloc or "") == _hostname(state.host)
 
 
 def _ssl_context(host: str, tls: _Tls) -> ssl.SSLContext:
@@ -829,14 +840,11 @@ def _refuse_tls_port(host: str, content: bytes) -> None:
 
 
 def _translate(exc: Exception, what: str) -> RegistryError:  # noqa: PLR0911 -- one return per kind, in order
-    """urllib3's and http.client's failures as a RegistryError whose message is fit for a log line."""
+    """urllib3's and http.client's failures (timeouts aside) as a RegistryError fit for a log line."""
     if isinstance(exc, RegistryError):
         return exc
     if isinstance(exc, urllib3.exceptions.NewConnectionError):
-        # Checked first: urllib3 2 makes a refused connection a subclass of its connect timeout.
         return Unreachable(f"cannot connect to {what}: {_mask(_root_cause(exc))}")
-    if isinstance(exc, urllib3.exceptions.TimeoutError):
-        return Timeout(f"{what} did not answer in time")
     if isinstance(exc, urllib3.exceptions.SSLError):
         return Unreachable(f"TLS with {what} failed: {_mask(_root_cause(exc))}")
     cause = exc.args[1] if isinstance(exc, urllib3.exceptions.ProtocolError) and len(exc.args) > 1 else exc
