@@ -41,7 +41,7 @@ _DIGEST = re.compile(r"sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128}")
 _TOKEN = re.compile(r"[\x21-\x7e]+")
 # RFC 9110 auth-param: name=token or name="quoted string" (registries quote; some proxies do not).
 _CHALLENGE_PARAM = re.compile(r'([A-Za-z0-9_-]+)=(?:"([^"]*)"|([^\s,"]+))')
-_SECONDS = re.compile(r"[0-9]{1,12}")
+_SECONDS = re.compile(r"[0-9]+")
 
 
 class Malformed(ValueError):

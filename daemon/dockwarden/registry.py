@@ -631,6 +631,8 @@ class RegistryClient:
                 if content is None:
                     raw.close()  # an answer over its limit, unread: the connection cannot be reused
                 raw.release_conn()
+        if deadline.expired:  # cut mid-answer, what was read can look whole (headers end at EOF)
+            raise Timeout(f"{what} did not answer within {self._timeout:g}s")
         if content is None:
             if raw.status == 200:
                 raise ProtocolError(f"{what} sent an answer over the {limit // 1024} KiB limit for it")

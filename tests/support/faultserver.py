@@ -92,6 +92,8 @@ class _Handler(BaseHTTPRequestHandler):
         reply = owner.script(request)
         head = [f"HTTP/1.1 {reply.status} Fault\r\n"]
         headers = dict(reply.headers)
+        if reply.drip:  # a dripped answer ends the connection: say so, as HTTP/1.1 wants
+            headers["Connection"] = "close"
         if reply.chunked:
             headers["Transfer-Encoding"] = "chunked"
         else:
@@ -142,7 +144,8 @@ class FaultServer:
         self.streamed = 0  # bytes of streamed padding actually written to clients
         self.lock = threading.Lock()
         self._server = _Server(self)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll, so that stop() (which waits for the loop to notice) takes milliseconds.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
         self._thread.start()
 
     @property
