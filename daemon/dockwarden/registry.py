@@ -271,7 +271,8 @@ class _Watchdog:
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._run, name="registry-deadlines", daemon=True)
                 self._thread.start()
-            self._wake.notify()
+            if self._heap[0][2] is deadline:  # only a new earliest deadline changes how long to sleep
+                self._wake.notify()
 
     def _run(self) -> None:
         with self._wake:
