@@ -619,14 +619,8 @@ class RegistryClient:
         except Exception as exc:
             if raw is not None:
                 raw.close()  # broken halfway: never reuse the connection
-            # Socket timeouts are set to the time left, so one firing means the deadline passed too. Not a
-            # refused connection, which urllib3 2 makes a subclass of its connect timeout.
-            timed_out = isinstance(exc, urllib3.exceptions.TimeoutError) and not isinstance(
-                exc, urllib3.exceptions.NewConnectionError
-            )
-            if deadline.expired or timed_out:
-                raise Timeout(f"{what} did not answer within {self._timeout:g}s") from None
-            raise _translate(exc, what) from None
+            late = Timeout(f"{what} did not answer within {self._timeout:g}s")
+            raise (late if deadline.expired or _timed_out(exc) else _translate(exc, what)) from None
         finally:
             if raw is not None:
                 if content is None:
@@ -840,6 +834,14 @@ def _refuse_tls_port(host: str, content: bytes) -> None:
     """Go's and nginx's answer to plain HTTP on a TLS port: the registry speaks HTTPS there."""
     if re.search(rb"HTTP request (?:to an HTTPS server|was sent to HTTPS port)", content):
         raise _NotHttp(f"{host} speaks HTTPS, not plain HTTP")
+
+
+def _timed_out(exc: Exception) -> bool:
+    """A socket timeout: set to the time left, one firing means the deadline passed too. Not a refused
+    connection, which urllib3 2 makes a subclass of its connect timeout."""
+    return isinstance(exc, urllib3.exceptions.TimeoutError) and not isinstance(
+        exc, urllib3.exceptions.NewConnectionError
+    )
 
 
 def _translate(exc: Exception, what: str) -> RegistryError:  # noqa: PLR0911 -- one return per kind, in order
