@@ -44,6 +44,9 @@ CREDENTIALS_TTL = 300.0  # seconds a Docker-config lookup is reused
 MAX_REDIRECTS = 5
 ERROR_BODY_LIMIT = 64 * 1024  # bytes of an error answer read to keep its connection; a longer one is dropped
 _CHUNK = 64 * 1024
+# Seconds: the longest socket timeout or watchdog sleep. A registry_timeout of years is valid config, but
+# sockets and locks refuse timeouts past what time_t holds; the watchdog still ends such a request on time.
+_LONGEST_WAIT = 86400.0
 _REDIRECTS = frozenset((301, 302, 303, 307, 308))
 # A registry that refuses HEAD answers 405 or 501 (or 404, as some do for any method they do not route).
 _HEAD_REFUSED = frozenset((404, 405, 501))
@@ -282,7 +285,7 @@ class _Watchdog:
                     continue
                 wait = self._heap[0][0] - time.monotonic()
                 if wait > 0:
-                    self._wake.wait(wait)
+                    self._wake.wait(min(wait, _LONGEST_WAIT))
                     continue
                 heapq.heappop(self._heap)[2].expire()
 
@@ -608,7 +611,7 @@ class RegistryClient:
                     redirect=False,
                     assert_same_host=False,
                     preload_content=False,
-                    timeout=urllib3.Timeout(connect=left, read=left),
+                    timeout=urllib3.Timeout(connect=min(left, _LONGEST_WAIT), read=min(left, _LONGEST_WAIT)),
                 )
                 # A HEAD answer's Content-Length is the GET's; there is no body to read.
                 content = (

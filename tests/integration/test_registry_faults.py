@@ -247,6 +247,17 @@ def test_deadline_covers_redirects(servers: list[FaultServer]) -> None:
     assert len(server.seen()) >= 2, "no redirect was followed: the test did not test redirects"
 
 
+def test_absurd_timeout_is_valid(servers: list[FaultServer]) -> None:
+    """A registry_timeout of centuries (valid config) still gives working requests, not an OverflowError
+    from sockets and locks that cannot wait that long."""
+    server = start(servers, serving())
+    assert client(timeout=200000 * 86400.0).head_manifest(ref(server)).digest == DIGEST
+    server.stop()
+    servers.remove(server)
+    with pytest.raises(registry.Unreachable):
+        client(timeout=200000 * 86400.0).head_manifest(ref(server))
+
+
 # -- TLS as Docker configures it ------------------------------------------------------------------
 
 
