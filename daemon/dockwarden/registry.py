@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urljoin
@@ -118,17 +119,29 @@ class _Token:
     expires_at: float
 
 
+class Scheme(StrEnum):
+    HTTP = "http"
+    HTTPS = "https"
+
+
+class Fallback(StrEnum):
+    """Why a registry's checks cost a GET (`registry.get_fallback`'s `reason`)."""
+
+    NO_DIGEST = "no-digest"  # HEAD answered without a usable Docker-Content-Digest
+    HEAD_REFUSED = "head-refused"  # HEAD answered 404, 405 or 501 where GET works
+
+
 @dataclass(frozen=True)
 class _Attempt:
     """One way to reach a registry: a scheme and, for HTTPS, whether its certificate is verified."""
 
-    scheme: str
+    scheme: Scheme
     verify: bool
 
 
-_HTTPS = _Attempt("https", verify=True)
-_HTTPS_UNVERIFIED = _Attempt("https", verify=False)
-_HTTP = _Attempt("http", verify=False)
+_HTTPS = _Attempt(Scheme.HTTPS, verify=True)
+_HTTPS_UNVERIFIED = _Attempt(Scheme.HTTPS, verify=False)
+_HTTP = _Attempt(Scheme.HTTP, verify=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,7 +179,7 @@ CredentialLookup = Callable[[str], Credentials | None]
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def default_scheme(host: str) -> str:
+def default_scheme(host: str) -> Scheme:
     """The scheme tried first for an insecure registry `host` ("name[:port]"): "http" for loopback names
     (`localhost`, 127.0.0.0/8, ::1), "https" for every other.
 
@@ -175,11 +188,11 @@ def default_scheme(host: str) -> str:
     hello never sends. The other scheme is still tried when this one cannot connect."""
     hostname = _hostname(host)
     if hostname == "localhost":
-        return "http"
+        return Scheme.HTTP
     try:
-        return "http" if ipaddress.ip_address(hostname).is_loopback else "https"
+        return Scheme.HTTP if ipaddress.ip_address(hostname).is_loopback else Scheme.HTTPS
     except ValueError:
-        return "https"
+        return Scheme.HTTPS
 
 
 def _hostname(host: str) -> str:
@@ -417,7 +430,7 @@ class RegistryClient:
             insecure = self._engine_config.insecure(host, lambda: _addresses(_hostname(host)))
             if not insecure:
                 attempts: tuple[_Attempt, ...] = (_HTTPS,)
-            elif default_scheme(host) == "http":
+            elif default_scheme(host) == Scheme.HTTP:  # == : the function may be replaced by a plain str one
                 attempts = (_HTTP, _HTTPS_UNVERIFIED)
             else:  # Docker's order for an insecure registry: HTTPS without verification, then plain HTTP
                 attempts = (_HTTPS_UNVERIFIED, _HTTP)
@@ -459,16 +472,16 @@ class RegistryClient:
             if digest is not None:
                 media_type = distribution.media_type_of(response.headers.get("Content-Type"))
                 return ManifestHead(digest, media_type, response.headers.get("ratelimit-remaining"))
-            why = "its HEAD answers carry no usable Docker-Content-Digest"
+            why = Fallback.NO_DIGEST
         elif response.status_code in _HEAD_REFUSED:
-            why = f"it answers HEAD with {response.status_code}"
+            why = Fallback.HEAD_REFUSED
         else:
             self._check(state, ref, response)
             raise AssertionError("_check raises for every status but 200")
-        return self._head_by_get(state, ref, deadline, why)
+        return self._head_by_get(state, ref, deadline, why, response.status_code)
 
     def _head_by_get(
-        self, state: _RegistryState, ref: ImageRef, deadline: _Deadline, why: str
+        self, state: _RegistryState, ref: ImageRef, deadline: _Deadline, why: Fallback, status: int
     ) -> ManifestHead:
         response = self._check(
             state, ref, self._request(state, "GET", ref, ref.manifest_reference, deadline, MANIFEST_LIMIT)
@@ -482,7 +495,7 @@ class RegistryClient:
         with state.lock:
             warn, state.warned_get = not state.warned_get, True
         if warn:
-            self._log.warning("registry.get_fallback", registry=state.host, reason=why)
+            self._log.warning("registry.get_fallback", registry=state.host, reason=why, head_status=status)
         return ManifestHead(
             manifest.digest, manifest.media_type, response.headers.get("ratelimit-remaining"), manifest
         )
@@ -541,7 +554,7 @@ class RegistryClient:
         for attempt in state.ordered():
             try:
                 response = send(attempt)
-                if attempt.scheme == "http" and response.status_code == 400:
+                if attempt.scheme is Scheme.HTTP and response.status_code == 400:
                     _refuse_tls_port(state.host, response.content)
             except (Unreachable, _NotHttp) as exc:
                 failed = failed or exc  # the first way's failure is the one worth reporting
@@ -574,7 +587,7 @@ class RegistryClient:
                 url = parse_url(urljoin(url.url, location))  # a relative location is relative to this URL
             except (urllib3.exceptions.LocationParseError, ValueError):
                 raise ProtocolError(f"{state.host} redirected to an unreadable location") from None
-            if url.scheme not in ("http", "https") or not url.host:
+            if url.scheme not in tuple(Scheme) or not url.host:
                 raise ProtocolError(f"{state.host} redirected to something other than an http(s) URL")
             if (url.scheme, url.host, url.port) != origin:
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
@@ -597,7 +610,7 @@ class RegistryClient:
         left = deadline.left()
         if left <= 0:
             raise Timeout(f"{what} did not answer within {self._timeout:g}s")
-        pool = self._pool(url, self._tls_for(state, attempt, url) if url.scheme == "https" else None)
+        pool = self._pool(url, self._tls_for(state, attempt, url) if url.scheme == Scheme.HTTPS else None)
         raw: Any = None
         content: bytes | None = None
         try:
@@ -638,8 +651,8 @@ class RegistryClient:
         return _Response(raw.status, raw.headers, content)
 
     def _pool(self, url: Url, tls: _Tls | None) -> urllib3.HTTPConnectionPool:
-        scheme, host = url.scheme or "http", url.host or ""
-        port = url.port or (443 if scheme == "https" else 80)
+        scheme, host = url.scheme or Scheme.HTTP, url.host or ""
+        port = url.port or (443 if scheme == Scheme.HTTPS else 80)
         key = (scheme, host, port, tls is not None and tls.verify)
         with self._pools_lock:
             found = self._pools.get(key)
@@ -743,7 +756,7 @@ class RegistryClient:
             url = parse_url(realm)
         except (urllib3.exceptions.LocationParseError, ValueError):
             url = Url()
-        if url.scheme not in ("http", "https") or not url.host or url.auth:
+        if url.scheme not in tuple(Scheme) or not url.host or url.auth:
             raise ProtocolError(f"{state.host} named a token realm that is not a plain http(s) URL")
         return url
 
@@ -754,13 +767,17 @@ class RegistryClient:
         if creds and not (creds.identity_token or (creds.username and creds.password)):
             creds = None
         realm = self._realm(state)
-        if creds and realm.scheme == "http" and not (attempt.scheme == "http" and _same_host(realm, state)):
+        if (
+            creds
+            and realm.scheme == Scheme.HTTP
+            and not (attempt.scheme is Scheme.HTTP and _same_host(realm, state))
+        ):
             # Plain HTTP carries credentials only where the registry itself is plain HTTP (loopback or
             # insecure-listed): never from an HTTPS registry down to an http:// realm, nor to another host.
             raise Unauthorized(
                 f"refusing to send the credentials for {state.host} over plain HTTP to its token realm "
                 f"http://{realm.netloc}{realm.path or ''}"
-                + (" (the registry itself is HTTPS)" if attempt.scheme == "https" else " (another host)")
+                + (" (the registry itself is HTTPS)" if attempt.scheme is Scheme.HTTPS else " (another host)")
             )
         params = {"scope": scope, **{k: v for k, v in state.challenge.items() if k == "service"}}
         response = None

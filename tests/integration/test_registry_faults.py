@@ -100,18 +100,18 @@ def test_normal_registry_costs_one_head(servers: list[FaultServer]) -> None:
 
 
 @pytest.mark.parametrize(
-    "head",
+    ("head", "reason"),
     [
-        lambda r: Reply(200, {"Content-Type": distribution.OCI_MANIFEST}, MANIFEST),
-        lambda r: Reply(200, {"Docker-Content-Digest": "sha256:not-a-digest"}, MANIFEST),
-        lambda r: Reply(405),
-        lambda r: Reply(501),
-        lambda r: Reply(404),
+        (lambda r: Reply(200, {"Content-Type": distribution.OCI_MANIFEST}, MANIFEST), "no-digest"),
+        (lambda r: Reply(200, {"Docker-Content-Digest": "sha256:not-a-digest"}, MANIFEST), "no-digest"),
+        (lambda r: Reply(405), "head-refused"),
+        (lambda r: Reply(501), "head-refused"),
+        (lambda r: Reply(404), "head-refused"),
     ],
     ids=["no-header", "bad-header", "405", "501", "404"],
 )
 def test_head_without_digest_costs_one_get(
-    servers: list[FaultServer], head: Callable[[Request], Reply]
+    servers: list[FaultServer], head: Callable[[Request], Reply], reason: str
 ) -> None:
     """Without a usable digest from HEAD, one GET of the tag gives it (the body's sha256) and the manifest
     itself; the warning that this registry's checks cost a GET is logged once, not every check."""
@@ -125,7 +125,7 @@ def test_head_without_digest_costs_one_get(
     assert first.manifest.config_digest == "sha256:" + "c" * 64
     assert [r.method for r in server.seen()] == ["HEAD", "GET", "HEAD", "GET"]
     assert [e["event"] for e in logged] == ["registry.get_fallback"]
-    assert logged[0]["registry"] == server.host
+    assert (logged[0]["registry"], logged[0]["reason"]) == (server.host, reason)
 
 
 def test_head_and_get_not_found_is_not_found(servers: list[FaultServer]) -> None:
