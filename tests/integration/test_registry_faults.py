@@ -4,6 +4,7 @@ where credentials may go."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import ssl
@@ -18,9 +19,9 @@ import structlog
 from urllib3.exceptions import InsecureRequestWarning
 
 from dockwarden import distribution, registry
-from dockwarden.engine import Credentials, CredentialsError, RegistryConfig
+from dockwarden.engine import Credentials, CredentialsError, Engine, RegistryConfig
 from dockwarden.imageref import ImageRef
-from tests.conftest import Deploy
+from tests.conftest import ENGINE26, Deploy
 from tests.integration.helpers import check, write_config
 from tests.support.faultserver import FaultServer, Pki, Reply, Request, Script
 from tests.support.registry import Registry
@@ -450,3 +451,16 @@ def test_each_registry_fault_stays_with_its_services(
     assert [r.method for r in front.seen()] == ["HEAD", "GET"]
     assert "docker-credential-dwfail" in str(found["locked"].error)
     assert "hunter2" not in json.dumps([str(e) for e in logged])
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("socket_url", [None, ENGINE26], ids=["engine20", "engine26"])
+def test_engines_report_their_insecure_registries(lab: None, socket_url: str | None) -> None:
+    """Both lab engines answer `docker info` with loopback as an insecure range, read as data."""
+    engine = Engine.connect(socket_url)
+    try:
+        config = engine.registry_config()
+    finally:
+        engine.close()
+    assert ipaddress.ip_network("127.0.0.0/8") in config.insecure_cidrs
+    assert config.secure.get("docker.io") is True
