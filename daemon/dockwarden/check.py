@@ -22,7 +22,16 @@ import structlog
 from dockwarden import digests, imageref, registry
 from dockwarden.config import Config, Service
 from dockwarden.digests import DigestCache
-from dockwarden.engine import ContainerState, Engine, EngineError, Platform, Snapshot, registry_credentials
+from dockwarden.distribution import Manifest
+from dockwarden.engine import (
+    ContainerState,
+    Engine,
+    EngineError,
+    Platform,
+    RegistryConfig,
+    Snapshot,
+    registry_credentials,
+)
 from dockwarden.engine import NotFound as ContainerMissing
 from dockwarden.imageref import ImageRef
 
@@ -95,38 +104,41 @@ class PlatformMissing(registry.RegistryError):
     reason = "platform-missing"
 
 
-def select_platform(index: dict[str, Any], platform: Platform) -> str:
-    """The child manifest digest for `platform` in a manifest list / OCI index."""
-    candidates = []
-    for entry in index.get("manifests", []):
-        plat = entry.get("platform") or {}
-        if plat.get("os") != platform.os or plat.get("architecture") != platform.architecture:
-            continue
-        candidates.append((plat.get("variant"), entry["digest"]))
-    for variant, digest in candidates:
-        if variant == platform.variant:
-            return str(digest)
+def select_platform(index: Manifest, platform: Platform) -> str:
+    """The child manifest digest for `platform` in a manifest list / OCI index (validated by `registry`)."""
+    candidates = [
+        entry
+        for entry in index.entries
+        if entry.os == platform.os and entry.architecture == platform.architecture
+    ]
+    for entry in candidates:
+        if entry.variant == platform.variant:
+            return entry.digest
     if len(candidates) == 1 or (candidates and platform.variant is None):
-        return str(candidates[0][1])
+        return candidates[0].digest
     raise PlatformMissing(f"the image index has no manifest for {platform}")
 
 
 def _config_digest(
-    client: registry.RegistryClient, ref: ImageRef, digest: str, platform: Platform, cache: DigestCache
+    client: registry.RegistryClient,
+    ref: ImageRef,
+    digest: str,
+    platform: Platform,
+    cache: DigestCache,
+    fetched: Manifest | None = None,
 ) -> str:
-    """The config digest (image ID) that `digest` means on this platform; GETs only on a cache miss."""
+    """The config digest (image ID) that `digest` means on this platform; GETs only on a cache miss, and
+    none for `fetched`, the manifest of `digest` already in hand."""
     known = cache.get(digest)
     if known:
         return known
-    manifest = client.get_manifest(ref, digest)
-    if manifest.media_type in registry.INDEX_TYPES or "manifests" in manifest.body:
-        child = select_platform(manifest.body, platform)
-        config = _config_digest(client, ref, child, platform, cache)
+    manifest = (
+        fetched if fetched is not None and fetched.digest == digest else client.get_manifest(ref, digest)
+    )
+    if manifest.is_index:
+        config = _config_digest(client, ref, select_platform(manifest, platform), platform, cache)
     else:
-        try:
-            config = str(manifest.body["config"]["digest"])
-        except (KeyError, TypeError) as exc:
-            raise registry.ProtocolError(f"manifest {digest} of {ref} has no config digest") from exc
+        config = str(manifest.config_digest)
     cache.put(digest, config)
     return config
 
@@ -173,54 +185,68 @@ def _check_group(
     platform: Platform,
     cache: DigestCache,
 ) -> list[CheckResult]:
+    """The results for every service following `ref`. Whatever goes wrong is these services' error: a
+    registry's answer must never end the cycle for the services behind other registries."""
     started = time.monotonic()
     try:
         head = client.head_manifest(ref)
+        return [_compare(ref, member, head, client, platform, cache, started) for member in members]
     except registry.RegistryError as exc:
-        took = time.monotonic() - started
-        return [
-            CheckResult(
-                service=m.service.name,
-                container=m.service.container,
-                image=str(ref),
-                running_digest=_one(m.digests),
-                registry_digest=None,
-                status=Status.ERROR,
-                error=str(exc),
-                reason=exc.reason,
-                duration=took,
-                state=m.state,
-            )
-            for m in members
-        ]
-    results = []
-    for member in members:
-        running = _one(member.digests)
-        if head.digest in member.digests:
-            status, error, reason = Status.UP_TO_DATE, None, None
-            running = head.digest
-        else:
-            try:
-                same = _config_digest(client, ref, head.digest, platform, cache) == member.image_id
-                status, error, reason = (Status.UP_TO_DATE if same else Status.UPDATE_AVAILABLE), None, None
-            except registry.RegistryError as exc:
-                status, error, reason = Status.ERROR, str(exc), exc.reason
-        results.append(
-            CheckResult(
-                service=member.service.name,
-                container=member.service.container,
-                image=str(ref),
-                running_digest=running,
-                registry_digest=head.digest,
-                status=status,
-                error=error,
-                reason=reason,
-                duration=time.monotonic() - started,
-                ratelimit_remaining=head.ratelimit_remaining,
-                state=member.state,
-            )
+        message, reason = str(exc), exc.reason
+    except Exception as exc:  # the last line of defence: registry validates all it knows of
+        message = f"checking {ref} failed unexpectedly: {type(exc).__name__}: {str(exc)[:200]}"
+        reason = registry.ProtocolError.reason
+    took = time.monotonic() - started
+    return [
+        CheckResult(
+            service=m.service.name,
+            container=m.service.container,
+            image=str(ref),
+            running_digest=_one(m.digests),
+            registry_digest=None,
+            status=Status.ERROR,
+            error=message,
+            reason=reason,
+            duration=took,
+            state=m.state,
         )
-    return results
+        for m in members
+    ]
+
+
+def _compare(
+    ref: ImageRef,
+    member: _Running,
+    head: registry.ManifestHead,
+    client: registry.RegistryClient,
+    platform: Platform,
+    cache: DigestCache,
+    started: float,
+) -> CheckResult:
+    """One service's result once its tag's digest is known: a registry error on the way is its own."""
+    running = _one(member.digests)
+    if head.digest in member.digests:
+        status, error, reason = Status.UP_TO_DATE, None, None
+        running = head.digest
+    else:
+        try:
+            same = _config_digest(client, ref, head.digest, platform, cache, head.manifest) == member.image_id
+            status, error, reason = (Status.UP_TO_DATE if same else Status.UPDATE_AVAILABLE), None, None
+        except registry.RegistryError as exc:
+            status, error, reason = Status.ERROR, str(exc), exc.reason
+    return CheckResult(
+        service=member.service.name,
+        container=member.service.container,
+        image=str(ref),
+        running_digest=running,
+        registry_digest=head.digest,
+        status=status,
+        error=error,
+        reason=reason,
+        duration=time.monotonic() - started,
+        ratelimit_remaining=head.ratelimit_remaining,
+        state=member.state,
+    )
 
 
 def _one(digests: Iterable[str]) -> str | None:
@@ -459,6 +485,16 @@ class Checker:
         return summary
 
 
+def _registry_config(engine: Engine) -> RegistryConfig:
+    """The engine's insecure registries; Docker's defaults (loopback) if it will not say, which costs
+    nothing but checks of registries it lists as insecure."""
+    try:
+        return engine.registry_config()
+    except EngineError as exc:
+        structlog.get_logger("dockwarden.check").warning("registry.config_defaulted", error=str(exc))
+        return RegistryConfig()
+
+
 @contextlib.contextmanager
 def connect(cfg: Config) -> Iterator[Checker]:
     """Open the engine named by the config (or the environment) and a registry client, and yield a
@@ -471,6 +507,7 @@ def connect(cfg: Config) -> Iterator[Checker]:
             credentials=registry_credentials,
             timeout=cfg.registry_timeout.total_seconds(),
             pool_size=cfg.check_concurrency,
+            engine_config=_registry_config(engine),
         )
         try:
             checker = Checker(

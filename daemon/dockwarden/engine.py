@@ -8,7 +8,11 @@ already implements `auths`, `credsStore` and `credHelpers` faithfully.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
+import re
+import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -222,6 +226,54 @@ class Credentials:
         return f"Credentials(username={self.username!r}, password=***)"
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Every engine treats loopback as insecure whatever daemon.json says (moby registry/config.go adds 127.0.0.0/8
+# to the insecure ranges "as a stop-gap for people running a private registry on localhost").
+LOOPBACK: tuple[Network, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegistryConfig:
+    """Which registries the engine reaches without TLS verification: `docker info`'s `RegistryConfig`
+    (Engine API SystemInfo.RegistryConfig). Docker's rule (moby registry/config.go, isSecureIndex): a
+    registry named in `IndexConfigs` is as its `Secure` flag says; any other is insecure when one of its
+    addresses lies in `InsecureRegistryCIDRs`. The default is what an engine with no daemon.json reports."""
+
+    insecure_cidrs: tuple[Network, ...] = LOOPBACK
+    secure: Mapping[str, bool] = field(default_factory=dict, hash=False)  # IndexConfigs: name -> Secure
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> RegistryConfig:
+        """From `GET /info`'s `RegistryConfig` object; entries that do not parse are left out."""
+        cidrs = []
+        for text in info.get("InsecureRegistryCIDRs") or ():
+            try:
+                cidrs.append(ipaddress.ip_network(str(text), strict=False))
+            except ValueError:
+                continue
+        indexes = info.get("IndexConfigs") or {}
+        secure = {
+            str(name): bool(entry.get("Secure", True))
+            for name, entry in (indexes.items() if isinstance(indexes, dict) else ())
+            if isinstance(entry, dict)
+        }
+        return cls(insecure_cidrs=tuple(cidrs), secure=secure)
+
+    def insecure(self, name: str, addresses: Callable[[], list[Address]]) -> bool:
+        """Whether the engine would skip TLS verification for registry `name` ("host[:port]"), given a way to
+        find the host's addresses (called only when the name is not listed, as Docker resolves it)."""
+        listed = self.secure.get(name)
+        if listed is not None:
+            return not listed
+        for found in addresses():
+            # Go's IPNet.Contains matches an IPv4-mapped IPv6 address as the IPv4 address it carries.
+            address = found.ipv4_mapped if isinstance(found, ipaddress.IPv6Address) else None
+            if any((address or found) in network for network in self.insecure_cidrs):
+                return True
+        return False
+
+
 def _explain(exc: Exception) -> str:
     if isinstance(exc, docker.errors.APIError):
         return str(exc.explanation or exc)
@@ -433,6 +485,11 @@ class Engine:
         )
         return list(found or ())
 
+    def registry_config(self) -> RegistryConfig:
+        """The engine's insecure registries (`docker info`'s `RegistryConfig`), for the registry client."""
+        info = self._call("reading the engine's registry settings", self._client.info)
+        return RegistryConfig.from_info(dict(info.get("RegistryConfig") or {}))
+
     def ping(self) -> None:
         try:
             self._client.ping()
@@ -440,16 +497,40 @@ class Engine:
             raise EngineError(_explain(exc)) from None
 
 
-def registry_credentials(registry: str) -> Credentials | None:
+# What the docker CLI and docker-py ask a credential helper for Docker Hub, and the user name a helper answers
+# with when its secret is an identity token (docker-credential-helpers: credentials.Credentials).
+_HUB_SERVER = "https://index.docker.io/v1/"
+_TOKEN_USERNAME = "<token>"  # noqa: S105 -- the helper protocol's marker, not a password
+HELPER_TIMEOUT = 10.0  # seconds: a helper waiting on a locked keyring would otherwise hold a check forever
+_HELPER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class CredentialsError(EngineError):
+    """Registry credentials could not be read: the Docker config is unusable, or its credential helper is
+    missing, failed or answered nonsense. The message names the file or helper, never the helper's output
+    (which may hold a secret)."""
+
+
+def registry_credentials(registry: str, timeout: float = HELPER_TIMEOUT) -> Credentials | None:
     """Credentials for `registry` from the Docker config ($DOCKER_CONFIG or ~/.docker/config.json).
 
-    Looks at `credHelpers` for this registry, then `credsStore`, then `auths`, as the docker CLI does.
-    """
+    Looks at `credHelpers` for this registry, then `credsStore`, then `auths`, as the docker CLI does
+    (docker-py reads the file and picks the helper). The helper itself runs here rather than through
+    docker-py, so that it gets `timeout` seconds and its stderr and stdout never reach our logs. Raises
+    CredentialsError (an EngineError)."""
     try:
         config = docker.auth.load_config()
-        entry = docker.auth.resolve_authconfig(config, registry)
-    except (docker.errors.DockerException, OSError, ValueError) as exc:
-        raise EngineError(f"reading Docker credentials for {registry}: {exc}") from None
+        helper = config.get_credential_store(registry)
+    except (docker.errors.DockerException, OSError, ValueError, AttributeError, TypeError) as exc:
+        raise CredentialsError(f"reading Docker credentials for {registry}: {type(exc).__name__}") from None
+    if helper:
+        found = _from_helper(str(helper), registry, timeout)
+        if found is not None:
+            return found
+    try:
+        entry = docker.auth.AuthConfig({"auths": config.auths}).resolve_authconfig(registry)
+    except (docker.errors.DockerException, ValueError, AttributeError, TypeError) as exc:
+        raise CredentialsError(f"reading Docker credentials for {registry}: {type(exc).__name__}") from None
     if not entry:
         return None
     return Credentials(
@@ -457,3 +538,41 @@ def registry_credentials(registry: str) -> Credentials | None:
         password=entry.get("Password") or entry.get("password"),
         identity_token=entry.get("IdentityToken"),
     )
+
+
+def _from_helper(name: str, registry: str, timeout: float) -> Credentials | None:
+    """Ask `docker-credential-NAME get` (the credential helper protocol: the server on stdin, JSON with
+    `Username` and `Secret` on stdout); None when it has nothing for this registry."""
+    program = f"docker-credential-{name}"
+    what = f"credential helper {program} for {registry}"
+    if not _HELPER_NAME.fullmatch(name):
+        raise CredentialsError(f"credential helper name {name!r} for {registry} is not a program name")
+    server = _HUB_SERVER if registry in ("", "docker.io") else registry
+    try:
+        done = subprocess.run(
+            [program, "get"], input=server.encode(), capture_output=True, timeout=timeout, check=False
+        )
+    except FileNotFoundError:
+        raise CredentialsError(f"{what} is not installed (not on PATH)") from None
+    except subprocess.TimeoutExpired:
+        raise CredentialsError(f"{what} did not answer within {timeout:g}s") from None
+    except OSError as exc:
+        raise CredentialsError(f"{what} could not run: {exc.strerror}") from None
+    if done.returncode != 0:
+        if b"credentials not found in native keychain" in done.stdout:  # the protocol's "nothing stored"
+            return None
+        raise CredentialsError(
+            f"{what} failed (exit status {done.returncode}); its output is not shown, as it may hold a secret"
+        )
+    try:
+        answer = json.loads(done.stdout)
+        user, secret = answer["Username"], answer["Secret"]
+    except (ValueError, KeyError, TypeError):
+        raise CredentialsError(f"{what} answered something other than credentials") from None
+    if not isinstance(user, str) or not isinstance(secret, str):
+        raise CredentialsError(f"{what} answered something other than credentials")
+    if not user and not secret:  # docker-credential-pass answers so for a server it does not know
+        return None
+    if user == _TOKEN_USERNAME:
+        return Credentials(None, None, secret)
+    return Credentials(user, secret)

@@ -19,9 +19,14 @@ _SECRET_KEYS = re.compile(r"pass(word)?|secret|token|authorization|auth|credenti
 _SECRET_TEXT = [
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 ***"),
     (
-        re.compile(r"(?i)(\"?(?:password|token|access_token|identitytoken)\"?\s*[:=]\s*\"?)[^\s\",}]+"),
+        re.compile(
+            r"(?i)(\"?(?:password|secret|token|access_token|identitytoken)\"?\s*[:=]\s*\"?)[^\s\",}]+"
+        ),
         r"\1***",
     ),
+    # A JWT (header.payload.signature, the header starting {" in base64url) wherever it appears: registry
+    # tokens and many secret stores' leases have this shape.
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"), "***jwt***"),
     (re.compile(r"//[^/@\s:]+:[^/@\s]+@"), "//***:***@"),
 ]
 

@@ -107,3 +107,19 @@ def test_quickstart_commands_exist_and_ci_uses_the_test_command() -> None:
         assert f"{script}" in README
         assert (ROOT / script).stat().st_mode & 0o111, f"{script} is not executable"
     assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def _events(module: str) -> set[str]:
+    """Event names a module logs: the first argument of its log calls, dotted like `cycle.started`."""
+    source = (ROOT / "daemon" / "dockwarden" / f"{module}.py").read_text()
+    return set(re.findall(r'\.(?:debug|info|warning|error|exception)\(\s*"([a-z_]+\.[a-z_.]+)"', source))
+
+
+@pytest.mark.parametrize("module", ["check", "registry"])
+def test_check_and_registry_events_documented(module: str) -> None:
+    """Every event the check cycle and the registry client log has a row in the README's log table."""
+    events = _events(module)
+    assert events, f"no events found in {module}.py: the pattern no longer matches its log calls"
+    table = [line for line in README.splitlines() if line.startswith("| `")]
+    for event in events:
+        assert any(f"`{event}`" in line.split("|")[1] for line in table), f"{event} is not in the log table"

@@ -36,7 +36,8 @@ def test_library_info_chatter_is_kept_out() -> None:
 
 
 def test_secrets_are_masked_in_fields_and_text() -> None:
-    """Secret-named fields, Basic/Bearer values and URL passwords are redacted, whoever logged them."""
+    """Secret-named fields, Basic/Bearer values, URL passwords, `secret:` values and JWTs are redacted,
+    whoever logged them."""
     stream = io.StringIO()
     logs.configure(stream, json=True)
     log = structlog.get_logger("test")
@@ -44,8 +45,11 @@ def test_secrets_are_masked_in_fields_and_text() -> None:
     logs.configure(stream, json=True)
     logging.getLogger("docker.api").warning("header Authorization: Bearer abcdefghijklmnop1234 sent")
     logging.getLogger("urllib3").warning("retrying https://bob:hunter2@r.example/v2/")
+    log.warning(
+        "helper.said", error="lease eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJl secret: s3cr3t-x"
+    )
     text = stream.getvalue()
-    for secret in ("hunter2", "dXNlcjpwYXNz", "abcdefghijklmnop1234"):
+    for secret in ("hunter2", "dXNlcjpwYXNz", "abcdefghijklmnop1234", "eyJzdWIiOiJhIn0", "s3cr3t-x"):
         assert secret not in text
     assert "r.example" in text
 

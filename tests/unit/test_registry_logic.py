@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from dockwarden import registry
+from dockwarden import distribution, registry
 from dockwarden.check import PlatformMissing, select_platform
 from dockwarden.engine import Credentials, Platform
 
-INDEX = json.loads((Path(__file__).parents[1] / "data" / "index-multiarch.json").read_text())
+RAW_INDEX = (Path(__file__).parents[1] / "data" / "index-multiarch.json").read_bytes()
+INDEX = distribution.parse_manifest(RAW_INDEX, distribution.digest_of(RAW_INDEX), None)
 
 
 @pytest.mark.parametrize(
@@ -40,20 +40,29 @@ def test_select_platform_missing() -> None:
     [
         ("120", 120.0),
         ("0", 0.0),
-        (None, registry.DEFAULT_BACKOFF),
-        ("soon", registry.DEFAULT_BACKOFF),
+        (None, distribution.DEFAULT_BACKOFF),
+        ("soon", distribution.DEFAULT_BACKOFF),
         ("Sat, 28 Nov 2026 12:00:30 GMT", 30.0),
+        ("\u00b2", distribution.DEFAULT_BACKOFF),  # a latin-1 superscript two: str.isdigit() says yes
+        ("\u0663", distribution.DEFAULT_BACKOFF),  # an Arabic-Indic three: float() would take it
+        ("99999999999", distribution.MAX_BACKOFF),
+        ("-5", distribution.DEFAULT_BACKOFF),
+        ("Sat, 28 Nov 9999 12:00:30 GMT", distribution.MAX_BACKOFF),
+        ("Sat, 28 Nov 2026 11:00:00 GMT", 0.0),
+        ("Sat, 28 Nov 2026 12:00:30 -0000", distribution.DEFAULT_BACKOFF),
+        ("Sat, 99 Nov 2026 12:00:30 GMT", distribution.DEFAULT_BACKOFF),
     ],
 )
 def test_retry_after(header: str | None, expected: float) -> None:
-    """Retry-After is read as seconds or as an HTTP date; garbage falls back to the default back-off."""
+    """Retry-After is read as ASCII seconds or an HTTP date, clamped to an hour; anything else (non-ASCII
+    digits, negative numbers, impossible dates) falls back to the default back-off."""
     noon = 1795867200.0  # 2026-11-28T12:00:00Z
-    assert registry.parse_retry_after(header, now=noon) == pytest.approx(expected)
+    assert distribution.parse_retry_after(header, now=noon) == pytest.approx(expected)
 
 
 def test_parse_bearer_challenge() -> None:
     """A Bearer challenge yields realm, service and scope."""
-    kind, params = registry.parse_challenge(
+    kind, params = distribution.parse_challenge(
         'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
         'scope="repository:library/nginx:pull"'
     )
@@ -78,19 +87,19 @@ def test_parse_bearer_challenge() -> None:
     ],
 )
 def test_default_scheme(host: str, scheme: str) -> None:
-    """Only loopback registries are spoken to over plain HTTP, as Docker does by default."""
+    """Plain HTTP is tried first only for loopback registries; every other starts with HTTPS."""
     assert registry.default_scheme(host) == scheme
 
 
 def test_accept_lists_all_four_manifest_types() -> None:
     """The HEAD asks for Docker and OCI manifests and indexes alike."""
     for media_type in (
-        registry.MANIFEST_V2,
-        registry.MANIFEST_LIST_V2,
-        registry.OCI_MANIFEST,
-        registry.OCI_INDEX,
+        distribution.MANIFEST_V2,
+        distribution.MANIFEST_LIST_V2,
+        distribution.OCI_MANIFEST,
+        distribution.OCI_INDEX,
     ):
-        assert media_type in registry.ACCEPT
+        assert media_type in distribution.ACCEPT
 
 
 def test_credentials_never_show_their_secret() -> None:
