@@ -130,13 +130,16 @@ def test_tag_not_found_and_registry_down(
 ) -> None:
     """A missing tag and an unreachable registry are per-service errors with their own reasons."""
     name, _tag, _image_id, _digest = deploy(registry)
+    # One container per service: a config may not watch a container twice.
+    gone = deploy(registry, "sample:gone", prefix="gone")[0]
+    down = deploy(registry, "sample:down", prefix="down")[0]
     dead = f"127.0.0.1:{free_port()}"
     cfg = write_config(
         tmp_path / "dw.yaml",
         {
             "ok": {"container": name},
-            "gone": {"container": name, "image": f"{registry.host}/sample:no-such-tag"},
-            "down": {"container": name, "image": f"{dead}/sample:latest"},
+            "gone": {"container": gone, "image": f"{registry.host}/sample:no-such-tag"},
+            "down": {"container": down, "image": f"{dead}/sample:latest"},
         },
     )
     results = check(cfg)
