@@ -208,8 +208,20 @@ class TransactionEngine(gate.Inspector, Protocol):
         """Start a container; one already running is left as it is (304)."""
         ...
 
-    def remove(self, container_id: str, force: bool = True) -> None:
-        """Remove a container, keeping its volumes; without `force`, EngineError if it runs (409)."""
+    def remove(self, container_id: str, force: bool = True, volumes: bool = False) -> None:
+        """Remove a container, keeping its volumes unless `volumes` (then the anonymous volumes created for
+        it go too, never one it mounts by name); without `force`, EngineError if it runs (409)."""
+        ...
+
+    def defaults(self, image: str) -> dict[str, Any]:
+        """What the engine fills in by itself (`recreate.EngineDefaults.from_probe` reads it): the
+        HostConfig of a container created from `image` with nothing set, which is removed again, and the
+        host's name."""
+        ...
+
+    def copy_file(self, source_id: str, target_id: str, path: str) -> bool:
+        """Copy one file between containers, at the same absolute path (archive API); False if the source
+        has none."""
         ...
 
     def remove_image(self, reference: str) -> list[dict[str, str]]:
@@ -303,6 +315,9 @@ class Upgrade:
 
         self._enter(Step.CREATE)
         new_id = self.engine.create(plan.body, t.container)
+        for path in plan.files:  # what the creating client wrote in after its create, as it did
+            if not self.engine.copy_file(self.old["Id"], new_id, path):
+                self.log.info("upgrade.file_absent", path=path)
 
         self._enter(Step.CONNECT)
         for network, endpoint in plan.connect.items():
@@ -368,7 +383,9 @@ class Upgrade:
         else:
             image_text = image_string(self.old, t.ref)
         self.new_image = new_image
-        plan = recreate.plan(self.old, old_image, new_image, image_text, t.network_mode)
+        # Read now, while the old version serves: HostConfig values equal to these follow the engine.
+        defaults = recreate.EngineDefaults.from_probe(self.engine.defaults(old_image["Id"]))
+        plan = recreate.plan(self.old, old_image, new_image, image_text, t.network_mode, defaults=defaults)
         if self.hooks.cancel is not None and self.hooks.cancel.is_set():
             return Result.SKIPPED
         return plan, image_text, switching
@@ -479,7 +496,9 @@ def undo(
             )
         step(UndoStep.REMOVE_NEW)
         with contextlib.suppress(NotFound):  # already gone: the name is free, which is the aim
-            engine.remove(holder["Id"])
+            # With the anonymous volumes the engine made for it (a VOLUME only the new image declares);
+            # the old container's, which it mounts by name, stay.
+            engine.remove(holder["Id"], volumes=True)
     current = engine.inspect_container(old["Id"])
     _retag(engine, current)
     if not restart:
