@@ -391,6 +391,7 @@ def _volumes(
     container: Mapping[str, Any],
     host: dict[str, Any],
     declared: set[str],
+    lent: frozenset[str] | None,
     notes: list[str],
 ) -> dict[str, str]:
     """Re-attach (in `host`) the old container's anonymous volumes, so their data is the successor's.
@@ -398,8 +399,9 @@ def _volumes(
     An anonymous `--mount type=volume,dst=D` gets the old volume as its Source; an anonymous volume of
     `Config.Volumes` (`-v D`, or an image's `VOLUME D`) is bound by name if the successor still declares D
     (the user's `-v D`, or the new image's VOLUME), as Compose inherits them; one the new image dropped
-    is not mounted, and stays on the host. Returns destination -> volume name for every volume the
-    successor must mount."""
+    is not mounted, and stays on the host. `lent`: the paths `--volumes-from` mounts (those come back
+    through it); None when unknown, then every volume of a container with VolumesFrom is taken for lent.
+    Returns destination -> volume name for every volume the successor must mount."""
     mounted = {
         _clean(m.get("Destination")): m for m in container.get("Mounts") or () if m.get("Type") == "volume"
     }
@@ -419,7 +421,7 @@ def _volumes(
         host["Mounts"] = mounts
     if host.get("VolumesFrom"):
         # Their mounts come back through VolumesFrom itself; binding them too would duplicate a mount point.
-        covered |= set(mounted)
+        covered |= set(mounted) if lent is None else {_clean(path) for path in lent}
     for destination, mount in mounted.items():
         if destination in covered:
             continue
@@ -440,15 +442,26 @@ def _host_config(
     container: Mapping[str, Any],
     defaults: EngineDefaults,
     declared: set[str],
+    lent: frozenset[str] | None,
     notes: list[str],
 ) -> tuple[dict[str, Any], dict[str, str]]:
     host = copy.deepcopy(dict(container.get("HostConfig") or {}))
     _engine_values(host, defaults, notes)
-    volumes = _volumes(container, host, declared, notes)
+    volumes = _volumes(container, host, declared, lent, notes)
     if host.get("Links"):
         # Inspect shows "/target:/this/alias"; create wants "target:alias".
         host["Links"] = [_create_link(link) for link in host["Links"]]
     return host, volumes
+
+
+def volumes_from(container: Mapping[str, Any]) -> list[str]:
+    """The containers (names or IDs) whose mounts `--volumes-from` lends this one: "name[:ro|:rw]"."""
+    return [entry.partition(":")[0] for entry in (container.get("HostConfig") or {}).get("VolumesFrom") or ()]
+
+
+def mount_paths(container: Mapping[str, Any]) -> frozenset[str]:
+    """Every path a container mounts (inspect's `Mounts`), which --volumes-from lends another."""
+    return frozenset(_clean(m.get("Destination")) for m in container.get("Mounts") or ())
 
 
 def _create_link(link: str) -> str:
@@ -534,9 +547,12 @@ def plan(
     mode_override: str | None = None,
     *,
     defaults: EngineDefaults = BUILTIN,
+    lent: frozenset[str] | None = None,
 ) -> CreatePlan:
     """The successor of `container` running `image` (a reference that resolves to `new_image`), on an
-    engine whose own defaults are `defaults` (moby's built-in ones unless given).
+    engine whose own defaults are `defaults` (moby's built-in ones unless given). `lent`: the paths the
+    containers named in its VolumesFrom mount (`mount_paths` of each), so that its own anonymous volumes
+    are told from theirs; None when they were not read.
 
     `mode_override` replaces a `container:X` network mode whose X has itself been recreated. Pure: raises
     nothing but KeyError for a container document without `Id`."""
@@ -547,7 +563,7 @@ def plan(
     declared = {
         _clean(path) for path in (*(body.get("Volumes") or ()), *(_config(new_image).get("Volumes") or ()))
     }
-    body["HostConfig"], volumes = _host_config(container, defaults, declared, notes)
+    body["HostConfig"], volumes = _host_config(container, defaults, declared, lent, notes)
     if mode_override is not None:
         body["HostConfig"]["NetworkMode"] = mode_override
         notes.append(f"network mode {mode} -> {mode_override}")

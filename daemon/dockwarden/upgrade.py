@@ -385,7 +385,12 @@ class Upgrade:
         self.new_image = new_image
         # Read now, while the old version serves: HostConfig values equal to these follow the engine.
         defaults = recreate.EngineDefaults.from_probe(self.engine.defaults(old_image["Id"]))
-        plan = recreate.plan(self.old, old_image, new_image, image_text, t.network_mode, defaults=defaults)
+        lent = frozenset().union(
+            *(recreate.mount_paths(self.engine.inspect_container(c)) for c in recreate.volumes_from(self.old))
+        )
+        plan = recreate.plan(
+            self.old, old_image, new_image, image_text, t.network_mode, defaults=defaults, lent=lent
+        )
         if self.hooks.cancel is not None and self.hooks.cancel.is_set():
             return Result.SKIPPED
         return plan, image_text, switching

@@ -59,7 +59,7 @@ from dockwarden import recreate, upgrade
 from dockwarden.upgrade import Hooks, Result
 from tests.conftest import ENGINE26
 from tests.integration.helpers import write_config
-from tests.integration.upgrade_lab import run_cycle, update
+from tests.integration.upgrade_lab import free_port, run_cycle, update
 from tests.support.images import LABEL, ImageFactory
 from tests.support.registry import Registry, start_registry
 
@@ -362,11 +362,13 @@ def _volumes(ctx: Ctx, image: str) -> Run:
 
 
 def _host_network(ctx: Ctx, image: str) -> Run:
-    """The host's network with a hostname of one's own, and volumes from another container."""
+    """The host's network with a hostname of one's own, and volumes from another container beside an
+    anonymous volume of its own."""
     peer = ctx.start_peer(image)
-    return Run(
-        flags=["--network", "host", "--hostname", "fidhost", "--volumes-from", f"{peer}:ro", "-e", "X=1"]
-    )
+    port = str(free_port())  # the host's ports are shared with every other test
+    check = f"wget -q -O /dev/null http://127.0.0.1:{port}/"
+    flags = ["--network", "host", "--hostname", "fidhost", "--volumes-from", f"{peer}:ro", "-v", "/own"]
+    return Run(flags=[*flags, "--health-cmd", check], args=["sh", "-c", USER_APP.replace("8080", port)])
 
 
 def _shared_namespaces(ctx: Ctx, image: str) -> Run:

@@ -327,6 +327,23 @@ def test_an_image_volume_the_new_image_keeps_is_reattached(cli: dict[str, Any]) 
     assert plan.volumes == {"/shared": shared}
 
 
+def test_own_anonymous_volumes_are_told_from_those_of_volumes_from(cli: dict[str, Any]) -> None:
+    """With --volumes-from, the paths the other container lends come back through it; the container's own
+    anonymous volumes are re-attached when those paths are known, and left alone when they are not."""
+    container = copy.deepcopy(cli["containers"]["anon-volumes"])
+    container["HostConfig"]["VolumesFrom"] = ["peer:ro"]
+    anon = next(m["Name"] for m in container["Mounts"] if m["Destination"] == "/anon")
+    known = recreate.plan(
+        container, cli["old_image"], cli["new_image"], "x", lent=frozenset({"/shared", "/vol1"})
+    )
+    assert f"{anon}:/anon" in known.body["HostConfig"]["Binds"]
+    assert not any(b.endswith(":/shared") for b in known.body["HostConfig"]["Binds"])
+    unknown = recreate.plan(container, cli["old_image"], cli["new_image"], "x")
+    assert f"{anon}:/anon" not in unknown.body["HostConfig"]["Binds"]
+    assert recreate.volumes_from(container) == ["peer"]
+    assert recreate.mount_paths(container) >= {"/anon", "/shared", "/named"}
+
+
 def test_host_network_hostname_is_kept_unless_it_is_the_hosts(cli: dict[str, Any]) -> None:
     """`--network host --hostname NAME` keeps NAME; the host's own name is the engine's to give."""
     assert "Hostname" not in _cli_plan(cli, "host-network").body
