@@ -356,18 +356,19 @@ def user_security_options(host: Mapping[str, Any]) -> list[str] | None:
 
 
 def _user_log_config(have: Any, default: Any) -> dict[str, Any] | None:
-    """The log driver and options the user gave; None when all of it is the engine's (its driver, and the
-    daemon's log-opts, which it merges into a container of its default driver)."""
+    """The log driver and options the user gave; None when all of it is the engine's: its driver, the
+    daemon's log-opts (which it merges into a container of its default driver), and the daemon's
+    `cache-*` options (which it merges into every container: daemon/logger/loggerutils/cache)."""
     have, default = dict(have or {}), dict(default or {})
     default_options = dict(default.get("Config") or {})
     driver = str(have.get("Type") or "")
+    if driver == default.get("Type"):
+        driver = ""
     options = {
         k: v
         for k, v in (have.get("Config") or {}).items()
-        if k not in default_options or default_options[k] != v
+        if default_options.get(k) != v or (driver and not k.startswith("cache-"))
     }
-    if driver == default.get("Type"):
-        driver = ""
     if not driver and not options:
         return None
     return {"Type": driver, "Config": options}

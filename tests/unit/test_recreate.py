@@ -288,6 +288,12 @@ def test_daemon_log_options_are_the_engines_and_another_driver_the_users(cli: di
     host = _cli_plan(cli, "plain", host={"LogConfig": log}, defaults=defaults).body["HostConfig"]
     assert host["LogConfig"] == {"Type": "", "Config": {"max-size": "1m"}}
     assert _cli_plan(cli, "ipc-host").body["HostConfig"]["LogConfig"] == {"Type": "local", "Config": {}}
+    # Under another driver the daemon's options are not merged in (but for cache-*): those are the user's.
+    local = {"Type": "local", "Config": {"max-file": "3", "cache-max-file": "2"}}
+    probe["HostConfig"]["LogConfig"]["Config"]["cache-max-file"] = "2"
+    defaults = recreate.EngineDefaults.from_probe(probe)
+    host = _cli_plan(cli, "plain", host={"LogConfig": local}, defaults=defaults).body["HostConfig"]
+    assert host["LogConfig"] == {"Type": "local", "Config": {"max-file": "3"}}
 
 
 def test_the_label_option_the_engine_adds_is_dropped_and_the_users_kept(cli: dict[str, Any]) -> None:
