@@ -92,9 +92,8 @@ class EngineDefaults:
     `host`: the HostConfig of a container that engine created with an empty one (`Engine.defaults`);
     `host_name`: the engine host's name (`GET /info` `Name`), the hostname of a `--network host` container
     that sets none; None when unknown (then such a hostname is kept as it is); `networks_at_create`: the
-    engine's API is 1.44 or later. `probed` is False for
-    `BUILTIN`, moby's compiled-in defaults (daemon/config, oci/defaults.go, v26.1), used where no engine
-    is asked: the dry run and tests.
+    engine's API is 1.44 or later. `BUILTIN` holds moby's compiled-in defaults (daemon/config,
+    oci/defaults.go, v26.1), used where no engine is asked: the dry run and tests.
     """
 
     host: Mapping[str, Any] = field(hash=False)
@@ -102,7 +101,6 @@ class EngineDefaults:
     # API 1.44+ creates a container on several networks at once, with a MAC each; before, create takes
     # one and the others are connected after it (Engine 26.1 also ignores a MAC given at connect).
     networks_at_create: bool = False
-    probed: bool = True
 
     @classmethod
     def from_probe(cls, probe: Mapping[str, Any]) -> EngineDefaults:
@@ -137,7 +135,6 @@ BUILTIN = EngineDefaults(
             # No CgroupnsMode: "host" on cgroup v1 hosts, "private" on v2, so only a probe can tell.
         }
     ),
-    probed=False,
 )
 
 
@@ -332,10 +329,10 @@ def _engine_values(host: dict[str, Any], defaults: EngineDefaults, notes: list[s
             del host[key]
             followed.append(key)
     log = _user_log_config(host.get("LogConfig"), defaults.host.get("LogConfig"))
-    if log is None:
-        host.pop("LogConfig", None)
+    if log is None and "LogConfig" in host:
+        del host["LogConfig"]
         followed.append("LogConfig")
-    else:
+    elif log is not None:
         host["LogConfig"] = log
     if "SecurityOpt" in host:
         host["SecurityOpt"] = user_security_options(host)
