@@ -14,7 +14,8 @@ The old and new images differ in every field an image defines (Env, Labels, Cmd,
 Healthcheck sub-field, StopSignal, WorkingDir, User, ExposedPorts, Volumes), so that a value frozen from the
 old image, or an image default taken for the user's, shows up as a difference.
 
-Size: 10 rows x 2 engines = 20 upgrades, about 50 s with `-n 4` on the lab's 2 cores (see BENCHMARKS.md).
+Size: 10 rows x 2 engines = 20 upgrades (83 distinct flags), 60-80 s with `-n 4` on the lab's 2 cores, shared
+with other tests (see BENCHMARKS.md).
 
 Flags of `docker run` this machine cannot exercise, and why:
 - `--gpus`: no GPU and no NVIDIA runtime (start fails: could not select device driver).
