@@ -293,12 +293,15 @@ def _plan(engine: Engine, target: Target, result: CheckResult, report: Report) -
         old_image = engine.inspect_image(old.image_id)
     except EngineError as exc:
         return _outcome(result, Result.ERROR, str(exc))
-    # The create body is built from the whole inspect documents, as the upgrade itself builds it.
-    new = recreate.plan(old.raw, old_image, {}, upgrade.image_string(old.raw, target.ref))
+    # The create body is built from the whole inspect documents, as the upgrade itself builds it. Nothing
+    # is pulled and no probe container is made: the old image stands in for the new one (its VOLUMEs
+    # decide which anonymous volumes are re-attached), and Docker's built-in defaults for the engine's.
+    new = recreate.plan(old.raw, old_image, old_image, upgrade.image_string(old.raw, target.ref))
     report.plans[target.service] = [
         f"digest: {target.from_digest} -> {target.to_digest}",
         f"pull: {target.ref.name}@{target.to_digest}",
         *recreate.describe(old.raw, new),
+        "assumed: the new image declares the old one's VOLUMEs; the engine has Docker's built-in defaults",
     ]
     return _outcome(result, Result.WOULD_UPGRADE)
 

@@ -297,8 +297,20 @@ class TransactionEngine(gate.Inspector, Protocol):
         """Start a container; one already running is left as it is (304)."""
         ...
 
-    def remove(self, container_id: str, force: bool = True) -> None:
-        """Remove a container, keeping its volumes; without `force`, EngineError if it runs (409)."""
+    def remove(self, container_id: str, force: bool = True, volumes: bool = False) -> None:
+        """Remove a container, keeping its volumes unless `volumes` (then the anonymous volumes created for
+        it go too, never one it mounts by name); without `force`, EngineError if it runs (409)."""
+        ...
+
+    def defaults(self, image: str) -> dict[str, Any]:
+        """What the engine fills in by itself (`recreate.EngineDefaults.from_probe` reads it): the
+        HostConfig of a container created from `image` with nothing set, which is removed again, and the
+        host's name."""
+        ...
+
+    def copy_file(self, source_id: str, target_id: str, path: str) -> bool:
+        """Copy one file between containers, at the same absolute path (archive API); False if the source
+        has none."""
         ...
 
     def remove_image(self, reference: str) -> list[dict[str, str]]:
@@ -337,6 +349,8 @@ class Upgrade:
         self.pulled_ref: str | None = None
         self.mode = Mode.RUNNING
         self.stand_in: str | None = None  # ID of the old container's created copy (AutoRemove)
+        self.defaults = recreate.BUILTIN  # replaced by the engine's own, read at plan
+        self.lent: frozenset[str] = frozenset()  # paths its --volumes-from containers lend it
         self.held = False  # a crash-looping old container was stopped at SET_ASIDE
 
     def _enter(self, step: Step) -> None:
@@ -404,6 +418,9 @@ class Upgrade:
 
         self._enter(Step.CREATE)
         new_id = self.engine.create(plan.body, t.container)
+        for path in plan.files:  # what the creating client wrote in after its create, as it did
+            if not self.engine.copy_file(self.old["Id"], new_id, path):
+                self.log.info("upgrade.file_absent", path=path)
 
         self._enter(Step.CONNECT)
         for network, endpoint in plan.connect.items():
@@ -487,7 +504,11 @@ class Upgrade:
             resolves_to = None
         if resolves_to != self.old["Image"]:
             _retag(self.engine, self.old)  # the copy must be created from the image the old one runs
-        copy = recreate.plan(self.old, self.old_image, self.old_image, text)
+        # The engine's defaults and lent paths as read at plan, so the copy is the old container, not one
+        # with moby's built-in defaults.
+        copy = recreate.plan(
+            self.old, self.old_image, self.old_image, text, defaults=self.defaults, lent=self.lent
+        )
         self.stand_in = self.engine.create(copy.body, self.t.container + OLD_SUFFIX)
         for network, endpoint in copy.connect.items():
             self.engine.connect_network(self.stand_in, network, endpoint)
@@ -536,7 +557,14 @@ class Upgrade:
         auto_remove = bool((self.old.get("HostConfig") or {}).get("AutoRemove"))
         self.mode = mode_for(state, auto_remove=auto_remove, stopped_ok=t.stopped_ok)
         self.new_image = new_image
-        plan = recreate.plan(self.old, old_image, new_image, image_text, t.network_mode)
+        # Read now, while the old version serves: HostConfig values equal to these follow the engine.
+        self.defaults = defaults = recreate.EngineDefaults.from_probe(self.engine.defaults(old_image["Id"]))
+        self.lent = lent = frozenset().union(
+            *(recreate.mount_paths(self.engine.inspect_container(c)) for c in recreate.volumes_from(self.old))
+        )
+        plan = recreate.plan(
+            self.old, old_image, new_image, image_text, t.network_mode, defaults=defaults, lent=lent
+        )
         if t.relink is not None:
             plan = relinked(plan, t.relink)
         if self.hooks.cancel is not None and self.hooks.cancel.is_set():
@@ -775,9 +803,11 @@ def _crash_looping(engine: TransactionEngine, before: dict[str, Any]) -> bool:
 
 
 def _remove_successor(engine: TransactionEngine, container_id: str) -> None:
-    """Remove a successor; one the engine is deleting already (AutoRemove, once it exited) is waited for."""
+    """Remove a successor; one the engine is deleting already (AutoRemove, once it exited) is waited for.
+    With the anonymous volumes the engine made for it (a VOLUME only the new image declares); the old
+    container's, which it mounts by name, stay."""
     try:
-        engine.remove(container_id)
+        engine.remove(container_id, volumes=True)
     except NotFound:
         return  # already gone: the name is free, which is the aim
     except EngineError:

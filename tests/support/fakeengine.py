@@ -54,6 +54,8 @@ class Op(StrEnum):
     START = "start"
     REMOVE = "remove"
     REMOVE_IMAGE = "remove_image"
+    DEFAULTS = "defaults"
+    COPY_FILE = "copy_file"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +101,12 @@ class FakeEngine:
         self.registry = {ref: copy.deepcopy(doc) for ref, doc in (registry or {}).items()}
         self.on_start: dict[str, Behaviour] = {}  # image ID -> behaviour; default: runs, healthy
         self.ignored_host_config: set[str] = set()  # HostConfig keys create drops
+        # What the engine fills into an empty HostConfig (Engine 26.1 on a cgroup v1 host), and its host name.
+        self.host_defaults: dict[str, Any] = copy.deepcopy(HOST_DEFAULTS)
+        self.host_name = "fakehost"
+        self.files: dict[tuple[str, str], bytes] = {}  # (container ID, path) -> content
+        self.volumes: set[str] = set()  # every volume's name
+        self.anonymous: dict[str, set[str]] = {}  # container ID -> the volumes made for it (no Source given)
         self.calls: list[Call] = []
         self._faults: list[Fault] = []
         self._serial = itertools.count(1)
@@ -124,6 +132,7 @@ class FakeEngine:
             raise ValueError(f"cannot seed {name}: name taken or image {container['Image']} not added")
         container["Name"] = f"/{name}"
         container["RestartCount"] = 0
+        self.volumes |= {str(m["Name"]) for m in container.get("Mounts") or () if m.get("Type") == "volume"}
         container["State"] = _state("exited", started=_CREATED_AT)
         if running:
             self._run(container)
@@ -215,6 +224,9 @@ class FakeEngine:
             image.get("Config") or {},
         )
         config.setdefault("Hostname", container_id[:12])  # the engine's default hostname: the short ID
+        _fill_defaults(host, self.host_defaults)
+        mounts, anonymous = self._mounts(host, config)
+        self.anonymous[container_id] = anonymous
         self.containers[container_id] = {
             "Id": container_id,
             "Name": f"/{name}",
@@ -223,7 +235,7 @@ class FakeEngine:
             "Config": config,
             "HostConfig": host,
             "NetworkSettings": {"Networks": _networks(host["NetworkMode"], endpoints)},
-            "Mounts": [],
+            "Mounts": mounts,
             "RestartCount": 0,
             "State": _state("created"),
         }
@@ -250,8 +262,8 @@ class FakeEngine:
         if not container["State"]["Running"]:  # a running one: 304, which docker-py does not raise
             self._run(container)
 
-    def remove(self, container_id: str, force: bool = True) -> None:
-        self._called(Op.REMOVE, container_id, force)
+    def remove(self, container_id: str, force: bool = True, volumes: bool = False) -> None:
+        self._called(Op.REMOVE, container_id, force, volumes)
         what = f"removing {container_id[:12]}"
         container = self._container(container_id, what)
         if container["State"]["Running"] and not force:
@@ -260,6 +272,24 @@ class FakeEngine:
                 "Stop the container before attempting removal or force remove"
             )
         del self.containers[container["Id"]]
+        made = self.anonymous.pop(container["Id"], set())
+        if volumes:  # the volumes made for it (moby: no Source in their spec), unless another uses them
+            in_use = {m["Name"] for c in self.containers.values() for m in c["Mounts"] if m.get("Name")}
+            self.volumes -= made - in_use
+
+    def defaults(self, image: str) -> dict[str, Any]:
+        self._called(Op.DEFAULTS, image)
+        self._image(image, "creating a probe container")
+        return {"HostConfig": copy.deepcopy(self.host_defaults), "Name": self.host_name}
+
+    def copy_file(self, source_id: str, target_id: str, path: str) -> bool:
+        self._called(Op.COPY_FILE, source_id, target_id, path)
+        what = f"copying {path} from {source_id[:12]} to {target_id[:12]}"
+        source, target = self._container(source_id, what), self._container(target_id, what)
+        if (source["Id"], path) not in self.files:
+            return False
+        self.files[target["Id"], path] = self.files[source["Id"], path]
+        return True
 
     def remove_image(self, reference: str) -> list[dict[str, str]]:
         self._called(Op.REMOVE_IMAGE, reference)
@@ -340,6 +370,24 @@ class FakeEngine:
         if (container.get("HostConfig") or {}).get("AutoRemove"):
             self.containers.pop(container["Id"], None)
 
+    def _mounts(self, host: dict[str, Any], config: dict[str, Any]) -> tuple[list[dict[str, Any]], set[str]]:
+        """`Mounts` of a new container, and the names of the volumes made for it: the volumes its Binds and
+        Mounts name, a new one for a volume Mount without a Source, and one for every other path of
+        `Config.Volumes` (moby daemon/create_unix.go)."""
+        named = [b.split(":")[:2] for b in host.get("Binds") or () if not b.startswith("/")]
+        named += [
+            [m.get("Source"), m["Target"]] for m in host.get("Mounts") or () if m.get("Type") == "volume"
+        ]
+        named += [[None, path] for path in config.get("Volumes") or {} if path not in {d for _, d in named}]
+        mounts, made = [], set()
+        for source, destination in named:
+            name = source or hashlib.sha256(f"volume-{next(self._serial)}".encode()).hexdigest()
+            if not source:
+                made.add(name)
+            mounts.append({"Type": "volume", "Name": name, "Destination": destination, "RW": True})
+        self.volumes |= {m["Name"] for m in mounts}
+        return mounts, made
+
     def _run(self, container: dict[str, Any]) -> None:
         behaviour = self.on_start.get(str(container["Image"]), Behaviour())
         if behaviour.exit_code is not None:
@@ -354,6 +402,27 @@ class FakeEngine:
         container["State"] = _state(
             "running", started=_CREATED_AT, health=behaviour.health if checked else None
         )
+
+
+HOST_DEFAULTS: dict[str, Any] = {
+    "ShmSize": 67108864,
+    "IpcMode": "private",
+    "CgroupnsMode": "host",
+    "Runtime": "runc",
+    "LogConfig": {"Type": "json-file", "Config": {}},
+    "MaskedPaths": ["/proc/asound", "/proc/kcore", "/sys/firmware", "/sys/devices/virtual/powercap"],
+    "ReadonlyPaths": ["/proc/bus", "/proc/sys"],
+}
+
+
+def _fill_defaults(host: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """What the engine fills into a HostConfig the create request left empty (see HOST_DEFAULTS)."""
+    for key, value in defaults.items():
+        if key == "LogConfig":
+            given = dict(host.get(key) or {})
+            host[key] = {"Type": given.get("Type") or value["Type"], "Config": given.get("Config") or {}}
+        elif host.get(key) is None or host.get(key) in ("", 0):
+            host[key] = copy.deepcopy(value)
 
 
 def _state(

@@ -10,6 +10,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import docker
 import docker.errors
 
 BUSYBOX = Path("/bin/busybox")
-APPLETS = ("sh", "sleep", "httpd", "wget", "cat", "echo", "true", "false", "ls", "test")
+APPLETS = ("sh", "sleep", "httpd", "wget", "cat", "echo", "true", "false", "ls", "test", "env")
 LABEL = "dockwarden.test"
 
 
@@ -42,11 +43,13 @@ class ImageFactory:
         cmd: list[str] | None = None,
         healthcheck: str | None = None,
         payload: int = 0,
+        lines: Sequence[str] = (),
     ) -> str:
-        """Build `tag` and return its image ID; `payload` adds that many random bytes (a distinct layer)."""
+        """Build `tag` and return its image ID; `payload` adds that many random bytes (a distinct layer),
+        `lines` more Dockerfile instructions at the end (no RUN: the image has no shell to run it with)."""
         (self._dir / "rootfs" / "www" / "index.html").write_text(marker + "\n")
         (self._dir / "rootfs" / "payload.bin").write_bytes(os.urandom(payload))
-        lines = [
+        dockerfile = [
             "FROM scratch",
             "COPY rootfs/ /",
             f'LABEL {LABEL}="{self.run_label}" marker="{marker}"',
@@ -54,8 +57,9 @@ class ImageFactory:
             "CMD " + _json_list(cmd or ["sleep", "3600"]),
         ]
         if healthcheck:
-            lines.append(f"HEALTHCHECK --interval=1s --timeout=2s --retries=3 CMD {healthcheck}")
-        (self._dir / "Dockerfile").write_text("\n".join(lines) + "\n")
+            dockerfile.append(f"HEALTHCHECK --interval=1s --timeout=2s --retries=3 CMD {healthcheck}")
+        dockerfile.extend(lines)
+        (self._dir / "Dockerfile").write_text("\n".join(dockerfile) + "\n")
         # No build cache: parallel workers remove their images, and a cache hit on an image being removed
         # fails the build ("unable to find image"). A FROM-scratch build costs the same without it.
         image, _ = self.client.images.build(path=str(self._dir), tag=tag, rm=True, forcerm=True, nocache=True)
