@@ -93,7 +93,7 @@ def test_daemon_under_systemd_protocol(
         assert any(f"{cfg}:" in p and "must be 'auto' or 'monitor'" in p for p in problems)
         assert proc.poll() is None
 
-        cfg.write_text(good + f"  again:\n    container: {name}\n")
+        cfg.write_text(good + f"  again:\n    container: {name}-again\n")  # one container per service
         proc.send_signal(signal.SIGHUP)
         _wait_for(lambda: any(e["event"] == "config.reloaded" for e in _events(log)), 10, "reload")
         reloaded = next(e for e in _events(log) if e["event"] == "config.reloaded")

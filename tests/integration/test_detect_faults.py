@@ -223,14 +223,15 @@ def test_slow_registry_is_a_timeout(
     tmp_path: Path,
 ) -> None:
     """A registry slower than registry_timeout is a per-service `timeout`, reported within that time."""
-    name, _tag, _image_id, _digest = deploy(registry)
+    name = deploy(registry, prefix="slow")[0]
+    fast = deploy(registry)[0]  # one container per service; this one runs what the tag points to now
     proxy = FaultProxy(registry.url, FaultPlan(delay=5)).start()
     try:
         cfg = write_config(
             tmp_path / "dw.yaml",
             {
                 "slow": {"container": name, "image": f"{proxy.host}/sample:latest"},
-                "fast": {"container": name},
+                "fast": {"container": fast},
             },
         )
         started = time.monotonic()

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import docker
 import pytest
 import requests
 import structlog
@@ -22,7 +23,7 @@ from dockwarden import distribution, registry
 from dockwarden.engine import Credentials, CredentialsError, Engine, RegistryConfig
 from dockwarden.imageref import ImageRef
 from tests.conftest import ENGINE26, Deploy
-from tests.integration.helpers import check, write_config
+from tests.integration.helpers import check, run_container, write_config
 from tests.support.faultserver import FaultServer, Pki, Reply, Request, Script
 from tests.support.registry import Registry
 
@@ -412,13 +413,20 @@ def test_each_registry_fault_stays_with_its_services(
     deploy: Deploy,
     registry: Registry,
     servers: list[FaultServer],
+    docker_client: docker.DockerClient,
+    run_label: str,
+    containers: list[str],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """In one cycle: a registry without digest headers costs one GET and still finds the running image up
     to date; a malformed index and a failing credential helper are errors of their own services only; the
     service on a sound registry is checked as usual."""
-    name, _tag, _image_id, digest = deploy(registry)
+    name, tag, _image_id, digest = deploy(registry)
+    # One container per service (a config may not watch a container twice), all on the same image.
+    twins = {s: f"{name}-{s}" for s in ("front", "bad", "locked")}
+    for twin in twins.values():
+        run_container(docker_client, run_label, twin, tag, containers)
     front = start(servers, _without_digest(registry))
     index = json.dumps({"manifests": [{"platform": {"os": "linux", "architecture": "amd64"}}]}).encode()
     bad = start(
@@ -435,9 +443,9 @@ def test_each_registry_fault_stays_with_its_services(
     monkeypatch.setenv("PATH", f"{helper.parent}:{os.environ['PATH']}")
     services = {
         "ok": {"container": name},
-        "front": {"container": name, "image": f"{front.host}/sample:latest"},
-        "bad": {"container": name, "image": f"{bad.host}/sample:latest"},
-        "locked": {"container": name, "image": f"{locked.host}/sample:latest"},
+        "front": {"container": twins["front"], "image": f"{front.host}/sample:latest"},
+        "bad": {"container": twins["bad"], "image": f"{bad.host}/sample:latest"},
+        "locked": {"container": twins["locked"], "image": f"{locked.host}/sample:latest"},
     }
     with structlog.testing.capture_logs() as logged:
         found = check(write_config(tmp_path / "dw.yaml", services))
