@@ -128,8 +128,14 @@ def _left_as_is(service: Service, result: CheckResult, options: Options) -> str 
 
 def blamed(outcome: Outcome) -> bool:
     """Whether a failed upgrade puts its digest on the skip list: only if the new version was started (it
-    ran, and failed its gate or its start). A failure before that says nothing against the digest."""
-    return outcome.result in (Result.ROLLED_BACK, Result.ROLLBACK_FAILED) and outcome.started_new
+    ran, and failed its gate or its start) and the failure is about that container. A failure before
+    that, or one the engine caused (it did not answer, answered 5xx, restarted meanwhile: `Outcome.cause`),
+    says nothing against the digest: the next cycle tries it again."""
+    return (
+        outcome.result in (Result.ROLLED_BACK, Result.ROLLBACK_FAILED)
+        and outcome.started_new
+        and outcome.cause is gate.Cause.CONTAINER
+    )
 
 
 def recover(engine: Engine, cfg: Config) -> None:

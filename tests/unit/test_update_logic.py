@@ -15,6 +15,7 @@ from dockwarden.check import CheckResult, Status
 from dockwarden.config import Service, Stopped, Update
 from dockwarden.cycle import Action, Options, blamed, decide, order
 from dockwarden.engine import ContainerState, ContainerView
+from dockwarden.gate import Cause
 from dockwarden.locks import Busy, ContainerLock
 from dockwarden.namespace import parents as namespace_parents
 from dockwarden.skiplist import SkipList
@@ -103,21 +104,27 @@ def test_decide_from_the_containers_state_and_pin(
         assert str(reason).startswith(f"{expected}: ")
 
 
+C, E = Cause.CONTAINER, Cause.ENGINE
+
+
 @pytest.mark.parametrize(
-    ("result", "started_new", "expected"),
+    ("result", "started_new", "cause", "expected"),
     [
-        (Result.ROLLED_BACK, True, True),
-        (Result.ROLLBACK_FAILED, True, True),
-        (Result.ROLLED_BACK, False, False),  # failed at create, verify, stop-old...: the digest never ran
-        (Result.ROLLBACK_FAILED, False, False),
-        (Result.ERROR, False, False),
-        (Result.UPGRADED, True, False),
+        (Result.ROLLED_BACK, True, C, True),
+        (Result.ROLLBACK_FAILED, True, C, True),
+        (Result.ROLLED_BACK, False, C, False),  # failed at create, verify, stop-old...: the digest never ran
+        (Result.ROLLBACK_FAILED, False, C, False),
+        (Result.ERROR, False, C, False),
+        (Result.UPGRADED, True, None, False),
+        (Result.ROLLED_BACK, True, E, False),  # the engine was unreachable, answered 5xx or restarted
+        (Result.ROLLBACK_FAILED, True, E, False),
+        (Result.ROLLED_BACK, True, Cause.DOCKWARDEN, False),  # stopped (or crashed) before a verdict
     ],
 )
 def test_only_a_digest_that_ran_and_failed_is_blamed(
-    result: Result, started_new: bool, expected: bool
+    result: Result, started_new: bool, cause: Cause | None, expected: bool
 ) -> None:
-    """The skip list takes a digest only when its version was started and the upgrade failed."""
+    """The skip list takes a digest only when its container was started and failed through its own doing."""
     outcome = Outcome(
         service="web",
         container="web",
@@ -126,6 +133,7 @@ def test_only_a_digest_that_ran_and_failed_is_blamed(
         result=result,
         step=Step.GATE,
         started_new=started_new,
+        cause=cause,
     )
     assert blamed(outcome) is expected
 
