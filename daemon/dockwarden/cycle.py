@@ -108,8 +108,9 @@ def decide(
         return Result.UP_TO_DATE, None
     reason = _left_as_is(service, result, options)
     digest = str(result.registry_digest)
-    if reason is None and skipped is not None and digest in skipped.digests and not options.force:
-        reason = f"{digest[:19]} failed before ({skipped.reason}); pass --force to try it again"
+    skip = skipped.find(digest) if skipped is not None else None
+    if reason is None and skip is not None and not options.force:
+        reason = f"{digest[:19]} failed before ({skip.reason}); pass --force to try it again"
     return (Action.UPGRADE, None) if reason is None else (Result.SKIPPED, reason)
 
 

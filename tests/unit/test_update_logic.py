@@ -176,6 +176,48 @@ def test_skip_list_of_the_previous_format_is_read(tmp_path: Path) -> None:
     assert entry.digests == (D2,)
 
 
+def test_skip_list_of_the_several_digests_format_is_read(tmp_path: Path) -> None:
+    """A skipped.json whose entry lists several digests under one reason gives each that reason and time."""
+    old = {"web": {"digests": [D1, D2], "reason": "rolled back by hand", "at": "2026-01-01T00:00:00+00:00"}}
+    (tmp_path / "skipped.json").write_text(json.dumps(old))
+    entry = SkipList(tmp_path).get("web")
+    assert entry is not None
+    assert [(s.digest, s.reason, s.at) for s in entry.skips] == [
+        (D, "rolled back by hand", "2026-01-01T00:00:00+00:00") for D in (D1, D2)
+    ]
+
+
+def test_adding_keeps_the_other_digests_each_with_its_own_reason(tmp_path: Path) -> None:
+    """A later add (a manual rollback) adds its digest and never drops those already skipped."""
+    D3 = "sha256:" + "3" * 64
+    SkipList(tmp_path).add("web", [D2], "gate: unhealthy")
+    SkipList(tmp_path).add("web", [D3], "rolled back by hand to D1")
+    entry = SkipList(tmp_path).get("web")
+    assert entry is not None
+    assert entry.digests == (D2, D3)
+    skip2, skip3 = entry.find(D2), entry.find(D3)
+    assert skip2 is not None
+    assert skip3 is not None
+    assert (skip2.reason, skip3.reason) == ("gate: unhealthy", "rolled back by hand to D1")
+    reason = decide(_svc("web"), _result(Status.UPDATE_AVAILABLE), entry, Options())[1]
+    assert reason is not None
+    assert "gate: unhealthy" in reason
+
+
+def test_adding_a_skipped_digest_again_updates_its_reason_only(tmp_path: Path) -> None:
+    """Skipping a digest twice keeps one skip for it, with the newer reason, beside the others."""
+    skips = SkipList(tmp_path)
+    skips.add("web", [D1, D2], "rolled back by hand")
+    skips.add("web", [D2], "gate: unhealthy")
+    entry = skips.get("web")
+    assert entry is not None
+    assert [(s.digest, s.reason) for s in entry.skips] == [
+        (D1, "rolled back by hand"),
+        (D2, "gate: unhealthy"),
+    ]
+    assert skips.all()["web"].to_json()["reason"] == "gate: unhealthy"  # the newest one
+
+
 def test_unreadable_skip_list_is_ignored(tmp_path: Path) -> None:
     """A corrupt skipped.json means no skips (a warning), never a crash."""
     (tmp_path / "skipped.json").write_text("{not json")
