@@ -108,8 +108,9 @@ def decide(
         return Result.UP_TO_DATE, None
     reason = _left_as_is(service, result, options)
     digest = str(result.registry_digest)
-    if reason is None and skipped is not None and digest in skipped.digests and not options.force:
-        reason = f"{digest[:19]} failed before ({skipped.reason}); pass --force to try it again"
+    skip = skipped.find(digest) if skipped is not None else None
+    if reason is None and skip is not None and not options.force:
+        reason = f"{digest[:19]} failed before ({skip.reason}); pass --force to try it again"
     return (Action.UPGRADE, None) if reason is None else (Result.SKIPPED, reason)
 
 
@@ -128,8 +129,14 @@ def _left_as_is(service: Service, result: CheckResult, options: Options) -> str 
 
 def blamed(outcome: Outcome) -> bool:
     """Whether a failed upgrade puts its digest on the skip list: only if the new version was started (it
-    ran, and failed its gate or its start). A failure before that says nothing against the digest."""
-    return outcome.result in (Result.ROLLED_BACK, Result.ROLLBACK_FAILED) and outcome.started_new
+    ran, and failed its gate or its start) and the failure is about that container. A failure before
+    that, or one the engine caused (it did not answer, answered 5xx, restarted meanwhile: `Outcome.cause`),
+    says nothing against the digest: the next cycle tries it again."""
+    return (
+        outcome.result in (Result.ROLLED_BACK, Result.ROLLBACK_FAILED)
+        and outcome.started_new
+        and outcome.cause is gate.Cause.CONTAINER
+    )
 
 
 def recover(engine: Engine, cfg: Config) -> None:

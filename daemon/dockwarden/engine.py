@@ -39,6 +39,11 @@ class NotFound(EngineError):
     """The named container or image does not exist."""
 
 
+class Unreachable(EngineError):
+    """The engine did not answer at all (no connection, or no answer in time): says nothing about what
+    was asked of it."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Platform:
     os: str
@@ -362,6 +367,8 @@ class Engine:
             return fn(*args, **kwargs)
         except docker.errors.NotFound as exc:
             raise NotFound(f"{what}: {_explain(exc)}") from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise Unreachable(f"{what}: {_explain(exc)}") from None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise EngineError(f"{what}: {_explain(exc)}") from None
 

@@ -15,9 +15,12 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dockwarden.engine import EngineError
+import structlog
+
+from dockwarden.engine import EngineError, NotFound
 
 if TYPE_CHECKING:
     from dockwarden.config import Service
@@ -28,6 +31,10 @@ NS = 1_000_000_000
 DEFAULT_INTERVAL = 30.0
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_RETRIES = 3
+# From Engine 25 (API 1.44) the engine probes every StartInterval during the start period, 5 s when unset;
+# older engines ignore the field and probe at Interval throughout.
+DEFAULT_START_INTERVAL = 5.0
+START_INTERVAL_API = (1, 44)
 
 
 class Inspector(Protocol):
@@ -53,10 +60,31 @@ class Policy:
     probe: Probe | None = None
 
 
+class Cause(StrEnum):
+    """Whom a failed verdict is about. Only a CONTAINER verdict says anything against the image."""
+
+    CONTAINER = "container"  # the container exited, restarted, was OOM-killed, unhealthy, failed its probe
+    ENGINE = "engine"  # the engine could not be asked (unreachable, 5xx, restarted): no verdict on the image
+    DOCKWARDEN = "dockwarden"  # dockwarden stopped (or failed) before a verdict
+
+
 @dataclass(frozen=True, kw_only=True)
 class Verdict:
     passed: bool
     reason: str  # why it failed, or what it waited for
+    cause: Cause = Cause.CONTAINER  # for a failed verdict: what it is about
+
+
+@dataclass(frozen=True, kw_only=True)
+class Timing:
+    """The figures behind the wait for `healthy`, in seconds, for the gate's log line."""
+
+    interval: float
+    timeout: float
+    retries: int
+    start_period: float
+    start_interval: float  # 0 where the engine probes at `interval` during the start period too
+    deadline: float
 
 
 def has_healthcheck(config: dict[str, Any]) -> bool:
@@ -64,17 +92,45 @@ def has_healthcheck(config: dict[str, Any]) -> bool:
     return bool(test) and test[0] != "NONE"
 
 
-def health_deadline(healthcheck: dict[str, Any], cap: float) -> float:
-    """Seconds to wait for `healthy`: the start period plus every retry the engine makes, at most `cap`.
+def engine_start_interval(api_version: object) -> float | None:
+    """The StartInterval an engine uses when a HEALTHCHECK leaves it unset: 5 s from API 1.44 (Engine 25),
+    None before (those engines have no start interval)."""
+    major, _, minor = str(api_version or "").partition(".")
+    if not (major.isdigit() and minor.isdigit()):
+        return None
+    return DEFAULT_START_INTERVAL if (int(major), int(minor)) >= START_INTERVAL_API else None
+
+
+def health_timing(healthcheck: dict[str, Any], cap: float, start_interval: float | None = None) -> Timing:
+    """How long to wait for `healthy`: the start period plus every retry the engine makes, at most `cap`.
 
     The engine declares a container unhealthy after `retries` consecutive failures at `interval` (each
     taking up to `timeout`), counted from the end of the start period, so no sooner verdict is possible.
+    During the start period an engine from API 1.44 probes every `StartInterval` (the container's, else
+    `start_interval`, the engine's default; None: an older engine), so the first probe after the start
+    period may come up to one start interval (plus its timeout) late.
     """
     interval = (healthcheck.get("Interval") or 0) / NS or DEFAULT_INTERVAL
     timeout = (healthcheck.get("Timeout") or 0) / NS or DEFAULT_TIMEOUT
-    retries = healthcheck.get("Retries") or DEFAULT_RETRIES
+    retries = int(healthcheck.get("Retries") or DEFAULT_RETRIES)
     start_period = (healthcheck.get("StartPeriod") or 0) / NS
-    return min(cap, start_period + (retries + 1) * (interval + timeout))
+    own = (healthcheck.get("StartInterval") or 0) / NS
+    start = (own or start_interval or 0.0) if start_period else 0.0  # only used during a start period
+    late = start + timeout if start else 0.0
+    total = min(cap, start_period + late + (retries + 1) * (interval + timeout))
+    return Timing(
+        interval=interval,
+        timeout=timeout,
+        retries=retries,
+        start_period=start_period,
+        start_interval=start,
+        deadline=total,
+    )
+
+
+def health_deadline(healthcheck: dict[str, Any], cap: float, start_interval: float | None = None) -> float:
+    """Seconds to wait for `healthy` (`health_timing`)."""
+    return health_timing(healthcheck, cap, start_interval).deadline
 
 
 def _probe_once(probe: Probe, budget: float) -> str | None:
@@ -105,7 +161,14 @@ def _state_problem(state: dict[str, Any], restarts: int, baseline: int) -> str |
 class Watch:
     """The verdict so far from successive inspect documents; pure, so tests feed it recorded states."""
 
-    def __init__(self, first: dict[str, Any], policy: Policy, started: float, restarts: int) -> None:
+    def __init__(
+        self,
+        first: dict[str, Any],
+        policy: Policy,
+        started: float,
+        restarts: int,
+        start_interval: float | None = None,
+    ) -> None:
         config = first.get("Config") or {}
         self.policy = policy
         self.started = started
@@ -113,10 +176,12 @@ class Watch:
         # The count before *our* start, from the caller: by the first poll the engine may already have
         # restarted a crashing container, which must not become the baseline.
         self.baseline = restarts
+        self.timing: Timing | None = None
         if self.checked:
-            self.deadline = started + health_deadline(
-                config.get("Healthcheck") or {}, policy.health_timeout_max
+            self.timing = health_timing(
+                config.get("Healthcheck") or {}, policy.health_timeout_max, start_interval
             )
+            self.deadline = started + self.timing.deadline
             self.waiting_for = "healthy"
         else:
             self.deadline = started + policy.stability
@@ -147,6 +212,12 @@ class Watch:
         return None
 
 
+def _cause(exc: EngineError) -> Cause:
+    # A container that is gone was most likely removed by the engine after it exited (AutoRemove): that is
+    # the container's doing. Any other failure to inspect is the engine's.
+    return Cause.CONTAINER if isinstance(exc, NotFound) else Cause.ENGINE
+
+
 def wait(
     engine: Inspector,
     container_id: str,
@@ -154,16 +225,27 @@ def wait(
     restarts: int = 0,
     cancel: threading.Event | None = None,
 ) -> Verdict:
-    """Poll the container until the gate passes or fails; `restarts` is its RestartCount before start."""
+    """Poll the container until the gate passes or fails; `restarts` is its RestartCount before start.
+
+    An engine that fails to answer gives a verdict about the engine (Cause.ENGINE), not the container."""
     started = time.monotonic()
-    watch = Watch(engine.inspect_container(container_id), policy, started, restarts)
+    # `Engine.api_version` (negotiated); a test double without one is an engine before API 1.44.
+    start_interval = engine_start_interval(getattr(engine, "api_version", None))
+    try:
+        watch = Watch(engine.inspect_container(container_id), policy, started, restarts, start_interval)
+    except EngineError as exc:
+        return Verdict(passed=False, reason=str(exc), cause=_cause(exc))
+    if watch.timing is not None:
+        structlog.get_logger("dockwarden.gate").info(
+            "gate.waiting", container=container_id[:12], **vars(watch.timing)
+        )
     while True:
         if cancel is not None and cancel.is_set():
-            return Verdict(passed=False, reason="cancelled: dockwarden is stopping")
+            return Verdict(passed=False, reason="cancelled: dockwarden is stopping", cause=Cause.DOCKWARDEN)
         try:
             data = engine.inspect_container(container_id)
         except EngineError as exc:
-            return Verdict(passed=False, reason=str(exc))
+            return Verdict(passed=False, reason=str(exc), cause=_cause(exc))
         if policy.probe and watch.probe_error is not None:
             watch.probe_error = _probe_once(policy.probe, POLL * 5)
         verdict = watch.observe(data, time.monotonic())

@@ -1,8 +1,12 @@
 """Digests that failed their upgrade, so the daemon does not retry them every cycle.
 
-A failed upgrade to digest D puts (service, D) here; the service is not upgraded to D again until its
-tag moves to another digest (a fix was pushed) or the user passes --force. Kept in state_dir so a
-restart does not start the loop again; an unreadable file is ignored with a warning, like the cache.
+A set of digests per service, each with its reason and time. An upgrade to digest D whose container
+failed (not the engine: `cycle.blamed`) adds D; a manual rollback adds the digests it left; neither
+removes the others. The service is not upgraded to a skipped digest again until its tag moves to another
+digest and that upgrade succeeds (a fix was pushed: the list is cleared), or the user passes --force.
+Kept in state_dir so a restart does not start the loop again; an unreadable file is ignored with a
+warning, like the cache. File format: {service: {"skips": {digest: {"reason", "at"}}}}; the two older
+ones ({"digest", "reason", "at"}, then {"digests": [...], "reason", "at"}) are still read.
 """
 
 from __future__ import annotations
@@ -23,13 +27,40 @@ FILE_NAME = "skipped.json"
 
 
 @dataclass(frozen=True, kw_only=True)
-class Entry:
-    digests: tuple[str, ...]  # one manifest digest, or all a rolled-away image is known by
+class Skip:
+    """One digest the service is not upgraded to, why, and since when (ISO 8601, UTC)."""
+
+    digest: str
     reason: str
     at: str
 
+    def to_json(self) -> dict[str, str]:
+        return {"digest": self.digest, "reason": self.reason, "at": self.at}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Entry:
+    """A service's skipped digests, oldest first: each added by a failed upgrade or a manual rollback."""
+
+    skips: tuple[Skip, ...]
+
+    @property
+    def digests(self) -> tuple[str, ...]:
+        return tuple(s.digest for s in self.skips)
+
+    def find(self, digest: str) -> Skip | None:
+        return next((s for s in self.skips if s.digest == digest), None)
+
     def to_json(self) -> dict[str, Any]:
-        return {"digests": list(self.digests), "reason": self.reason, "at": self.at}
+        """`status --json`'s `skipped`: every digest with its own reason and time (`skips`); `digests`,
+        and the newest skip's `reason` and `at`, as the shape before each digest had its own."""
+        newest = max(self.skips, key=lambda s: s.at)
+        return {
+            "digests": list(self.digests),
+            "reason": newest.reason,
+            "at": newest.at,
+            "skips": [s.to_json() for s in self.skips],
+        }
 
 
 class SkipList:
@@ -59,19 +90,19 @@ class SkipList:
         return {name: entry for name, entry in found.items() if entry is not None}
 
     def add(self, service: str, digests: Sequence[str], reason: str) -> None:
+        """Add `digests` to the service's skips (a digest already there takes the new reason and time);
+        the others stay: only `clear` removes any."""
         try:
             with serialised(self.path):
                 data = self._read()
-                data[service] = {
-                    "digests": list(digests),
-                    "reason": reason,
-                    "at": datetime.now(UTC).isoformat(),
-                }
+                data[service] = _merged(_entry(data.get(service)), digests, reason)
                 self._write(data)
         except OSError as exc:
             self._unwritable(exc, "the failed digest is not remembered: the next cycle will try it again")
 
     def clear(self, service: str) -> None:
+        """Forget the service's skips: its tag moved and an upgrade to another digest succeeded (or a
+        forced one to a skipped digest did)."""
         try:
             with serialised(self.path):
                 data = self._read()
@@ -86,12 +117,29 @@ class SkipList:
         )
 
 
+def _merged(entry: Entry | None, digests: Sequence[str], reason: str) -> dict[str, Any]:
+    """The file's form of `entry` with `digests` added: {"skips": {digest: {"reason", "at"}}}."""
+    at = datetime.now(UTC).isoformat()
+    skips = {s.digest: {"reason": s.reason, "at": s.at} for s in (entry.skips if entry else ())}
+    skips.update({digest: {"reason": reason, "at": at} for digest in digests})
+    return {"skips": skips}
+
+
 def _entry(item: object) -> Entry | None:
+    """A service's entry in any of the file's three formats, or None if it is not one."""
     if not isinstance(item, dict):
         return None
-    digests = item.get("digests")
-    if isinstance(item.get("digest"), str):  # the format before a rollback could skip several digests
-        digests = [item["digest"]]
-    if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
+    skips = item.get("skips")
+    if isinstance(skips, dict):
+        found = tuple(
+            Skip(digest=digest, reason=str(value.get("reason", "")), at=str(value.get("at", "")))
+            for digest, value in skips.items()
+            if isinstance(value, dict)
+        )
+        return Entry(skips=found) if found else None
+    # The older formats: one digest, then several sharing one reason and time (before each had its own).
+    digests = [item["digest"]] if isinstance(item.get("digest"), str) else item.get("digests")
+    if not isinstance(digests, list) or not digests or not all(isinstance(d, str) for d in digests):
         return None
-    return Entry(digests=tuple(digests), reason=str(item.get("reason", "")), at=str(item.get("at", "")))
+    reason, at = str(item.get("reason", "")), str(item.get("at", ""))
+    return Entry(skips=tuple(Skip(digest=d, reason=reason, at=at) for d in digests))

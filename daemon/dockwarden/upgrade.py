@@ -35,7 +35,7 @@ import structlog
 
 from dockwarden import compose, gate, imageref, recreate, retention
 from dockwarden.config import Stopped
-from dockwarden.engine import ContainerState, EngineError, NotFound
+from dockwarden.engine import ContainerState, EngineError, NotFound, Unreachable
 from dockwarden.imageref import ImageRef
 
 OLD_SUFFIX = "--dockwarden-old"
@@ -201,6 +201,7 @@ class Outcome:
     new_image: str | None = None
     verdict: str | None = None  # the gate's, when it passed
     started_new: bool = False  # the successor was started: only then can its digest be blamed
+    cause: gate.Cause | None = None  # for a failure: what it is about (`failure_cause`, `undo_cause`)
 
     @property
     def switched(self) -> bool:
@@ -219,13 +220,37 @@ class Outcome:
             "error": self.error,
             "step": self.step,
             "rollback_error": self.rollback_error,
+            "cause": self.cause,
         }
 
 
 class StepFailed(Exception):
-    def __init__(self, step: Step | UndoStep, message: str) -> None:
+    def __init__(self, step: Step | UndoStep, message: str, cause: gate.Cause = gate.Cause.CONTAINER) -> None:
         super().__init__(message)
         self.step = step
+        self.cause = cause
+
+
+def failure_cause(exc: BaseException, step: Step | UndoStep | None) -> gate.Cause:
+    """Whom a failure at `step` is about. The gate's verdict says so itself; an engine that does not
+    answer is never the image's fault; an engine refusing to start the successor (no such executable, an
+    OCI runtime error: 4xx or 5xx) is; any other engine error is the engine's; anything else is ours."""
+    if isinstance(exc, StepFailed):
+        return exc.cause
+    if isinstance(exc, Unreachable):
+        return gate.Cause.ENGINE
+    if isinstance(exc, EngineError):
+        return gate.Cause.CONTAINER if step == Step.START else gate.Cause.ENGINE
+    return gate.Cause.DOCKWARDEN
+
+
+def undo_cause(failure: gate.Cause, undo_error: BaseException | None) -> gate.Cause:
+    """The cause of a rolled-back transaction: the failure's, unless the undo met the engine failing. An
+    engine that restarts stops the successor before it goes away (the gate reads that as the container
+    exiting), and it is often still away during the undo: then the engine is to blame, not the image."""
+    if undo_error is not None and failure_cause(undo_error, UndoStep.ROLLBACK) is gate.Cause.ENGINE:
+        return gate.Cause.ENGINE
+    return failure
 
 
 Checkpoint = Callable[[str], None]
@@ -458,7 +483,7 @@ class Upgrade:
         self._enter(Step.GATE)
         verdict = gate.wait(self.engine, new_id, self.t.policy, 0, self.hooks.cancel)
         if not verdict.passed:
-            raise StepFailed(Step.GATE, verdict.reason)
+            raise StepFailed(Step.GATE, verdict.reason, verdict.cause)
         self.verdict = verdict.reason
         self._leave(verdict=verdict.reason)
 
@@ -579,10 +604,11 @@ class Upgrade:
             # NAME--dockwarden-done, which the next start's recovery removes.
             self.log.warning("upgrade.cleanup_failed", step=failed_at, error=str(exc))
             return self._outcome(Result.UPGRADED, started, str(exc), failed_at)
-        self.log.warning("upgrade.failed", step=failed_at, error=str(exc) or type(exc).__name__)
+        cause = failure_cause(exc, failed_at)
+        self.log.warning("upgrade.failed", step=failed_at, error=str(exc) or type(exc).__name__, cause=cause)
         if failed_at in (Step.PULL, Step.PLAN) or (failed_at == Step.SET_ASIDE and self._untouched()):
-            return self._outcome(Result.ERROR, started, str(exc), failed_at)
-        return self._roll_back(started, str(exc), failed_at)
+            return self._outcome(Result.ERROR, started, str(exc), failed_at, cause=cause)
+        return self._roll_back(started, str(exc), failed_at, cause)
 
     def _untouched(self) -> bool:
         """After a failed SET_ASIDE: True when the old container still holds its name, once what the step
@@ -599,7 +625,9 @@ class Upgrade:
             return False  # then the undo takes it from here, and reports what fails
         return True
 
-    def _roll_back(self, started: float, error: str, step: Step | UndoStep | None) -> Outcome:
+    def _roll_back(
+        self, started: float, error: str, step: Step | UndoStep | None, cause: gate.Cause
+    ) -> Outcome:
         self.log.warning("rollback.started", step=step)
         undo_started = time.monotonic()
         try:
@@ -614,10 +642,13 @@ class Upgrade:
                 check=self.mode is not Mode.CRASH_LOOP,
             )
         except Exception as exc:  # any failure here is reported as rollback-failed, with its message
-            self.log.error("rollback.failed", error=str(exc), duration_ms=_ms(undo_started))
-            return self._outcome(Result.ROLLBACK_FAILED, started, error, step, rollback_error=str(exc))
+            cause = undo_cause(cause, exc)
+            self.log.error("rollback.failed", error=str(exc), duration_ms=_ms(undo_started), cause=cause)
+            return self._outcome(
+                Result.ROLLBACK_FAILED, started, error, step, rollback_error=str(exc), cause=cause
+            )
         self.log.warning("rollback.finished", duration_ms=_ms(undo_started))
-        return self._outcome(Result.ROLLED_BACK, started, error, step)
+        return self._outcome(Result.ROLLED_BACK, started, error, step, cause=cause)
 
     def _aside_document(self) -> dict[str, Any]:
         """What an undo puts back: the old container, or its stand-in if one was made and still exists."""
@@ -635,6 +666,7 @@ class Upgrade:
         error: str | None = None,
         step: Step | UndoStep | None = None,
         rollback_error: str | None = None,
+        cause: gate.Cause | None = None,
     ) -> Outcome:
         t = self.t
         touched = self.step_reached(Step.SET_ASIDE) and result != Result.ERROR
@@ -653,6 +685,7 @@ class Upgrade:
             new_image=self.new_image.get("Id"),
             verdict=self.verdict,
             started_new=self.step_reached(Step.START),
+            cause=cause,
         )
 
     def step_reached(self, step: Step) -> bool:
@@ -764,7 +797,9 @@ def undo(
     quick = gate.Policy(stability=min(policy.stability, 2.0), health_timeout_max=policy.health_timeout_max)
     verdict = gate.wait(engine, old["Id"], quick, int(current.get("RestartCount") or 0))
     if not verdict.passed:
-        raise StepFailed(UndoStep.ROLLBACK, f"the old container did not come back: {verdict.reason}")
+        raise StepFailed(
+            UndoStep.ROLLBACK, f"the old container did not come back: {verdict.reason}", verdict.cause
+        )
 
 
 def _free_the_name(engine: TransactionEngine, name: str, old: dict[str, Any], step: Checkpoint) -> bool:

@@ -85,7 +85,7 @@ def test_rollback_works_with_the_registry_stopped_and_skips_the_digest_it_left(
     web: tuple[str, int, Side], registry: Registry, tmp_path: Path
 ) -> None:
     """With the registry down, `rollback` brings the previous version back through the gated
-    transaction, and the next update does not go straight back to the digest it left."""
+    transaction, adds the digest it left to those skipped, and the next update does not go back to it."""
     name, port, side = web
     first = wait_serving(port)
     repo = f"{registry.host}/app"
@@ -96,16 +96,18 @@ def test_rollback_works_with_the_registry_stopped_and_skips_the_digest_it_left(
     assert wait_serving(port) == second
 
     registry.stop()
+    cfg = configuration.load(cfg_path)
+    earlier = "sha256:" + "0" * 64  # a digest that failed its gate before: the rollback must keep it
+    SkipList(cfg.state_dir).add("web", [earlier], "gate: unhealthy")
     code, row, stderr = rollback(cfg_path, "web")
     assert (code, row["result"]) == (0, "reverted"), stderr
     assert row["from_digest"] == digest
     assert wait_serving(port) == first
     assert '"step": "gate"' in stderr  # the same gated transaction as an upgrade
     assert '"step": "pull"' not in stderr
-    cfg = configuration.load(cfg_path)
     entry = SkipList(cfg.state_dir).get("web")
     assert entry is not None
-    assert entry.digests == (digest,)
+    assert entry.digests == (earlier, digest)
     # The version rolled away from is now the newest retained one: rolling forward is instant too.
     kept = retained_tags(side.client, repo, name)
     assert len(kept) == 1

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from dockwarden import gate
+from dockwarden.engine import EngineError, NotFound
 
 NS = 1_000_000_000
 POLICY = gate.Policy(stability=10.0, health_timeout_max=300.0)
@@ -30,6 +31,66 @@ def test_deadline_comes_from_the_healthcheck_timing() -> None:
     assert gate.health_deadline({**HEALTHCHECK, "StartPeriod": 5 * NS}, 300) == 5 + 4 * 3
     assert gate.health_deadline({"Test": ["CMD", "true"]}, 1000) == 4 * 60  # Docker's defaults: 30 s, 30 s, 3
     assert gate.health_deadline({"Test": ["CMD", "true"]}, 90) == 90
+
+
+def test_start_interval_delays_the_first_probe_after_the_start_period() -> None:
+    """From API 1.44 the deadline adds one start interval (the container's, else 5 s) and its timeout."""
+    with_start = {**HEALTHCHECK, "StartPeriod": 5 * NS}
+    assert gate.health_deadline(with_start, 300, gate.DEFAULT_START_INTERVAL) == 5 + (5 + 1) + 4 * 3
+    own = {**with_start, "StartInterval": 1 * NS}
+    assert gate.health_deadline(own, 300) == 5 + (1 + 1) + 4 * 3  # the container's own needs no API hint
+    assert gate.health_deadline(own, 300, gate.DEFAULT_START_INTERVAL) == 5 + (1 + 1) + 4 * 3
+
+
+def test_start_interval_is_ignored_without_a_start_period_or_before_api_1_44() -> None:
+    """No start period means no start-interval probing; an older engine (None) probes at Interval."""
+    assert gate.health_deadline(HEALTHCHECK, 300, gate.DEFAULT_START_INTERVAL) == 4 * 3
+    assert gate.health_deadline({**HEALTHCHECK, "StartPeriod": 5 * NS}, 300, None) == 5 + 4 * 3
+
+
+@pytest.mark.parametrize(
+    ("api", "expected"),
+    [("1.44", 5.0), ("1.47", 5.0), ("2.0", 5.0), ("1.43", None), ("1.41", None), (None, None), ("x", None)],
+)
+def test_engine_start_interval_from_the_api_version(api: str | None, expected: float | None) -> None:
+    """Engines from API 1.44 (Engine 25) default StartInterval to 5 s; older ones have none."""
+    assert gate.engine_start_interval(api) == expected
+
+
+def test_timing_figures_are_the_ones_the_deadline_uses() -> None:
+    """The gate logs the interval, timeout, retries, start period and start interval behind its deadline."""
+    timing = gate.health_timing({**HEALTHCHECK, "StartPeriod": 5 * NS}, 300, 5.0)
+    assert (timing.interval, timing.timeout, timing.retries) == (2.0, 1.0, 3)
+    assert (timing.start_period, timing.start_interval, timing.deadline) == (5.0, 5.0, 23.0)
+
+
+def test_a_watch_on_a_new_engine_waits_out_the_start_interval() -> None:
+    """A container still `starting` just past the old deadline is not failed on an engine from API 1.44."""
+    first = _inspect(health="starting")
+    first["Config"]["Healthcheck"] = {**HEALTHCHECK, "StartPeriod": 5 * NS}
+    old = gate.Watch(first, POLICY, started=0.0, restarts=0)
+    new = gate.Watch(first, POLICY, started=0.0, restarts=0, start_interval=5.0)
+    assert old.observe(first, now=18.0) is not None
+    assert new.observe(first, now=18.0) is None
+
+
+def test_engine_errors_in_the_gate_are_about_the_engine() -> None:
+    """An inspect that fails gives a verdict about the engine; a vanished container one about itself."""
+
+    class Gone:
+        def __init__(self, error: Exception) -> None:
+            self.error, self.calls = error, 0
+
+        def inspect_container(self, name: str) -> dict[str, Any]:
+            self.calls += 1
+            if self.calls > 1:
+                raise self.error
+            return _inspect(health="starting")
+
+    engine_down = gate.wait(Gone(EngineError("500 Internal Server Error")), "c1", POLICY)
+    assert (engine_down.passed, engine_down.cause) == (False, gate.Cause.ENGINE)
+    removed = gate.wait(Gone(NotFound("no such container")), "c1", POLICY)
+    assert (removed.passed, removed.cause) == (False, gate.Cause.CONTAINER)
 
 
 def test_healthcheck_none_counts_as_no_healthcheck() -> None:

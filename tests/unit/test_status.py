@@ -5,7 +5,7 @@ from __future__ import annotations
 from dockwarden import report, status
 from dockwarden.config import Service
 from dockwarden.engine import ContainerView
-from dockwarden.skiplist import Entry
+from dockwarden.skiplist import Entry, Skip
 from tests.unit.conftest import Recorded
 
 
@@ -31,7 +31,9 @@ ENTRIES = [  # newest first, as History.entries returns them
 def test_status_combines_engine_history_and_skip_list(rec: Recorded) -> None:
     """State and health from inspect, running digest from the image, registry digest and last upgrade
     from the newest history entries, retained versions newest first, the skip entry as is."""
-    skipped = Entry(digests=("sha256:" + "7" * 64,), reason="gate: unhealthy", at="2026-11-28T07:00:00+00:00")
+    skipped = Entry(
+        skips=(Skip(digest="sha256:" + "7" * 64, reason="gate: unhealthy", at="2026-11-28T07:00:00+00:00"),)
+    )
     found = status.describe(
         Service(name="web", container="recorded-web"), _inspect(rec), rec.images, ENTRIES, skipped
     )
@@ -45,6 +47,8 @@ def test_status_combines_engine_history_and_skip_list(rec: Recorded) -> None:
     assert found.skipped == skipped
     as_json = found.to_json()
     assert as_json["skipped"]["digests"] == list(skipped.digests)
+    assert as_json["skipped"]["reason"] == "gate: unhealthy"
+    assert as_json["skipped"]["skips"] == [s.to_json() for s in skipped.skips]
     assert [v["retired_at"] for v in as_json["retained"]] == sorted(
         (v["retired_at"] for v in as_json["retained"]), reverse=True
     )

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from dockwarden import gate, imageref, recreate, retention, upgrade
-from dockwarden.engine import EngineError
+from dockwarden.cycle import blamed
+from dockwarden.engine import EngineError, Unreachable
 from tests.support.fakeengine import Behaviour, FakeEngine, Health, Op
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -373,3 +374,93 @@ def test_converge_undoes_an_old_leftover(scene: Scene, op: Op, nth: int) -> None
     upgrade.converge(scene.fake, NAME, POLICY)
     _assert_old_one_back(scene)
     assert _interrupted(scene.fake) == []
+
+
+# -- whom a failure is about: the container, or the engine (the skip list takes only the former) -----
+
+
+def _engine_gone_in_the_gate(scene: Scene) -> Callable[[str], None]:
+    """A checkpoint that makes every inspect of the successor fail as an unreachable engine does."""
+
+    def checkpoint(step: str) -> None:
+        if step == "gate":
+            new = scene.fake.named(NAME)
+            assert new is not None
+            scene.fake.fail(
+                Op.INSPECT_CONTAINER,
+                Unreachable(f"{INJECTED}: cannot connect to the Docker engine"),
+                when=lambda call: call.args[0] == new["Id"],
+            )
+
+    return checkpoint
+
+
+def test_engine_unreachable_in_the_gate_is_not_the_images_fault(scene: Scene) -> None:
+    """A gate whose engine stops answering rolls back with the engine as its cause, and blames no digest."""
+    outcome = _run(scene, checkpoint=_engine_gone_in_the_gate(scene))
+    assert (outcome.result, outcome.step, outcome.cause) == ("rolled-back", "gate", gate.Cause.ENGINE)
+    assert outcome.started_new
+    assert not blamed(outcome)
+    _assert_old_one_back(scene)
+
+
+def test_successor_stopped_then_undo_meets_the_engine_away_is_the_engines_fault(
+    scene: Scene, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarting engine stops the successor (exit 0), then is away for the undo: the engine is blamed."""
+    monkeypatch.setattr(upgrade, "START_RETRY_DELAY", 0.0)
+    scene.fake.on_start[NEW_ID] = Behaviour(exit_code=0)
+    scene.fake.fail(
+        Op.START,
+        Unreachable(f"{INJECTED}: cannot connect to the Docker engine"),
+        when=lambda call: call.args[0] == scene.old_id,
+    )
+    outcome = _run(scene)
+    assert (outcome.result, outcome.step) == ("rollback-failed", "gate")
+    assert outcome.error == "not running (exited, exit code 0)"
+    assert outcome.cause == gate.Cause.ENGINE
+    assert not blamed(outcome)
+
+
+def test_successor_that_exits_is_the_containers_fault(scene: Scene) -> None:
+    """A successor that exits in its gate, with the engine fine throughout, puts the blame on its image."""
+    _new_version_exits(scene.fake)
+    outcome = _run(scene)
+    assert (outcome.result, outcome.cause) == ("rolled-back", gate.Cause.CONTAINER)
+    assert blamed(outcome)
+
+
+@pytest.mark.parametrize(
+    ("error", "cause"),
+    [
+        (EngineError(f"{INJECTED}: OCI runtime create failed: exec: no such file"), gate.Cause.CONTAINER),
+        (Unreachable(f"{INJECTED}: the Docker engine did not answer in time"), gate.Cause.ENGINE),
+    ],
+)
+def test_a_refused_start_blames_the_image_an_unanswered_one_the_engine(
+    scene: Scene, error: EngineError, cause: gate.Cause
+) -> None:
+    """The engine refusing to start the successor is the image's fault; an engine not answering is not."""
+    scene.fake.fail(Op.START, error, nth=1)
+    outcome = _run(scene)
+    assert (outcome.result, outcome.step, outcome.cause) == ("rolled-back", "start", cause)
+    assert blamed(outcome) is (cause is gate.Cause.CONTAINER)
+
+
+@pytest.mark.parametrize(
+    ("undo_error", "expected"),
+    [
+        (None, gate.Cause.CONTAINER),
+        (EngineError("renaming: 500 Internal Server Error"), gate.Cause.ENGINE),
+        (
+            upgrade.StepFailed(upgrade.UndoStep.ROLLBACK, "did not come back", gate.Cause.CONTAINER),
+            gate.Cause.CONTAINER,
+        ),
+        (upgrade.StepFailed(upgrade.UndoStep.ROLLBACK, "inspecting", gate.Cause.ENGINE), gate.Cause.ENGINE),
+    ],
+)
+def test_undo_cause_turns_to_the_engine_only_on_engine_failures(
+    undo_error: BaseException | None, expected: gate.Cause
+) -> None:
+    """An undo that met the engine failing makes it the engine's fault; other undo failures do not."""
+    assert upgrade.undo_cause(gate.Cause.CONTAINER, undo_error) is expected

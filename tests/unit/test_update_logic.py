@@ -15,6 +15,7 @@ from dockwarden.check import CheckResult, Status
 from dockwarden.config import Service, Stopped, Update
 from dockwarden.cycle import Action, Options, blamed, decide, order
 from dockwarden.engine import ContainerState, ContainerView
+from dockwarden.gate import Cause
 from dockwarden.locks import Busy, ContainerLock
 from dockwarden.namespace import parents as namespace_parents
 from dockwarden.skiplist import SkipList
@@ -103,21 +104,27 @@ def test_decide_from_the_containers_state_and_pin(
         assert str(reason).startswith(f"{expected}: ")
 
 
+C, E = Cause.CONTAINER, Cause.ENGINE
+
+
 @pytest.mark.parametrize(
-    ("result", "started_new", "expected"),
+    ("result", "started_new", "cause", "expected"),
     [
-        (Result.ROLLED_BACK, True, True),
-        (Result.ROLLBACK_FAILED, True, True),
-        (Result.ROLLED_BACK, False, False),  # failed at create, verify, stop-old...: the digest never ran
-        (Result.ROLLBACK_FAILED, False, False),
-        (Result.ERROR, False, False),
-        (Result.UPGRADED, True, False),
+        (Result.ROLLED_BACK, True, C, True),
+        (Result.ROLLBACK_FAILED, True, C, True),
+        (Result.ROLLED_BACK, False, C, False),  # failed at create, verify, stop-old...: the digest never ran
+        (Result.ROLLBACK_FAILED, False, C, False),
+        (Result.ERROR, False, C, False),
+        (Result.UPGRADED, True, None, False),
+        (Result.ROLLED_BACK, True, E, False),  # the engine was unreachable, answered 5xx or restarted
+        (Result.ROLLBACK_FAILED, True, E, False),
+        (Result.ROLLED_BACK, True, Cause.DOCKWARDEN, False),  # stopped (or crashed) before a verdict
     ],
 )
 def test_only_a_digest_that_ran_and_failed_is_blamed(
-    result: Result, started_new: bool, expected: bool
+    result: Result, started_new: bool, cause: Cause | None, expected: bool
 ) -> None:
-    """The skip list takes a digest only when its version was started and the upgrade failed."""
+    """The skip list takes a digest only when its container was started and failed through its own doing."""
     outcome = Outcome(
         service="web",
         container="web",
@@ -126,6 +133,7 @@ def test_only_a_digest_that_ran_and_failed_is_blamed(
         result=result,
         step=Step.GATE,
         started_new=started_new,
+        cause=cause,
     )
     assert blamed(outcome) is expected
 
@@ -166,6 +174,48 @@ def test_skip_list_of_the_previous_format_is_read(tmp_path: Path) -> None:
     entry = SkipList(tmp_path).get("web")
     assert entry is not None
     assert entry.digests == (D2,)
+
+
+def test_skip_list_of_the_several_digests_format_is_read(tmp_path: Path) -> None:
+    """A skipped.json whose entry lists several digests under one reason gives each that reason and time."""
+    old = {"web": {"digests": [D1, D2], "reason": "rolled back by hand", "at": "2026-01-01T00:00:00+00:00"}}
+    (tmp_path / "skipped.json").write_text(json.dumps(old))
+    entry = SkipList(tmp_path).get("web")
+    assert entry is not None
+    assert [(s.digest, s.reason, s.at) for s in entry.skips] == [
+        (D, "rolled back by hand", "2026-01-01T00:00:00+00:00") for D in (D1, D2)
+    ]
+
+
+def test_adding_keeps_the_other_digests_each_with_its_own_reason(tmp_path: Path) -> None:
+    """A later add (a manual rollback) adds its digest and never drops those already skipped."""
+    D3 = "sha256:" + "3" * 64
+    SkipList(tmp_path).add("web", [D2], "gate: unhealthy")
+    SkipList(tmp_path).add("web", [D3], "rolled back by hand to D1")
+    entry = SkipList(tmp_path).get("web")
+    assert entry is not None
+    assert entry.digests == (D2, D3)
+    skip2, skip3 = entry.find(D2), entry.find(D3)
+    assert skip2 is not None
+    assert skip3 is not None
+    assert (skip2.reason, skip3.reason) == ("gate: unhealthy", "rolled back by hand to D1")
+    reason = decide(_svc("web"), _result(Status.UPDATE_AVAILABLE), entry, Options())[1]
+    assert reason is not None
+    assert "gate: unhealthy" in reason
+
+
+def test_adding_a_skipped_digest_again_updates_its_reason_only(tmp_path: Path) -> None:
+    """Skipping a digest twice keeps one skip for it, with the newer reason, beside the others."""
+    skips = SkipList(tmp_path)
+    skips.add("web", [D1, D2], "rolled back by hand")
+    skips.add("web", [D2], "gate: unhealthy")
+    entry = skips.get("web")
+    assert entry is not None
+    assert [(s.digest, s.reason) for s in entry.skips] == [
+        (D1, "rolled back by hand"),
+        (D2, "gate: unhealthy"),
+    ]
+    assert skips.all()["web"].to_json()["reason"] == "gate: unhealthy"  # the newest one
 
 
 def test_unreadable_skip_list_is_ignored(tmp_path: Path) -> None:
