@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dockwarden import recovery
 from dockwarden.config import Service
 from dockwarden.engine import ContainerView, ImageView
@@ -101,3 +103,11 @@ def test_leftovers_leave_out_what_nothing_proves_ours(rec: Recorded) -> None:
         Service(name="job", container="recorded-job"),
     )
     assert recovery.leftovers(services, containers, [], {"recorded-job": "c9"}) == []
+
+
+def test_set_aside_records_are_read_back_per_container(tmp_path: Path) -> None:
+    """A record names the container set aside for its own container only; a malformed one proves nothing."""
+    recovery.record(tmp_path, "web", "a" * 64)
+    (tmp_path / "locks" / "db.aside").write_text("not an id\n")
+    assert recovery.recorded(tmp_path, ["web", "db", "job"]) == {"web": "a" * 64}
+    assert oct((tmp_path / "locks" / "web.aside").stat().st_mode & 0o777) == "0o600"
