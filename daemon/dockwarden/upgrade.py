@@ -9,6 +9,8 @@ or undo the work on the next start:
     X--dockwarden-old-stopped   the same for a container that was not running; undo leaves it stopped
     X--dockwarden-done          the old container after the successor passed its gate (the commit point)
     label dockwarden.replaces=<old ID> on the successor, so we never remove a container that is not ours
+    state_dir/locks/X.aside     the old container's ID, written before its set-aside rename: the proof that
+                                it is ours while no successor exists yet (`not_ours`, `Hooks.set_aside`)
 
 Undo = remove the successor, start the old one (unless it was stopped), rename it back, check it runs.
 Commit = remove the old one.
