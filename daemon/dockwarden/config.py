@@ -96,8 +96,8 @@ def _duration(value: object) -> timedelta:
 # A request timeout becomes a socket wait, which poll() takes in milliseconds as a C int (24.8 days); a
 # registry that needs an hour to answer one request is down anyway.
 MAX_REQUEST_TIMEOUT = timedelta(hours=1)
-# The transaction's names for a container set aside (upgrade.OLD_SUFFIX, upgrade.DONE_SUFFIX).
-RESERVED_SUFFIXES = ("--dockwarden-old", "--dockwarden-done")
+# The transaction's names for a container set aside (upgrade.OLD_SUFFIX, STOPPED_SUFFIX, DONE_SUFFIX).
+RESERVED_SUFFIXES = ("--dockwarden-old", "--dockwarden-old-stopped", "--dockwarden-done")
 
 
 def _short_enough(value: timedelta) -> timedelta:

@@ -139,11 +139,16 @@ def blamed(outcome: Outcome) -> bool:
     )
 
 
+def _records(cfg: Config) -> dict[str, str]:
+    """The set-aside records of this config's containers (`recovery.recorded`)."""
+    return recovery.recorded(cfg.state_dir, [s.container for s in cfg.services])
+
+
 def recover(engine: Engine, cfg: Config) -> None:
     """Resolve every leftover of a killed upgrade of this config's containers (see `recovery`)."""
     log = structlog.get_logger("dockwarden.update")
     try:
-        found = recovery.leftovers(cfg.services, engine.containers(), engine.images())
+        found = recovery.leftovers(cfg.services, engine.containers(), engine.images(), _records(cfg))
     except EngineError as exc:
         log.error("recovery.failed", error=str(exc))
         return
@@ -166,7 +171,7 @@ def _report_pending(engine: Engine, cfg: Config) -> None:
     """--dry-run: name the half-done upgrades a real run would resolve first, touching nothing."""
     log = structlog.get_logger("dockwarden.update")
     try:
-        found = recovery.leftovers(cfg.services, engine.containers(), [])
+        found = recovery.leftovers(cfg.services, engine.containers(), [], _records(cfg))
     except EngineError:
         return
     for container in sorted({leftover.container for leftover in found}):

@@ -46,12 +46,15 @@ class DigestCache:
             log.warning("state.ignored", file=str(path), reason="another version or platform")
             return
         entries = data.get("config_of")
-        if isinstance(entries, dict):
-            self._config_of = {
-                k: v
-                for k, v in entries.items()
-                if isinstance(v, str) and _DIGEST.match(k) and _DIGEST.match(v)
-            }
+        if not isinstance(entries, dict):
+            log.warning("state.ignored", file=str(path), reason="config_of is not an object")
+            return
+        self._config_of = {
+            k: v for k, v in entries.items() if isinstance(v, str) and _DIGEST.match(k) and _DIGEST.match(v)
+        }
+        if len(self._config_of) < len(entries):
+            dropped = len(entries) - len(self._config_of)
+            log.warning("state.ignored", file=str(path), reason=f"{dropped} malformed entries skipped")
 
     def __len__(self) -> int:
         return len(self._config_of)

@@ -106,17 +106,18 @@ def plan(
     sizes: dict[str, int],
     stopped_at: dict[str, datetime],
     now: datetime,
+    records: dict[str, str] | None = None,
 ) -> list[Removal]:
     """Everything GC would remove, in the order it would: the four rules in turn, then each untag's bytes.
 
     `containers` and `images`: the engine's lists (`Engine.containers`, `Engine.images`); `sizes`: image
     ID -> bytes only that image uses; `stopped_at`: container ID -> when it stopped, for the containers the
-    opt-in rule may remove.
+    opt-in rule may remove; `records`: the set-aside records (`recovery.recorded`).
     """
     stopped = _stopped_containers(cfg, containers, stopped_at, now)
     gone = {r.target for r in stopped}
     remaining = [c for c in containers if c.id not in gone]
-    found = recovery.leftovers(cfg.services, containers, images)
+    found = recovery.leftovers(cfg.services, containers, images, records)
     tags = _tags(cfg, found, images, remaining, now)
     _count_untag_bytes(tags, images, sizes, retention.users(remaining))
     half_done = [
@@ -284,7 +285,10 @@ def collect(
         containers = engine.containers()
         images = engine.images()
         before, sizes = engine.disk_usage()  # one df: the engine sizes every image and container for it
-        todo = plan(cfg, containers, images, sizes, _stopped_at(engine, containers, cfg), datetime.now(UTC))
+        records = recovery.recorded(cfg.state_dir, [s.container for s in cfg.services])
+        todo = plan(
+            cfg, containers, images, sizes, _stopped_at(engine, containers, cfg), datetime.now(UTC), records
+        )
     except EngineError as exc:
         log.error("gc.failed", error=str(exc))
         return Result(dry_run=dry_run, error=str(exc))

@@ -94,19 +94,63 @@ class History:
         return [p for p in [*rotated, self.path] if p.exists()]
 
     def entries(self, service: str | None = None) -> list[dict[str, Any]]:
-        """Every recorded entry (of `service`, if given), newest first; unreadable lines are skipped."""
+        """Every recorded entry (of `service`, if given), newest first; unreadable lines and entries whose
+        fields have unexpected types (`well_formed`) are skipped, the latter with one warning per file."""
         found: list[dict[str, Any]] = []
         for path in self.files():
             try:
                 text = statefiles.read_text(path)
             except OSError:
                 continue
+            malformed = 0
             for line in text.splitlines():
                 try:
                     entry = json.loads(line)
                 except ValueError:
                     continue  # a line cut by a crash or a full disk
-                if isinstance(entry, dict) and (service is None or entry.get("service") == service):
+                if not well_formed(entry):
+                    malformed += 1
+                elif service is None or entry.get("service") == service:
                     found.append(entry)
+            if malformed:
+                structlog.get_logger("dockwarden.state").warning(
+                    "state.ignored", file=str(path), reason=f"{malformed} malformed entries skipped"
+                )
         found.reverse()
         return found
+
+
+# The fields `history` and `status` read, and the types they are written with (`record`'s callers).
+_STRINGS = frozenset(
+    {
+        "service",
+        "status",
+        "running_digest",
+        "registry_digest",
+        "error",
+        "reason",
+        "result",
+        "from_digest",
+        "to_digest",
+        "verdict",
+        "step",
+        "rollback_error",
+        "kind",
+        "name",
+        "reference",
+    }
+)
+
+
+def well_formed(entry: object) -> bool:
+    """Whether a parsed history line is an entry as `record` writes it: an object with string `at` and
+    `event`, and the fields readers use each a string (or absent, or null) and `bytes` an integer. Anything
+    else was written by hand or by something else, and is skipped rather than shown wrongly or crashing."""
+    if not isinstance(entry, dict):
+        return False
+    if not isinstance(entry.get("at"), str) or not isinstance(entry.get("event"), str):
+        return False
+    if any(entry.get(key) is not None and not isinstance(entry[key], str) for key in _STRINGS):
+        return False
+    count = entry.get("bytes")
+    return count is None or (isinstance(count, int) and not isinstance(count, bool))

@@ -183,9 +183,12 @@ def choose(
 ) -> tuple[str, str | None]:
     """The image (ID, manifest digest) a rollback goes to; raises LookupError saying why there is none.
 
-    Without `to`: the newest retained version that is not the running image. With `to` (a manifest digest,
-    or an image ID or its prefix): any local image of the service's repository known by it. Never a pull.
+    Without `to`: the newest retained version of `repo` that is not the running image. With `to` (a manifest
+    digest, or an image ID or its prefix): any local image of the service's repository `repo` known by it;
+    an image known by it only under other repositories is refused, so an operator command never switches a
+    service to another repository's image. Never a pull.
     """
+    known = [v for v in known if _full_name(_split(v.reference)[0]) == repo]
     if to is None:
         for version in known:
             if version.image_id != running:
@@ -195,11 +198,27 @@ def choose(
     for version in known:
         if wanted in version.digests or version.image_id.startswith(wanted):
             return _not_running(version.image_id, running, wanted if wanted in version.digests else None)
+    foreign: set[str] | None = None  # the repositories of images `to` names outside `repo`
     for image in images:
         digests = imageref.digests_for(repo, list(image.repo_digests))
-        if wanted in digests or image.id.startswith(wanted):
+        matches = image.id.startswith(wanted) or any(d.endswith("@" + wanted) for d in image.repo_digests)
+        if wanted in digests or (matches and repo in repositories(image)):
             return _not_running(image.id, running, wanted if wanted in digests else _first(digests))
+        if matches:
+            foreign = (foreign or set()) | repositories(image)
+    if foreign is not None:
+        known_as = f" (it is {', '.join(sorted(foreign))})" if foreign else " (it is untagged)"
+        raise LookupError(
+            f"{to} is not an image of {repo}{known_as}: a rollback only switches a service to versions "
+            "of its own repository"
+        )
     raise LookupError(f"{to} is not on this host (a rollback never pulls)")
+
+
+def repositories(image: ImageView) -> set[str]:
+    """The full repository names (registry/repo) an image is known by, from its tags and RepoDigests."""
+    names = {_full_name(_split(tag)[0]) for tag in image.tags}
+    return names | {_full_name(entry.partition("@")[0]) for entry in image.repo_digests}
 
 
 def _first(digests: set[str]) -> str | None:

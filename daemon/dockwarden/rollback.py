@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from dockwarden import gate, imageref, retention, upgrade
+from dockwarden import gate, imageref, recovery, retention, upgrade
 from dockwarden.config import Config, Service
 from dockwarden.engine import EngineError
 from dockwarden.history import Event
@@ -42,7 +42,9 @@ def _error(service: Service, message: str, from_digest: str | None = None) -> Ou
 
 def _locked(runner: Runner, cfg: Config, service: Service, to: str | None) -> Outcome:
     policy = gate.policy_for(service, cfg.health_timeout_max)
-    upgrade.converge(runner.engine, service.container, policy)  # a half-done upgrade first
+    # A half-done upgrade first, if it is provably ours.
+    records = recovery.recorded(runner.state_dir, [service.container])
+    upgrade.converge(runner.engine, service.container, policy, records.get(service.container))
     try:
         container = runner.engine.container_view(service.container)
         images = runner.engine.images()

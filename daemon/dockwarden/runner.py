@@ -10,6 +10,7 @@ with the callers, because an upgrade and a rollback record different things.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-from dockwarden import compose, namespace, retention
+from dockwarden import compose, namespace, recovery, retention
 from dockwarden.engine import Engine, EngineError
 from dockwarden.history import Event, History
 from dockwarden.locks import Busy, ContainerLock
@@ -80,7 +81,12 @@ class Runner:
     def transact(self, target: Target, keep_previous: int) -> Outcome:
         """Run the transaction and what follows a switch; the caller holds the lock (`locked`)."""
         linked = namespace.linkers(self.engine, target.container)
-        outcome = Upgrade(self.engine, target, self.hooks).run()
+        # The set-aside record, written under the lock this caller holds: what proves the set-aside
+        # container ours if the process dies before its successor exists (recovery.record).
+        hooks = dataclasses.replace(
+            self.hooks, set_aside=lambda aside_id: recovery.record(self.state_dir, target.container, aside_id)
+        )
+        outcome = Upgrade(self.engine, target, hooks).run()
         namespace.follow_up(self.engine, self.state_dir, target, outcome, self.hooks, linked)
         if outcome.result == Result.UPGRADED and outcome.replaced is not None:
             compose.restart_dependents(self.engine, target.container)

@@ -77,17 +77,30 @@ class SkipList:
                 "state.ignored", file=str(self.path), reason=f"unreadable: {exc}"
             )
             return {}
-        return data if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            self._ignored(f"a JSON {type(data).__name__}, not an object")
+            return {}
+        return data
 
     def _write(self, data: dict[str, Any]) -> None:
         statefiles.replace(self.path, json.dumps(data, indent=1, sort_keys=True))
 
+    def _ignored(self, reason: str) -> None:
+        structlog.get_logger("dockwarden.state").warning("state.ignored", file=str(self.path), reason=reason)
+
     def get(self, service: str) -> Entry | None:
-        return _entry(self._read().get(service))
+        return self.all().get(service)
 
     def all(self) -> dict[str, Entry]:
-        found = {name: _entry(item) for name, item in self._read().items()}
-        return {name: entry for name, entry in found.items() if entry is not None}
+        """The entries that are well formed; each other one is ignored with a warning (it skips nothing)."""
+        found = {}
+        for name, item in self._read().items():
+            entry = _entry(item)
+            if entry is None:
+                self._ignored(f"the entry of {name!r} is malformed")
+            else:
+                found[name] = entry
+        return found
 
     def add(self, service: str, digests: Sequence[str], reason: str) -> None:
         """Add `digests` to the service's skips (a digest already there takes the new reason and time);
@@ -141,5 +154,7 @@ def _entry(item: object) -> Entry | None:
     digests = [item["digest"]] if isinstance(item.get("digest"), str) else item.get("digests")
     if not isinstance(digests, list) or not digests or not all(isinstance(d, str) for d in digests):
         return None
-    reason, at = str(item.get("reason", "")), str(item.get("at", ""))
+    reason, at = item.get("reason", ""), item.get("at", "")
+    if not isinstance(reason, str) or not isinstance(at, str):
+        return None
     return Entry(skips=tuple(Skip(digest=d, reason=reason, at=at) for d in digests))

@@ -9,6 +9,8 @@ or undo the work on the next start:
     X--dockwarden-old-stopped   the same for a container that was not running; undo leaves it stopped
     X--dockwarden-done          the old container after the successor passed its gate (the commit point)
     label dockwarden.replaces=<old ID> on the successor, so we never remove a container that is not ours
+    state_dir/locks/X.aside     the old container's ID, written before its set-aside rename: the proof that
+                                it is ours while no successor exists yet (`not_ours`, `Hooks.set_aside`)
 
 Undo = remove the successor, start the old one (unless it was stopped), rename it back, check it runs.
 Commit = remove the old one.
@@ -264,6 +266,9 @@ class Hooks:
     cancel: threading.Event | None = None  # set: roll back out of the gate; start nothing new
     checkpoint: Checkpoint | None = None  # called with each step's name before the step runs
     progress: Progress | None = None  # called with each message of the pull's stream
+    # Called with the old container's ID just before it is renamed aside, under its lock: the record that
+    # proves a set-aside container ours while no successor holds its name yet (`not_ours`).
+    set_aside: Callable[[str], None] | None = None
 
 
 def image_string(container: dict[str, Any], ref: ImageRef) -> str:
@@ -500,6 +505,8 @@ class Upgrade:
         old_id, name = self.old["Id"], self.t.container
         if self.mode is Mode.AUTO_REMOVE:
             return self._make_stand_in()
+        if self.hooks.set_aside is not None:
+            self.hooks.set_aside(str(old_id))
         if self.mode is Mode.CRASH_LOOP:
             self._hold()
         try:
@@ -640,6 +647,7 @@ class Upgrade:
                 self.mode.restores_running,
                 # A crash loop comes back as it was: crash-looping, which no check would pass.
                 check=self.mode is not Mode.CRASH_LOOP,
+                live=True,
             )
         except Exception as exc:  # any failure here is reported as rollback-failed, with its message
             cause = undo_cause(cause, exc)
@@ -766,18 +774,21 @@ def undo(
     restart: bool = True,
     *,
     check: bool = True,
+    live: bool = False,
 ) -> None:
     """Put `old` (the set-aside container, or a stand-in for it) back as `name`: remove our successor if it
     holds the name, start the old one, rename it back, check it runs (healthy if it has a HEALTHCHECK).
     With `restart` False (it was not running before), only rename it back; with `check` False (it was
-    crash-looping), do not expect it to come back well.
+    crash-looping), do not expect it to come back well. `live`: the transaction that created the successor
+    undoes it, so it is known ours and is removed at once (the service is down until the old version
+    starts); recovery, which only proved it ours, stops it gracefully first and never forces.
 
     Started before it is renamed back, so that a kill in between leaves a running container that still
     carries the set-aside name, which the next recovery finds; the reverse order could leave the old one
     stopped under its own name, where nothing would look for it.
     """
     step = checkpoint or (lambda _step: None)
-    if not _free_the_name(engine, name, old, step):
+    if not _free_the_name(engine, name, old, step, live=live):
         return
     current = engine.inspect_container(old["Id"])
     _retag(engine, current)
@@ -802,7 +813,9 @@ def undo(
         )
 
 
-def _free_the_name(engine: TransactionEngine, name: str, old: dict[str, Any], step: Checkpoint) -> bool:
+def _free_the_name(
+    engine: TransactionEngine, name: str, old: dict[str, Any], step: Checkpoint, *, live: bool = False
+) -> bool:
     """Remove what holds `name` if it is ours: a successor of the old container (or of what `old` stands
     in for). False when there is nothing left to do: `old` is a stand-in and the container it stands in
     for still runs under `name`, so the stand-in is removed instead. StepFailed if a container that is not
@@ -814,11 +827,11 @@ def _free_the_name(engine: TransactionEngine, name: str, old: dict[str, Any], st
     if holder["Id"] == original:  # `old` is a stand-in, made before the original stopped
         if _state(holder) is ContainerState.RUNNING:
             step(UndoStep.REMOVE_NEW)
-            engine.remove(old["Id"])
+            engine.remove(old["Id"], force=False)  # created, never started
             return False
         # Stopped, so the engine is deleting it (AutoRemove): the stand-in takes its place.
         with contextlib.suppress(EngineError):  # "removal already in progress", or gone already
-            engine.remove(holder["Id"])
+            engine.remove(holder["Id"], force=False)
         _wait_gone(engine, holder["Id"], UndoStep.REMOVE_NEW)
         return True
     if _replaces(holder) not in {old["Id"], original} - {None}:
@@ -826,7 +839,7 @@ def _free_the_name(engine: TransactionEngine, name: str, old: dict[str, Any], st
             UndoStep.ROLLBACK, f"{name} is held by container {holder['Id'][:12]}, which is not ours"
         )
     step(UndoStep.REMOVE_NEW)
-    _remove_successor(engine, holder["Id"])
+    _remove_successor(engine, holder["Id"], live=live)
     return True
 
 
@@ -837,12 +850,20 @@ def _crash_looping(engine: TransactionEngine, before: dict[str, Any]) -> bool:
     return restarted or _state(now) is ContainerState.RESTARTING
 
 
-def _remove_successor(engine: TransactionEngine, container_id: str) -> None:
+def _remove_successor(engine: TransactionEngine, container_id: str, *, live: bool = False) -> None:
     """Remove a successor; one the engine is deleting already (AutoRemove, once it exited) is waited for.
     With the anonymous volumes the engine made for it (a VOLUME only the new image declares); the old
-    container's, which it mounts by name, stay."""
+    container's, which it mounts by name, stay. `live` (the transaction that made it): removed at once,
+    since every second here is outage. Otherwise (recovery) stopped first, then removed without force: a
+    removal that still finds it running (restarted meanwhile) is refused rather than forced."""
+    if not live:
+        found = _find(engine, container_id)
+        if found is None:
+            return
+        if (found.get("State") or {}).get("Running"):
+            engine.stop(container_id, stop_timeout(found))
     try:
-        engine.remove(container_id, volumes=True)
+        engine.remove(container_id, force=live, volumes=True)
     except NotFound:
         return  # already gone: the name is free, which is the aim
     except EngineError:
@@ -879,27 +900,85 @@ def _start_with_retries(engine: TransactionEngine, container_id: str) -> None:
             time.sleep(START_RETRY_DELAY)
 
 
-def converge(engine: TransactionEngine, name: str, policy: gate.Policy) -> None:
-    """Finish or undo a half-done upgrade of container `name` (each outcome is logged)."""
+def not_ours(
+    suffix: str, aside: dict[str, Any], holder: dict[str, Any] | None, recorded: str | None
+) -> str | None:
+    """Why the container set aside as NAME+`suffix` (inspect document `aside`) is not provably left by a
+    dockwarden upgrade of NAME, or None when it is. `holder`: the container named NAME, if any; `recorded`:
+    the ID the transaction wrote in state_dir before its set-aside rename (`Hooks.set_aside`).
+
+    What proves it (README "Crash safety"): the successor holding NAME names it, or the container it stands
+    in for, in `dockwarden.replaces`; or a stand-in sits beside its original, which still holds NAME. With
+    nothing holding NAME (killed after set-aside, before create; or during an undo, after the successor
+    went): a stand-in's own label, or the state_dir record naming this very ID. A `-done` container is
+    ours only beside its successor, and only stopped: the commit rename comes after the old one stopped.
+    """
+    claims = {aside.get("Id"), _replaces(aside)} - {None}
+    if holder is not None:
+        if _replaces(holder) in claims:
+            if suffix == DONE_SUFFIX and (aside.get("State") or {}).get("Running"):
+                return "it is running, and a committed upgrade stopped it before the commit"
+            return None
+        if suffix == OLD_SUFFIX and holder.get("Id") == _replaces(aside):
+            return None  # a stand-in made beside its original, which was never stopped
+        return f"the container named {_name(holder) or 'NAME'} does not name it in {recreate.REPLACES_LABEL}"
+    return _alone_not_ours(suffix, aside, recorded)
+
+
+def _alone_not_ours(suffix: str, aside: dict[str, Any], recorded: str | None) -> str | None:
+    """`not_ours` when nothing holds NAME: no successor exists, so only the container itself or the
+    state_dir record can prove it."""
+    if suffix == DONE_SUFFIX:
+        return "no successor holds the service's name"
+    if suffix == OLD_SUFFIX and _replaces(aside) is not None:
+        return None  # a stand-in whose original the engine deleted (AutoRemove)
+    if recorded is not None and recorded == aside.get("Id"):
+        return None
+    return "nothing holds the service's name and state_dir records no set-aside of this container"
+
+
+def converge(engine: TransactionEngine, name: str, policy: gate.Policy, recorded: str | None = None) -> None:
+    """Finish or undo a half-done upgrade of container `name` that `not_ours` proves ours (each outcome is
+    logged); any other container with a set-aside name is reported (`recovery.not_ours`) and left alone.
+    `recorded`: the ID in state_dir's set-aside record, if any."""
     log = structlog.get_logger("dockwarden.upgrade").bind(container=name)
-    done = _find(engine, name + DONE_SUFFIX)
-    aside = _find(engine, name + OLD_SUFFIX)
-    stopped = _find(engine, name + STOPPED_SUFFIX)
+    holder = _find(engine, name)
+    found = []
+    for suffix in (DONE_SUFFIX, OLD_SUFFIX, STOPPED_SUFFIX):
+        aside = _find(engine, name + suffix)
+        if aside is None:
+            continue
+        reason = not_ours(suffix, aside, holder, recorded)
+        if reason is None:
+            found.append((suffix, aside))
+        else:
+            log.warning("recovery.not_ours", name=name + suffix, id=str(aside.get("Id"))[:12], reason=reason)
+    if found:
+        _converge_one(engine, name, holder, *found[0], policy)
+
+
+def _converge_one(
+    engine: TransactionEngine,
+    name: str,
+    current: dict[str, Any] | None,
+    suffix: str,
+    aside: dict[str, Any],
+    policy: gate.Policy,
+) -> None:
+    """Finish (`-done`) or undo (`-old`, `-old-stopped`) the upgrade `aside` was set aside by."""
+    log = structlog.get_logger("dockwarden.upgrade").bind(container=name)
     try:
-        if done is not None:
+        if suffix == DONE_SUFFIX:
             # The successor passed its gate (or, created stopped, its verification) before the process
             # died: finish the commit.
-            current = _find(engine, name)
             if current is not None:
                 if not (current.get("State") or {}).get("Running") and _has_run(current):
                     engine.start(current["Id"])
                 _retag(engine, current)
-            engine.remove(done["Id"])
-            log.warning("recovery.finished", old=done["Id"][:12])
-        elif aside is not None or stopped is not None:
-            old = aside if aside is not None else stopped
-            assert old is not None  # noqa: S101 -- one of the two, by the branch's condition
-            undo(engine, name, old, policy, restart=aside is not None)
-            log.warning("recovery.undone", old=old["Id"][:12])
+            engine.remove(aside["Id"], force=False)  # proved stopped: never forced
+            log.warning("recovery.finished", old=aside["Id"][:12])
+        else:
+            undo(engine, name, aside, policy, restart=suffix == OLD_SUFFIX)
+            log.warning("recovery.undone", old=aside["Id"][:12])
     except (EngineError, StepFailed) as exc:
         log.error("recovery.failed", error=str(exc))

@@ -115,7 +115,12 @@ def test_gc_removes_garbage_and_never_what_is_used_or_retained(
     client.api.tag(a_image, f"{registry.host}/shared", f"dockwarden-{a}-pulled")  # a killed upgrade's
     done = f"{a}--dockwarden-done"
     containers.append(done)
-    client.api.create_container(a_image, name=done, labels={LABEL: run_label})
+    # A committed AutoRemove stand-in: it names the container a replaced, as a's own label does, which is
+    # what proves it a dockwarden leftover (a -done container nothing names is left alone).
+    replaced = client.api.inspect_container(a)["Config"]["Labels"]["dockwarden.replaces"]
+    client.api.create_container(
+        a_image, name=done, labels={LABEL: run_label, "dockwarden.replaces": replaced}
+    )
     stopped = run(f"dw-gc-s1-{uid}", shared_tag, command=["true"], labels={LABEL: run_label, "dwgc": uid})
     unlabelled = run(f"dw-gc-s2-{uid}", shared_tag, command=["true"])
     running = run(f"dw-gc-s3-{uid}", shared_tag, labels={LABEL: run_label, "dwgc": uid})

@@ -120,9 +120,14 @@ def test_a_container_watched_by_two_services_is_refused(tmp_path: Path) -> None:
 
 def test_container_names_dockwarden_gives_set_aside_containers_are_refused(tmp_path: Path) -> None:
     """A watched container named like a set-aside one would be taken for a half-done upgrade."""
-    text = "services:\n  a:\n    container: web--dockwarden-old\n  web--dockwarden-done: {}\n"
+    text = (
+        "services:\n  a:\n    container: web--dockwarden-old\n  web--dockwarden-done: {}\n"
+        "  b:\n    container: web--dockwarden-old-stopped\n"
+    )
     assert _problems(tmp_path, text) == [
         "3:5: container 'web--dockwarden-old' ends like a name dockwarden gives a container set aside",
         "4:3: container 'web--dockwarden-done' ends like a name dockwarden gives a container set aside",
+        "6:5: container 'web--dockwarden-old-stopped' ends like a name dockwarden gives a container set"
+        " aside",
     ]
-    assert configuration.RESERVED_SUFFIXES == (upgrade.OLD_SUFFIX, upgrade.DONE_SUFFIX)
+    assert configuration.RESERVED_SUFFIXES == upgrade.SUFFIXES

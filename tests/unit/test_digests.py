@@ -69,3 +69,18 @@ def test_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache.put(B, C)
     cache.put(C, C)
     assert (cache.get(A), cache.get(B), cache.get(C)) == (None, C, C)
+
+
+@pytest.mark.parametrize(
+    "config_of",
+    [[A, B], {A: 5}, {A: [B]}, "x"],
+    ids=["a-list", "a-number", "a-nested-list", "a-string"],
+)
+def test_values_of_unexpected_types_are_ignored_with_a_warning(tmp_path: Path, config_of: object) -> None:
+    """A cache whose config_of is not an object of digest strings is ignored with a warning, never raised."""
+    path = tmp_path / "digests.json"
+    path.write_text(json.dumps({"version": 1, "platform": "linux/amd64", "config_of": config_of}))
+    with capture_logs() as logs:
+        cache = DigestCache(path, "linux/amd64")
+    assert (len(cache), cache.get(A)) == (0, None)
+    assert [e["event"] for e in logs] == ["state.ignored"]

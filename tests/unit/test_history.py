@@ -8,7 +8,8 @@ from pathlib import Path
 
 from structlog.testing import capture_logs
 
-from dockwarden import history
+from dockwarden import history, report, status
+from dockwarden.config import Service
 from dockwarden.history import Event, History
 
 
@@ -81,3 +82,30 @@ def test_an_unwritable_state_dir_is_one_warning(tmp_path: Path) -> None:
         journal.record(Event.CHECKED, "web")
     assert [e["event"] for e in logs] == ["state.unwritable"]
     assert journal.entries() == []
+
+
+MALFORMED = [
+    [1, 2],
+    {"at": 5, "event": "checked", "service": "web"},
+    {"at": "2026-11-30T00:00:00+00:00", "event": ["upgrade"], "service": "web"},
+    {"at": "2026-11-30T00:00:00+00:00", "event": "upgrade", "service": "web", "from_digest": 7},
+    {"at": "2026-11-30T00:00:00+00:00", "event": "checked", "service": {"a": 1}},
+    {"at": "2026-11-30T00:00:00+00:00", "event": "gc", "service": "web", "bytes": "lots"},
+]
+
+
+def test_entries_of_unexpected_types_are_skipped_with_a_warning(tmp_path: Path) -> None:
+    """Lines holding lists, numbers where strings belong or strings where numbers do are skipped, once
+    warned about, and `history` and `status` render the rest without a traceback."""
+    journal = History(tmp_path)
+    journal.record(Event.CHECKED, "web", status="up-to-date", registry_digest="sha256:" + "a" * 64)
+    with (tmp_path / history.FILE_NAME).open("a") as out:
+        out.writelines(json.dumps(item) + "\n" for item in MALFORMED)
+    with capture_logs() as logs:
+        entries = History(tmp_path).entries()
+    assert [e["event"] for e in entries] == ["checked"]
+    assert [(e["event"], e["reason"]) for e in logs] == [("state.ignored", "6 malformed entries skipped")]
+    assert "up-to-date" in report.history_table(entries)
+    described = status.describe(Service(name="web", container="web"), None, [], entries, None)
+    assert described.registry_digest == "sha256:" + "a" * 64
+    assert "web" in report.status_table([described])

@@ -124,3 +124,36 @@ def test_pulled_tags_are_found_per_container() -> None:
     tags = [f"{REPO}:dockwarden-web-pulled", f"{REPO}:dockwarden-web-2-pulled"]
     images = [ImageView.from_list({"Id": "sha256:1", "RepoTags": tags})]
     assert retention.pulled_references(images, "web") == [f"{REPO}:dockwarden-web-pulled"]
+
+
+LATER = datetime(2099, 1, 1, tzinfo=UTC)  # newer than every recorded version
+
+
+def _foreign(rec: Recorded) -> ImageView:
+    """An image of another repository, tagged as if it were recorded-web's newest retained version."""
+    base = rec.images[0].raw
+    return ImageView.from_list(
+        {
+            **base,
+            "Id": "sha256:" + "9" * 64,
+            "RepoTags": [f"127.0.0.1:5000/other:{retention.version_tag('recorded-web', LATER)}"],
+            "RepoDigests": ["127.0.0.1:5000/other@sha256:" + "8" * 64],
+        }
+    )
+
+
+def test_rollback_refuses_an_image_of_another_repository(rec: Recorded) -> None:
+    """--to naming another repository's image, by ID or by digest, is refused with a message naming it."""
+    images = [*rec.images, _foreign(rec)]
+    known = retention.versions(images, "recorded-web")
+    for to in ("9" * 12, "sha256:" + "9" * 64, "sha256:" + "8" * 64):
+        with pytest.raises(LookupError, match=r"not an image of 127\.0\.0\.1:5000/recorded .*other"):
+            retention.choose(known, rec.running, images, REPO, to)
+
+
+def test_rollback_default_ignores_a_version_tag_in_another_repository(rec: Recorded) -> None:
+    """A version-like tag of recorded-web in another repository is never the default rollback target."""
+    images = [*rec.images, _foreign(rec)]
+    known = retention.versions(images, "recorded-web")
+    assert known[0].image_id == "sha256:" + "9" * 64  # the newest by its tag's stamp
+    assert retention.choose(known, rec.running, images, REPO, None)[0] != known[0].image_id

@@ -3,6 +3,7 @@ symlink or left half-written."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -134,3 +135,25 @@ def test_commands_refuse_an_unsafe_state_dir(
     assert cli.main(["history", "-c", str(cfg)]) == 1
     assert "state_dir is not safe to use as root" in capsys.readouterr().err
     assert cli.main(["validate", "-c", str(cfg)]) == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "warnings"),
+    [
+        ([{"web": {"digests": ["sha256:1"]}}], 1),
+        ({"web": ["sha256:1"]}, 1),
+        ({"web": {"digests": [1, 2]}}, 1),
+        ({"web": {"digests": ["sha256:1"], "reason": 5, "at": []}}, 1),
+        ({"web": {"digests": "sha256:1"}, "api": 7}, 2),
+    ],
+    ids=["a-list", "an-entry-list", "number-digests", "number-reason", "two-bad-entries"],
+)
+def test_a_skip_list_of_unexpected_types_is_ignored_with_a_warning(
+    tmp_path: Path, content: object, warnings: int
+) -> None:
+    """skipped.json holding a list, or entries of the wrong types, skips nothing, warns and never raises."""
+    (tmp_path / "skipped.json").write_text(json.dumps(content))
+    with capture_logs() as logs:
+        skips = SkipList(tmp_path)
+        assert (skips.all(), skips.get("web")) == ({}, None)
+    assert [e["event"] for e in logs] == ["state.ignored"] * warnings * 2

@@ -208,7 +208,7 @@ def test_stopped_recreate_killed_at_any_step_converges_stopped(engine: str, step
     scene = _scene(engine, "exited")
     with pytest.raises(Killed):
         _run(scene, RECREATE, checkpoint=_kill_before(step))
-    upgrade.converge(scene.fake, NAME, POLICY)
+    upgrade.converge(scene.fake, NAME, POLICY, scene.old_id)
     assert scene.fake.names() == [NAME]
     holder = _holder(scene)
     assert holder["Image"] == (NEW_ID if step == "remove-old" else scene.old_image)
@@ -277,7 +277,7 @@ def test_a_crash_loop_killed_at_any_step_converges(engine: str, step: str) -> No
     scene = _scene(engine, "restarting")
     with pytest.raises(Killed):
         _run(scene, checkpoint=_kill_before(step))
-    upgrade.converge(scene.fake, NAME, POLICY)
+    upgrade.converge(scene.fake, NAME, POLICY, scene.old_id)
     assert scene.fake.names() == [NAME]
     expected = (NEW_ID, "running") if step == "remove-old" else (scene.old_image, "restarting")
     assert (_holder(scene)["Image"], _holder(scene)["State"]["Status"]) == expected
@@ -348,7 +348,7 @@ def test_auto_remove_killed_at_any_step_converges(engine: str, step: str) -> Non
     scene = _scene(engine, "auto-remove")
     with pytest.raises(Killed):
         _run(scene, checkpoint=_kill_before(step))
-    upgrade.converge(scene.fake, NAME, POLICY)
+    upgrade.converge(scene.fake, NAME, POLICY, scene.old_id)
     assert scene.fake.names() == [NAME]
     holder = _holder(scene)
     assert holder["Image"] == (NEW_ID if step == "remove-old" else scene.old_image)
@@ -363,7 +363,7 @@ def test_auto_remove_stand_in_left_beside_the_running_original_is_dropped(engine
     with pytest.raises(Killed):
         _run(scene, checkpoint=_kill_before(Step.STOP_OLD))
     assert scene.fake.names() == [NAME, NAME + upgrade.OLD_SUFFIX]
-    upgrade.converge(scene.fake, NAME, POLICY)
+    upgrade.converge(scene.fake, NAME, POLICY, scene.old_id)
     assert scene.fake.names() == [NAME]
     assert _holder(scene)["Id"] == scene.old_id
 

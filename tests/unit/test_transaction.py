@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from dockwarden import gate, imageref, recreate, retention, upgrade
 from dockwarden.cycle import blamed
@@ -350,7 +351,7 @@ def test_converge_removes_a_done_leftover(scene: Scene) -> None:
     _fault(Op.REMOVE, 1)(scene.fake)
     assert _run(scene).result == "upgraded"
     assert _interrupted(scene.fake) == [NAME]
-    upgrade.converge(scene.fake, NAME, POLICY)
+    upgrade.converge(scene.fake, NAME, POLICY, scene.old_id)
     assert scene.fake.names() == [NAME]
     new = scene.fake.named(NAME)
     assert new is not None
@@ -371,7 +372,7 @@ def test_converge_undoes_an_old_leftover(scene: Scene, op: Op, nth: int) -> None
     with pytest.raises(Killed):
         _run(scene)
     assert _interrupted(scene.fake) == [NAME]
-    upgrade.converge(scene.fake, NAME, POLICY)
+    upgrade.converge(scene.fake, NAME, POLICY, scene.old_id)
     _assert_old_one_back(scene)
     assert _interrupted(scene.fake) == []
 
@@ -464,3 +465,108 @@ def test_undo_cause_turns_to_the_engine_only_on_engine_failures(
 ) -> None:
     """An undo that met the engine failing makes it the engine's fault; other undo failures do not."""
     assert upgrade.undo_cause(gate.Cause.CONTAINER, undo_error) is expected
+
+
+# -- what proves a leftover ours (upgrade.not_ours) -------------------------------------------------------
+
+
+def _doc(container_id: str, *, replaces: str | None = None, running: bool = False) -> dict[str, Any]:
+    """The parts of an inspect document `not_ours` reads."""
+    labels = {} if replaces is None else {recreate.REPLACES_LABEL: replaces}
+    return {"Id": container_id, "Name": "/x", "Config": {"Labels": labels}, "State": {"Running": running}}
+
+
+@pytest.mark.parametrize(
+    ("suffix", "aside", "holder", "recorded", "ours"),
+    [
+        (upgrade.DONE_SUFFIX, _doc("A"), _doc("S", replaces="A"), None, True),
+        (upgrade.DONE_SUFFIX, _doc("A", replaces="O"), _doc("S", replaces="O"), None, True),
+        (upgrade.DONE_SUFFIX, _doc("A", running=True), _doc("S", replaces="A"), None, False),
+        (upgrade.DONE_SUFFIX, _doc("A"), _doc("S"), "A", False),
+        (upgrade.DONE_SUFFIX, _doc("A"), None, "A", False),
+        (upgrade.OLD_SUFFIX, _doc("A", running=True), _doc("S", replaces="A"), None, True),
+        (upgrade.OLD_SUFFIX, _doc("A", replaces="O"), _doc("O", running=True), None, True),
+        (upgrade.OLD_SUFFIX, _doc("A", running=True), _doc("S", replaces="B"), "A", False),
+        (upgrade.OLD_SUFFIX, _doc("A", running=True), None, "A", True),
+        (upgrade.OLD_SUFFIX, _doc("A", running=True), None, "B", False),
+        (upgrade.OLD_SUFFIX, _doc("A", running=True), None, None, False),
+        (upgrade.OLD_SUFFIX, _doc("A", replaces="O"), None, None, True),
+        (upgrade.STOPPED_SUFFIX, _doc("A"), _doc("S", replaces="A"), None, True),
+        (upgrade.STOPPED_SUFFIX, _doc("A"), None, "A", True),
+        (upgrade.STOPPED_SUFFIX, _doc("A", replaces="O"), None, None, False),
+        (upgrade.STOPPED_SUFFIX, _doc("A", replaces="O"), _doc("O"), None, False),
+    ],
+    ids=[
+        "done-named-by-successor",
+        "done-stand-in-whose-original-the-successor-names",
+        "done-running",
+        "done-beside-a-stranger",
+        "done-alone",
+        "old-named-by-successor",
+        "old-stand-in-beside-original",
+        "old-beside-a-stranger-even-if-recorded",
+        "old-alone-recorded",
+        "old-alone-another-recorded",
+        "old-alone-unrecorded",
+        "old-stand-in-alone",
+        "stopped-named-by-successor",
+        "stopped-alone-recorded",
+        "stopped-labelled-alone",
+        "stopped-beside-its-labelled-original",
+    ],
+)
+def test_not_ours_proves_each_leftover_kind(
+    suffix: str, aside: dict[str, Any], holder: dict[str, Any] | None, recorded: str | None, ours: bool
+) -> None:
+    """A set-aside container is ours only when its successor's label, its stand-in label or the state_dir
+    record proves it, as README's "Crash safety" lists."""
+    assert (upgrade.not_ours(suffix, aside, holder, recorded) is None) is ours
+
+
+def test_converge_leaves_a_foreign_done_container_and_a_stopped_service_alone(scene: Scene) -> None:
+    """A running container that only carries NAME--dockwarden-done is reported, not removed, and the
+    stopped service is not started (the fault-recovery-foreign-container case)."""
+    scene.fake.stop(scene.old_id, 1)
+    other = copy.deepcopy(scene.fake.containers[scene.old_id])
+    other.update(Id="b" * 64, Name="/" + NAME + upgrade.DONE_SUFFIX)
+    foreign = scene.fake.add_container(other)
+    with capture_logs() as logs:
+        upgrade.converge(scene.fake, NAME, POLICY, foreign)
+    assert [e["event"] for e in logs] == ["recovery.not_ours"]
+    assert scene.fake.containers[foreign]["State"]["Running"]
+    assert not scene.fake.containers[scene.old_id]["State"]["Running"]
+    assert [c.op for c in scene.fake.calls if c.op in (Op.REMOVE, Op.START)] == []
+
+
+def test_converge_leaves_an_unrecorded_lone_old_container_alone(scene: Scene) -> None:
+    """Killed before create, the set-aside container alone is undone only when state_dir recorded its ID:
+    without the record it is reported and keeps its name."""
+    scene.fake.fail(Op.CREATE, Killed(), nth=1)
+    with pytest.raises(Killed):
+        _run(scene)
+    with capture_logs() as logs:
+        upgrade.converge(scene.fake, NAME, POLICY, None)
+    assert [e["event"] for e in logs] == ["recovery.not_ours"]
+    assert scene.fake.names() == [NAME + upgrade.OLD_SUFFIX]
+
+
+def test_set_aside_hook_records_the_old_id_before_the_rename(scene: Scene) -> None:
+    """The transaction hands the old container's ID to `Hooks.set_aside` before any rename, so the record
+    exists whenever the set-aside name does."""
+    seen: list[tuple[str, int]] = []
+
+    def record(aside_id: str) -> None:
+        seen.append((aside_id, [c.op for c in scene.fake.calls].count(Op.RENAME)))
+
+    assert _run(scene, set_aside=record).result == "upgraded"
+    assert seen == [(scene.old_id, 0)]
+
+
+def test_converge_never_forces_a_removal(scene: Scene) -> None:
+    """Finishing a committed upgrade removes the proved-stopped -done container without force."""
+    _fault(Op.REMOVE, 1)(scene.fake)
+    assert _run(scene).result == "upgraded"
+    scene.fake.calls.clear()
+    upgrade.converge(scene.fake, NAME, POLICY)
+    removes = [c for c in scene.fake.calls if c.op is Op.REMOVE]
+    assert [c.args for c in removes] == [(scene.old_id, False, False)]
