@@ -227,13 +227,13 @@ class _Deadline:
     def __init__(self, at: float) -> None:
         self.at = at
         self.expired = False
-        self._connections: list[_Watched] = []
+        self._connections: list[_WatchedHTTPConnection] = []
         self._lock = threading.Lock()
 
     def left(self) -> float:
         return self.at - time.monotonic()
 
-    def attach(self, connection: _Watched) -> None:
+    def attach(self, connection: _WatchedHTTPConnection) -> None:
         with self._lock:
             connection.deadline = self  # the connection's current user: only it may be cut for this deadline
             if connection not in self._connections:
@@ -317,7 +317,7 @@ class _Watchdog:
             self._local.current = None
             deadline.release()
 
-    def attach(self, connection: _Watched) -> None:
+    def attach(self, connection: _WatchedHTTPConnection) -> None:
         current: _Deadline | None = getattr(self._local, "current", None)
         if current is not None:
             current.attach(connection)
@@ -340,24 +340,9 @@ class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
         super().request(*args, **kwargs)
 
 
-class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    """The same for HTTPS; attached before connecting, so that a dripping TLS handshake is cut too."""
-
-    def __init__(self, *args: Any, watchdog: _Watchdog, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._watchdog = watchdog
-        self.deadline: _Deadline | None = None
-
-    def connect(self) -> None:
-        self._watchdog.attach(self)
-        super().connect()
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        self._watchdog.attach(self)
-        super().request(*args, **kwargs)
-
-
-_Watched = _WatchedHTTPConnection | _WatchedHTTPSConnection
+class _WatchedHTTPSConnection(_WatchedHTTPConnection, urllib3.connection.HTTPSConnection):
+    """The same for HTTPS (the methods above run before HTTPSConnection's): attached before connecting, so
+    that a dripping TLS handshake is cut too."""
 
 
 class _HTTPPool(urllib3.HTTPConnectionPool):
