@@ -187,21 +187,9 @@ class Daemon:
     def reload(self) -> None:
         try:
             new = configuration.load(self.config.path)
-        except configuration.ConfigError as exc:
-            self.log.error(
-                "config.reload_failed", problems=[str(p) for p in exc.problems], kept="previous config"
-            )
-            self.notifier.status("config reload failed; still running the previous config")
-            return
-        except Exception as exc:  # a bug in loading must not take the daemon down mid-upgrade
-            self.log.exception("config.reload_failed", problems=[repr(exc)], kept="previous config")
-            self.notifier.status("config reload failed; still running the previous config")
-            return
-        try:
             statefiles.verify(new.state_dir)
-        except (statefiles.UnsafeStateDir, OSError) as exc:
-            self.log.error("config.reload_failed", problems=[str(exc)], kept="previous config")
-            self.notifier.status("config reload failed; still running the previous config")
+        except Exception as exc:  # whatever the new file or a bug in loading raises, the old config stays
+            self._reload_failed(exc)
             return
         if new.docker_host != self.config.docker_host:
             self.log.warning("config.restart_needed", key="docker_host", kept=self.config.docker_host)
@@ -210,6 +198,17 @@ class Daemon:
         self._schedule_gc(new)
         self.log.info("config.reloaded", services=len(new.services), schedule=new.describe_schedule())
         self.notifier.status(f"config reloaded: watching {len(new.services)} services")
+
+    def _reload_failed(self, exc: Exception) -> None:
+        """Log why a reload was refused (each problem a line; a bug in loading with its traceback)."""
+        kept = "previous config"
+        if isinstance(exc, configuration.ConfigError):
+            self.log.error("config.reload_failed", problems=[str(p) for p in exc.problems], kept=kept)
+        elif isinstance(exc, statefiles.UnsafeStateDir | OSError):
+            self.log.error("config.reload_failed", problems=[str(exc)], kept=kept)
+        else:
+            self.log.exception("config.reload_failed", problems=[repr(exc)], kept=kept)
+        self.notifier.status("config reload failed; still running the previous config")
 
     def serve(self) -> None:
         """Wait for signals until asked to stop, feeding the watchdog while the scheduler lives and the
