@@ -1,4 +1,4 @@
-"""Fixtures for the integration tests that upgrade containers."""
+"""Fixtures for the integration tests that upgrade containers, on Engine 20.10 and 26.1."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import docker
 import pytest
 
+from tests.conftest import ENGINE26
 from tests.integration.upgrade_lab import Side, free_port, names_like, push_version, wait_serving
 from tests.support.images import LABEL, ImageFactory
 from tests.support.registry import Registry
@@ -29,3 +30,19 @@ def web(
     yield name, port, side
     for other in names_like(docker_client, name):
         docker_client.containers.get(other).remove(force=True, v=True)
+
+
+@pytest.fixture(scope="session")
+def images26(docker26: docker.DockerClient, run_label: str) -> Iterator[ImageFactory]:
+    """Images built on Engine 26.1 for this worker's tests (removed at the end)."""
+    factory = ImageFactory(docker26, run_label)
+    yield factory
+    factory.cleanup()
+
+
+@pytest.fixture(params=["20.10", "26.1"])
+def side(request: pytest.FixtureRequest, docker_client: docker.DockerClient, images: ImageFactory) -> Side:
+    """Each engine in turn: its client, its image factory and its docker_host for the config."""
+    if request.param == "20.10":
+        return Side(docker_client, images, None)
+    return Side(request.getfixturevalue("docker26"), request.getfixturevalue("images26"), ENGINE26)

@@ -25,28 +25,13 @@ import docker.errors
 import pytest
 
 from dockwarden import compose
-from tests.conftest import ENGINE26
 from tests.integration.upgrade_lab import Side, config, names_like, push_version, update
-from tests.support.images import LABEL, ImageFactory
+from tests.support.images import LABEL
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.engine
 
 COMPOSE_TIMEOUT = 120  # seconds for one compose command; `up` of a small project takes one or two
-
-
-@pytest.fixture(scope="session")
-def compose_images26(docker26: docker.DockerClient, run_label: str) -> Iterator[ImageFactory]:
-    factory = ImageFactory(docker26, run_label)
-    yield factory
-    factory.cleanup()
-
-
-@pytest.fixture(params=["20.10", "26.1"])
-def side(request: pytest.FixtureRequest, docker_client: docker.DockerClient, images: ImageFactory) -> Side:
-    if request.param == "20.10":
-        return Side(docker_client, images, None)
-    return Side(request.getfixturevalue("docker26"), request.getfixturevalue("compose_images26"), ENGINE26)
 
 
 @dataclass

@@ -16,7 +16,6 @@ import docker.errors
 import pytest
 
 from dockwarden.skiplist import SkipList
-from tests.conftest import ENGINE26
 from tests.integration.helpers import cli
 from tests.integration.upgrade_lab import (
     Side,
@@ -33,20 +32,6 @@ from tests.support.registry import Registry
 pytestmark = pytest.mark.engine
 
 JOB = ["cat", "/www/index.html"]  # a one-shot job: prints its version and exits 0
-
-
-@pytest.fixture(scope="session")
-def factory26(docker26: docker.DockerClient, run_label: str) -> Iterator[ImageFactory]:
-    factory = ImageFactory(docker26, run_label)
-    yield factory
-    factory.cleanup()
-
-
-@pytest.fixture(params=["20.10", "26.1"])
-def side(request: pytest.FixtureRequest, docker_client: docker.DockerClient, images: ImageFactory) -> Side:
-    if request.param == "20.10":
-        return Side(docker_client, images, None)
-    return Side(request.getfixturevalue("docker26"), request.getfixturevalue("factory26"), ENGINE26)
 
 
 @pytest.fixture

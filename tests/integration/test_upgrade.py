@@ -17,7 +17,6 @@ import pytest
 from dockwarden import config as configuration
 from dockwarden import upgrade
 from dockwarden.upgrade import Hooks, Result
-from tests.conftest import ENGINE26
 from tests.integration.upgrade_lab import (
     APP,
     HEALTHY,
@@ -31,25 +30,10 @@ from tests.integration.upgrade_lab import (
     update,
     wait_serving,
 )
-from tests.support.images import LABEL, ImageFactory
+from tests.support.images import LABEL
 from tests.support.registry import Registry
 
 pytestmark = pytest.mark.engine
-
-
-@pytest.fixture(scope="session")
-def images26(docker26: docker.DockerClient, run_label: str) -> Iterator[ImageFactory]:
-    factory = ImageFactory(docker26, run_label)
-    yield factory
-    factory.cleanup()
-
-
-@pytest.fixture(params=["20.10", "26.1"])
-def side(request: pytest.FixtureRequest, docker_client: docker.DockerClient, images: ImageFactory) -> Side:
-    if request.param == "20.10":
-        return Side(docker_client, images, None)
-    client = request.getfixturevalue("docker26")
-    return Side(client, request.getfixturevalue("images26"), ENGINE26)
 
 
 class Sandbox:
