@@ -7,7 +7,6 @@ rootcertbundle, and counts token requests per User-Agent so tests can see tokens
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
 import threading
 import time
@@ -17,10 +16,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import NameOID
+
+from tests.support.faultserver import self_signed
 
 SERVICE = "dockwarden-test"
 ISSUER = "dockwarden-test-issuer"
@@ -37,19 +36,7 @@ class TokenServer:
         self.requests: Counter[str] = Counter()
         self.oauth_grants = 0
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dockwarden test token signer")])
-        now = dt.datetime.now(dt.UTC)
-        self._cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self._key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self._key, hashes.SHA256())
-        )
+        self._cert = self_signed(self._key, "dockwarden test token signer")
         self.bundle = directory / "token-root.pem"
         directory.mkdir(parents=True, exist_ok=True)
         self.bundle.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
