@@ -305,9 +305,9 @@ class Engine:
         try:
             client = docker.from_env(version="auto", timeout=int(timeout), environment=environment)
         except docker.errors.DockerException as exc:
-            raise EngineError(_explain(exc.__cause__ or exc)) from None
+            raise EngineError(_explain(exc.__cause__ or exc)) from exc
         except requests.exceptions.RequestException as exc:
-            raise EngineError(_explain(exc)) from None
+            raise EngineError(_explain(exc)) from exc
         return cls(client)
 
     @property
@@ -322,7 +322,7 @@ class Engine:
         try:
             version = self._client.version()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise EngineError(_explain(exc)) from None
+            raise EngineError(_explain(exc)) from exc
         arch = str(version.get("Arch", "amd64"))
         # The engine says arm for 32-bit ARM; manifests name the variant separately (v7 is Docker's default).
         variant = "v7" if arch == "arm" else ("v8" if arch == "arm64" else None)
@@ -331,19 +331,19 @@ class Engine:
     def container(self, name: str) -> ContainerView:
         try:
             data = self._client.api.inspect_container(name)
-        except docker.errors.NotFound:
-            raise NotFound(f"container {name!r} does not exist") from None
+        except docker.errors.NotFound as exc:
+            raise NotFound(f"container {name!r} does not exist") from exc
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise EngineError(f"inspecting container {name!r}: {_explain(exc)}") from None
+            raise EngineError(f"inspecting container {name!r}: {_explain(exc)}") from exc
         return ContainerView.from_inspect(data)
 
     def image(self, image_id: str) -> ImageView:
         try:
             data = self._client.api.inspect_image(image_id)
-        except docker.errors.NotFound:
-            raise NotFound(f"image {image_id} does not exist") from None
+        except docker.errors.NotFound as exc:
+            raise NotFound(f"image {image_id} does not exist") from exc
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise EngineError(f"inspecting image {image_id}: {_explain(exc)}") from None
+            raise EngineError(f"inspecting image {image_id}: {_explain(exc)}") from exc
         return ImageView.from_inspect(data)
 
     def snapshot(self) -> Snapshot:
@@ -351,7 +351,7 @@ class Engine:
             containers = self._client.api.containers(all=True)
             images = self._client.api.images()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise EngineError(f"listing containers and images: {_explain(exc)}") from None
+            raise EngineError(f"listing containers and images: {_explain(exc)}") from exc
         by_name = {}
         for item in containers:
             view = ContainerView.from_list(item)
@@ -366,11 +366,11 @@ class Engine:
         try:
             return fn(*args, **kwargs)
         except docker.errors.NotFound as exc:
-            raise NotFound(f"{what}: {_explain(exc)}") from None
+            raise NotFound(f"{what}: {_explain(exc)}") from exc
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise Unreachable(f"{what}: {_explain(exc)}") from None
+            raise Unreachable(f"{what}: {_explain(exc)}") from exc
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise EngineError(f"{what}: {_explain(exc)}") from None
+            raise EngineError(f"{what}: {_explain(exc)}") from exc
 
     def inspect_container(self, name: str) -> dict[str, Any]:
         return dict(self._call(f"inspecting container {name}", self._client.api.inspect_container, name))
@@ -405,9 +405,9 @@ class Engine:
                 if progress is not None:
                     progress(message)
         except docker.errors.NotFound as exc:
-            raise NotFound(f"{what}: {_explain(exc)}") from None
+            raise NotFound(f"{what}: {_explain(exc)}") from exc
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise EngineError(f"{what}: {_explain(exc)}") from None
+            raise EngineError(f"{what}: {_explain(exc)}") from exc
 
     def tag(self, image_id: str, reference: str) -> None:
         repository, _, tag = reference.rpartition(":")
@@ -507,7 +507,7 @@ class Engine:
         except NotFound:
             return False
         except requests.exceptions.RequestException as exc:
-            raise EngineError(f"{what}: {_explain(exc)}") from None
+            raise EngineError(f"{what}: {_explain(exc)}") from exc
         # The archive names the file by its base name; rewritten with its directory so that extracting it
         # at / recreates the directories too, as the CLI's --use-api-socket does.
         out = io.BytesIO()
@@ -563,7 +563,7 @@ class Engine:
         try:
             self._client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise EngineError(_explain(exc)) from None
+            raise EngineError(_explain(exc)) from exc
 
 
 # What the docker CLI and docker-py ask a credential helper for Docker Hub, and the user name a helper answers
