@@ -27,6 +27,7 @@ from dockwarden.history import History
 from dockwarden.liveness import Liveness
 from dockwarden.notify import Notifier
 from dockwarden.runner import Runner
+from dockwarden.skiplist import SkipList
 from dockwarden.upgrade import Checkpoint, Hooks, Progress
 
 JOB_ID = "check-cycle"
@@ -56,6 +57,7 @@ class Daemon:
         self.config = cfg
         self.checker = checker  # and its engine: opened and closed by the caller
         self.upgrading = threading.Event()  # set while a transaction runs, so a stop waits for its end
+        self.skips = SkipList(cfg.state_dir)  # for the process's life: it remembers what it cannot write
         self.checkpoint = checkpoint
         self.liveness = Liveness()
         self.notifier = notifier
@@ -88,7 +90,11 @@ class Daemon:
             hooks = Hooks(
                 cancel=self.cancel, checkpoint=self._step_watch(limits), progress=self._pull_watch(limits)
             )
-            runner = Runner(self.checker.engine, cfg.state_dir, History.of(cfg), hooks, self.upgrading)
+            if self.skips.path.parent != cfg.state_dir:  # a reload moved the state directory
+                self.skips = SkipList(cfg.state_dir)
+            runner = Runner(
+                self.checker.engine, cfg.state_dir, History.of(cfg), hooks, self.upgrading, self.skips
+            )
             report = cycle.run(self.checker, runner, cfg, cfg.services, cycle.Options(cancel=self.cancel))
             stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
             self.notifier.status(f"last cycle {stamp}: {cycle.describe(report)}")
