@@ -3,10 +3,12 @@ image store), each chosen by its socket."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 
 import docker
+import docker.errors
 import pytest
 
 from tests.conftest import ENGINE26, ENGINE28
@@ -64,6 +66,16 @@ def images28(docker28: docker.DockerClient, run_label: str) -> Iterator[ImageFac
     factory = ImageFactory(docker28, run_label)
     yield factory
     factory.cleanup()
+
+
+@pytest.fixture
+def side_containers(side: Side) -> Iterator[list[str]]:
+    """Names of containers a test created on `side`'s engine; they are removed when the test ends."""
+    created: list[str] = []
+    yield created
+    for name in created:
+        with contextlib.suppress(docker.errors.NotFound):
+            side.client.containers.get(name).remove(force=True, v=True)
 
 
 @pytest.fixture(params=["20.10", "26.1"])
