@@ -249,7 +249,6 @@ def _compare(
             child, config = _identity(client, ref, head.digest, platform, cache, head.manifest)
             same = child in member.content or config in member.content
             status, error, reason = (Status.UP_TO_DATE if same else Status.UPDATE_AVAILABLE), None, None
-            running = head.digest if same else running
         except registry.RegistryError as exc:
             status, error, reason = Status.ERROR, str(exc), exc.reason
     return CheckResult(
