@@ -29,8 +29,10 @@ from tests.support.registry import Registry
 pytestmark = pytest.mark.engine
 
 SPARE_ALL_DANGLING = "36500d"  # GC here must not touch other tests' dangling images
-HERMETIC_MIN_AGE = "200000h"  # spares every dangling image younger than ~22 years
-ANCIENT = "1990-01-01T00:00:00Z"
+# The GC tests of test_gc.py collect images dated 1990 with a min_age of ~22 years; this one collects only
+# images from before 1981 (~45.6 years), dated 1975, so that neither takes the other's.
+OLDEST_ONLY = "400000h"
+PREHISTORIC = "1975-01-01T00:00:00Z"
 
 
 def _gc(cfg: Path, *args: str) -> tuple[int, dict[str, Any], str]:
@@ -150,18 +152,29 @@ def test_replaced_images_pulled_by_digest_do_not_leak(
 
 
 @pytest.mark.parametrize("side", ["28.5"], indirect=True)
-def test_gc_survives_a_failing_disk_usage_call(side: Side, run_label: str, tmp_path: Path) -> None:
+def test_gc_survives_a_failing_disk_usage_call_and_removes_digest_only_images(
+    side: Side, registry: Registry, run_label: str, tmp_path: Path
+) -> None:
     """When `GET /system/df` fails (as it does now and then on the containerd store), GC still removes
-    what it should, sizes each removal from the image list and says so in its log."""
-    unused = load_untagged(side.client, run_label, ANCIENT, size=256 * 1024)
+    what it should, sizes each removal from the image list and says so in its log. An old image known only
+    by a digest reference (listed as `repo@sha256:...` in RepoTags) is untagged, so it goes too."""
+    unused = load_untagged(side.client, run_label, PREHISTORIC, size=256 * 1024)
+    pulled = load_untagged(side.client, run_label, PREHISTORIC, size=256 * 1024)
+    repo = f"{registry.host}/digest-only"
+    side.client.api.tag(pulled, repo, "v1")
+    digest = side.images.push(f"{repo}:v1")
+    side.client.api.remove_image(f"{repo}:v1")
+    side.client.api.pull(repo, tag=digest)  # docker-py joins REPO@DIGEST for a digest "tag"
+    assert side.client.api.inspect_image(pulled)["RepoTags"] == [f"{repo}@{digest}"]
     with FailingDf(ENGINE28.removeprefix("unix://")) as proxy:
-        cfg = config(tmp_path, {}, extra=f"docker_host: {proxy.url}\ngc: {{min_age: {HERMETIC_MIN_AGE}}}")
+        cfg = config(tmp_path, {}, extra=f"docker_host: {proxy.url}\ngc: {{min_age: {OLDEST_ONLY}}}")
         code, result, err = _gc(cfg)
     assert code == 0, (result, err)
     assert proxy.df_calls >= 1
     assert "gc.sizes_estimated" in err
     removed = {item["id"]: item for item in result["removals"] if item["done"]}
-    assert unused in removed
-    assert removed[unused]["bytes"] >= 256 * 1024
-    assert result["reclaimed_bytes"] >= 256 * 1024
+    assert {unused, pulled} <= set(removed)
+    assert all(removed[i]["bytes"] >= 256 * 1024 and removed[i]["kind"] == "image" for i in (unused, pulled))
+    assert result["reclaimed_bytes"] >= 2 * 256 * 1024
     assert not _exists(side, unused)
+    assert not _exists(side, pulled)
