@@ -6,7 +6,14 @@
     delaying proxy on 127.0.0.1): dockwarden's bounded-concurrency cycle side by side with the same checks
     one after another (the same code with a bound of 1), plus services sharing images.
 
+(c) With `--engines NAME=DOCKER_HOST,...`: (a) and (b) for each engine in the same run, side by side, e.g.
+    Engine 20.10 (classic image store) and Engine 28.5 (containerd image store). Each engine runs its own
+    copy of the image; for (b) every repository holds that image's manifest unchanged (mirrors of one
+    image), since the containerd store knows a running image by its manifest, not by its config.
+
 Run as root from the repository root:  .venv/bin/python -m bench.detect [--sizes 10,100,1000]
+    .venv/bin/python -m bench.detect --sizes 100 \
+        --engines 20.10=unix:///var/run/docker.sock,28.5=unix:///var/run/dwlab-docker28.sock
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Any
 
 import docker
 from tests.support.images import LABEL, ImageFactory, remove_labelled
-from tests.support.registry import MANIFEST_V2, Registry, start_registry
+from tests.support.registry import Registry, start_registry
 
 from dockwarden import logs
 from dockwarden.check import Checker, Status
@@ -56,9 +63,14 @@ def _counts(registry: Registry, mark: int) -> Counter[str]:
 
 
 def bench_requests(
-    registry: Registry, client: docker.DockerClient, tag: str, container: str, cycles: int
+    registry: Registry,
+    client: docker.DockerClient,
+    tag: str,
+    container: str,
+    cycles: int,
+    docker_host: str | None = None,
 ) -> dict[str, Any]:
-    engine = Engine.connect()
+    engine = Engine.connect(docker_host)
     checker = Checker(engine, RegistryClient(registry_credentials), engine.platform())
     service = Service(name="web", container=container, update=Update.MONITOR)
     checker.cycle([service], 8)  # warm-up: the first contact may pay for a token or a 401
@@ -78,19 +90,21 @@ def bench_requests(
     }
 
 
-def make_repos(registry: Registry, base_repo: str, count: int) -> list[str]:
-    """`count` repositories holding distinct manifests of one image (cheap: blobs are mounted, not copied)."""
+def make_repos(
+    registry: Registry, base_repo: str, count: int, prefix: str = "bench/img", mirror: bool = False
+) -> list[str]:
+    """`count` repositories holding distinct manifests of one image (cheap: blobs are mounted, not copied);
+    with `mirror`, the image's own manifest, byte for byte (mirrors)."""
     raw, _ = registry.get_manifest(base_repo, "latest")
     manifest = json.loads(raw)
     names = []
     for i in range(count):
-        repo = f"bench/img{i:04d}"
+        repo = f"{prefix}{i:04d}"
         for blob in [manifest["config"], *manifest["layers"]]:
             registry.mount_blob(repo, blob["digest"], base_repo)
         # An annotation makes each manifest, and so each digest, distinct; the image stays the same.
-        registry.put_manifest(
-            repo, "latest", {**manifest, "annotations": {"bench.index": str(i)}}, MANIFEST_V2
-        )
+        body: Any = raw if mirror else {**manifest, "annotations": {"bench.index": str(i)}}
+        registry.put_manifest(repo, "latest", body, str(manifest["mediaType"]))
         names.append(repo)
     return names
 
@@ -122,8 +136,9 @@ def bench_latency(
     concurrency: int,
     rounds: int,
     services_per_image: int = 1,
+    docker_host: str | None = None,
 ) -> dict[str, Any]:
-    engine = Engine.connect()
+    engine = Engine.connect(docker_host)
     client = RegistryClient(registry_credentials, timeout=30, pool_size=max(concurrency, 1))
     checker = Checker(engine, client, engine.platform())
     services = [
@@ -161,16 +176,79 @@ def bench_latency(
     }
 
 
+def bench_engines(
+    registry: Registry, engines: list[tuple[str, str]], sizes: list[int], concurrency: int, label: str
+) -> dict[str, Any]:
+    """(a) and (b) on each engine in turn, in this one run: its own build of the image, its own container."""
+    proxy = ProxyProcess(registry.host, RTT)
+    found: dict[str, Any] = {}
+    try:
+        for name, host in engines:
+            client = docker.DockerClient(base_url=host, version="auto", timeout=300)
+            factory = ImageFactory(client, label)
+            slug = name.replace(".", "")
+            try:
+                tag = f"{registry.host}/bench/e{slug}:latest"
+                factory.build_and_push(tag, f"{label}-{slug}")
+                container = f"dw-bench-{label}-{slug}"
+                client.containers.run(tag, name=container, detach=True, labels={LABEL: label})
+                row: dict[str, Any] = {
+                    "docker_host": host,
+                    "api_version": client.api.api_version,
+                    "requests": bench_requests(registry, client, tag, container, 10, host),
+                    "latency": [],
+                }
+                repos = make_repos(registry, f"bench/e{slug}", max(sizes), f"bench/e{slug}-m", mirror=True)
+                for size in sizes:
+                    rounds = 5 if size <= 100 else 1
+                    ours = bench_latency(
+                        registry, proxy, repos[:size], container, concurrency, rounds, docker_host=host
+                    )
+                    row["latency"].append({"images": size, "dockwarden": ours})
+                found[name] = row
+                print(name, json.dumps(row))
+            finally:
+                remove_labelled(client, label)
+                factory.cleanup()
+                client.close()
+    finally:
+        proxy.stop()
+    return found
+
+
+def compare(args: argparse.Namespace, sizes: list[int], label: str) -> None:
+    """The `--engines` run: (a) and (b) per engine, side by side, into `--out`."""
+    engines = [(n, h) for n, _, h in (item.partition("=") for item in args.engines.split(","))]
+    workdir = Path(tempfile.mkdtemp(prefix="dockwarden-bench-"))
+    registry = start_registry(workdir / "registry")
+    try:
+        compared = bench_engines(registry, engines, sizes, args.concurrency, label)
+    finally:
+        registry.stop()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rtt_ms": RTT * 1000, "engines": compared}, indent=2))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10,100,1000")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--out", default="bench/results/detect.json")
+    parser.add_argument(
+        "--engines",
+        default="",
+        help="NAME=DOCKER_HOST,...: compare these engines side by side instead of the default run",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
     logs.configure(open("/dev/null", "w"), level=logging.WARNING)  # noqa: SIM115 -- lives for the run
     label = f"bench-{uuid.uuid4().hex[:8]}"
+    if args.engines:
+        compare(args, sizes, label)
+        return
     client = docker.from_env(version="auto", timeout=300)
     workdir = Path(tempfile.mkdtemp(prefix="dockwarden-bench-"))
     registry = start_registry(workdir / "registry")

@@ -2,9 +2,11 @@
 # The lab: a real Docker Engine and a CNCF distribution registry on 127.0.0.1, for the demo,
 # the tests, the benchmarks and CI. Idempotent: every step first checks whether it is already done.
 # Beside Debian 12's Engine 20.10 (API 1.41) it runs Debian 13's Engine 26.1 (API 1.45) for compatibility
-# tests, with its own socket, data root, exec root, pidfile and bridge. It also installs Docker Compose v2 from
-# Debian forky/sid as a CLI plugin, for the compose tests. Both come unpacked from newer Debian suites into
-# private folders, through the mirror this machine's own apt sources name.
+# tests, with its own socket, data root, exec root, pidfile and bridge, and Debian forky/sid's Engine 28.5 with
+# the containerd image store (what Docker 29 makes the default) and Docker 29's API floor (1.44), set up the
+# same way. It also installs Docker Compose v2 from Debian forky/sid as a CLI plugin, for the compose tests.
+# All come unpacked from newer Debian suites into private folders, through the mirror this machine's own apt
+# sources name.
 #   scripts/lab.sh up      install what is missing, start dockerd and the registry (default)
 #   scripts/lab.sh status  say what answers
 #   scripts/lab.sh down    stop what `up` started
@@ -20,6 +22,10 @@ ENGINE26_SOCK=/var/run/dwlab-docker26.sock
 ENGINE26_BRIDGE=dwbr26
 # The second engine's bridge; nothing is ever sent to it except through ports published on 127.0.0.1.
 ENGINE26_BRIDGE_ADDR=172.30.0.1/24
+ENGINE28_DIR=${DWLAB_ENGINE28_DIR:-/opt/dwlab/engine28}
+ENGINE28_SOCK=/var/run/dwlab-docker28.sock
+ENGINE28_BRIDGE=dwbr28
+ENGINE28_BRIDGE_ADDR=172.31.0.1/24
 COMPOSE_DIR=${DWLAB_COMPOSE_DIR:-/opt/dwlab/compose}
 # A system plugin folder that both Docker CLIs (Debian's 20.10 and 28) search whatever DOCKER_CONFIG says, so
 # tests that point DOCKER_CONFIG at their own credentials still find `docker compose`.
@@ -188,9 +194,48 @@ start_engine26() {
     wait_for "dockerd 26.1" engine26_answers 60
 }
 
+install_engine28() {
+    [[ -x $ENGINE28_DIR/usr/sbin/dockerd ]] && return 0
+    say "fetching Debian forky/sid's docker.io 28.5 and containerd 2.1 into $ENGINE28_DIR (not installed system-wide)"
+    fetch_debian "$ENGINE28_DIR" "forky sid" docker.io containerd tini
+}
+
+engine28_answers() {
+    curl -fsS --max-time 3 --unix-socket "$ENGINE28_SOCK" http://engine/_ping >/dev/null 2>&1
+}
+
+# Engine 28.5 with the containerd image store, as Docker 29 runs by default: images are containerd's (an
+# image's ID is its manifest or index digest). DOCKER_MIN_API_VERSION=1.44 is Docker 29's API floor, so a
+# client that cannot negotiate 1.44 fails here as it would there. Its managed containerd lives under its own
+# exec root (socket, state) and data root (content, snapshots), so it shares nothing with the other engines'.
+start_engine28() {
+    if engine28_answers; then return 0; fi
+    say "starting dockerd 28.5 (containerd image store) on $ENGINE28_SOCK"
+    if ! ip link show "$ENGINE28_BRIDGE" >/dev/null 2>&1; then
+        ip link add "$ENGINE28_BRIDGE" type bridge
+        ip addr add "$ENGINE28_BRIDGE_ADDR" dev "$ENGINE28_BRIDGE"
+    fi
+    ip link set "$ENGINE28_BRIDGE" up
+    mkdir -p "$LAB_DIR/engine28"
+    cat >"$LAB_DIR/engine28/daemon.json" <<JSON
+{"features": {"containerd-snapshotter": true}}
+JSON
+    rm -f /var/run/dwlab-docker28.pid
+    # runc stays Debian 12's (forky's needs glibc 2.38); containerd and its shim come from the same tree.
+    PATH="$ENGINE28_DIR/usr/bin:$ENGINE28_DIR/usr/sbin:$PATH" DOCKER_MIN_API_VERSION=1.44 setsid nohup \
+        "$ENGINE28_DIR/usr/sbin/dockerd" \
+        --host "unix://$ENGINE28_SOCK" --config-file "$LAB_DIR/engine28/daemon.json" \
+        --data-root "$LAB_DIR/engine28/data" \
+        --exec-root /var/run/dwlab-docker28 --pidfile /var/run/dwlab-docker28.pid \
+        --bridge "$ENGINE28_BRIDGE" --iptables=false --ip-masq=false \
+        >>"$LOG_DIR/dockerd28.log" 2>&1 </dev/null &
+    wait_for "dockerd 28.5" engine28_answers 60
+}
+
 status() {
     engine_answers && say "engine: up ($DOCKER_SOCK)" || say "engine: down"
     engine26_answers && say "engine 26.1: up ($ENGINE26_SOCK)" || say "engine 26.1: down"
+    engine28_answers && say "engine 28.5 (containerd store): up ($ENGINE28_SOCK)" || say "engine 28.5: down"
     registry_answers && say "registry: up ($REGISTRY_ADDR)" || say "registry: down"
     compose_answers && say "compose: $(docker compose version --short 2>/dev/null) ($COMPOSE_PLUGIN)" ||
         say "compose: missing"
@@ -204,13 +249,14 @@ down() {
     # The engines this script started: by pidfile, and by command line (an engine stopped and started in
     # quick succession can lose its pidfile to the old one's exit).
     local pids=()
-    pids+=($(cat /var/run/docker.pid /var/run/dwlab-docker26.pid 2>/dev/null || true))
+    pids+=($(cat /var/run/docker.pid /var/run/dwlab-docker26.pid /var/run/dwlab-docker28.pid 2>/dev/null || true))
     pids+=($(pgrep -f "^/usr/sbin/dockerd --host unix://$DOCKER_SOCK\$" || true))
     pids+=($(pgrep -f "^$ENGINE26_DIR/usr/sbin/dockerd " || true))
+    pids+=($(pgrep -f "^$ENGINE28_DIR/usr/sbin/dockerd " || true))
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     # Wait until the engines and their managed containerd are gone: a containerd still shutting down holds
     # its metadata database, and an `up` right after would time out waiting for the new one.
-    pids+=($(pgrep -f 'containerd --config /var/run/(docker|dwlab-docker26)/containerd/' || true))
+    pids+=($(pgrep -f 'containerd --config /var/run/(docker|dwlab-docker26|dwlab-docker28)/containerd/' || true))
     for _ in $(seq 150); do
         local alive=0
         for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
@@ -230,6 +276,8 @@ main() {
         start_registry
         install_engine26
         start_engine26
+        install_engine28
+        start_engine28
         install_compose
         status
         ;;

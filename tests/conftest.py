@@ -17,6 +17,8 @@ from tests.support.registry import Registry, start_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 ENGINE26 = "unix:///var/run/dwlab-docker26.sock"  # Debian 13's docker.io beside 20.10 (scripts/lab.sh)
+# Debian forky's docker.io 28.5 with the containerd image store and Docker 29's API floor (scripts/lab.sh)
+ENGINE28 = "unix:///var/run/dwlab-docker28.sock"
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +51,12 @@ def docker_client(lab: None, run_label: str) -> Iterator[docker.DockerClient]:
 def docker26(lab: None, run_label: str) -> Iterator[docker.DockerClient]:
     client = docker.DockerClient(base_url=ENGINE26, version="auto", timeout=120)
     yield from _leak_checked(client, run_label, " on engine 26.1")
+
+
+@pytest.fixture(scope="session")
+def docker28(lab: None, run_label: str) -> Iterator[docker.DockerClient]:
+    client = docker.DockerClient(base_url=ENGINE28, version="auto", timeout=120)
+    yield from _leak_checked(client, run_label, " on engine 28.5")
 
 
 @pytest.fixture(scope="session")

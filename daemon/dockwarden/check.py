@@ -84,6 +84,12 @@ class _Running:
     image_id: str
     digests: frozenset[str]  # RepoDigests of the running image that belong to ref's repository
     state: ContainerState
+    # Every digest naming what runs, whatever the image store: the image ID (config digest on the classic
+    # store, manifest or index digest on the containerd store), the digests of all its repository
+    # references, and the platform manifest the container runs (containerd store). sha256 content
+    # addresses, so any one equal to what the registry serves means the same content.
+    content: frozenset[str] = frozenset()
+    manifest: str | None = None  # the platform manifest it runs, when the engine says (containerd store)
 
 
 class Unfollowable(Exception):
@@ -119,16 +125,17 @@ def select_platform(index: Manifest, platform: Platform) -> str:
     raise PlatformMissing(f"the image index has no manifest for {platform}")
 
 
-def _config_digest(
+def _identity(
     client: registry.RegistryClient,
     ref: ImageRef,
     digest: str,
     platform: Platform,
     cache: DigestCache,
     fetched: Manifest | None = None,
-) -> str:
-    """The config digest (image ID) that `digest` means on this platform; GETs only on a cache miss, and
-    none for `fetched`, the manifest of `digest` already in hand."""
+) -> tuple[str, str]:
+    """(platform manifest digest, config digest) that `digest` means on this platform: the manifest itself
+    or, for an index, its child for this platform. GETs only on a cache miss, and none for `fetched`, the
+    manifest of `digest` already in hand."""
     known = cache.get(digest)
     if known:
         return known
@@ -136,11 +143,11 @@ def _config_digest(
         fetched if fetched is not None and fetched.digest == digest else client.get_manifest(ref, digest)
     )
     if manifest.is_index:
-        config = _config_digest(client, ref, select_platform(manifest, platform), platform, cache)
+        child, config = _identity(client, ref, select_platform(manifest, platform), platform, cache)
     else:
-        config = str(manifest.config_digest)
-    cache.put(digest, config)
-    return config
+        child, config = digest, str(manifest.config_digest)
+    cache.put(digest, config, child)
+    return child, config
 
 
 def _resolve(service: Service, engine: Engine, snapshot: Snapshot) -> _Running:
@@ -167,14 +174,19 @@ def _resolve(service: Service, engine: Engine, snapshot: Snapshot) -> _Running:
         raise Unfollowable(f"{ref} names a digest, not a tag to follow; set `image:` with a tag")
     ref = ImageRef(ref.registry, ref.repository, ref.tag, None)
     repo_digests = snapshot.repo_digests.get(info.image_id)
+    content = snapshot.content.get(info.image_id, frozenset())
     if repo_digests is None:  # created after the snapshot was taken
-        repo_digests = engine.image(info.image_id).repo_digests
+        image = engine.image(info.image_id)
+        repo_digests, content = image.repo_digests, image.content
+    running = info.manifest_digest
     return _Running(
         service=service,
         ref=ref,
         image_id=info.image_id,
         digests=frozenset(imageref.digests_for(ref.name, list(repo_digests))),
         state=info.state,
+        content=content | {info.image_id, *((running,) if running else ())},
+        manifest=running,
     )
 
 
@@ -202,7 +214,7 @@ def _check_group(
             service=m.service.name,
             container=m.service.container,
             image=str(ref),
-            running_digest=_one(m.digests),
+            running_digest=_one(m.digests) or m.manifest,
             registry_digest=None,
             status=Status.ERROR,
             error=message,
@@ -223,14 +235,19 @@ def _compare(
     cache: DigestCache,
     started: float,
 ) -> CheckResult:
-    """One service's result once its tag's digest is known: a registry error on the way is its own."""
-    running = _one(member.digests)
-    if head.digest in member.digests:
+    """One service's result once its tag's digest is known: a registry error on the way is its own.
+
+    Compared by content, never by whichever ID field the image store uses: the tag's digest, this
+    platform's child of it and its config digest against every digest naming what runs. A tag moved
+    locally (a build, a pull) takes the running image's references away, not its content: not an update."""
+    running = _one(member.digests) or member.manifest
+    if head.digest in member.digests or head.digest in member.content:
         status, error, reason = Status.UP_TO_DATE, None, None
         running = head.digest
     else:
         try:
-            same = _config_digest(client, ref, head.digest, platform, cache, head.manifest) == member.image_id
+            child, config = _identity(client, ref, head.digest, platform, cache, head.manifest)
+            same = child in member.content or config in member.content
             status, error, reason = (Status.UP_TO_DATE if same else Status.UPDATE_AVAILABLE), None, None
         except registry.RegistryError as exc:
             status, error, reason = Status.ERROR, str(exc), exc.reason

@@ -1,8 +1,11 @@
 """What each manifest digest means on this platform, remembered across cycles and restarts.
 
 A digest is a content address, so the image config digest a manifest (or, for this platform, an index)
-resolves to can never change: an entry never goes stale. Keeping them in `state_dir` lets a one-shot
-`dockwarden check` from cron, or a restarted daemon, skip the GETs it already paid for. The file is a
+resolves to can never change, nor the child manifest an index holds for this platform: an entry never goes
+stale. Both are kept, because the classic image store names an image by its config digest and the
+containerd image store by its manifest or index digest (a container there runs the index's child).
+Keeping them in `state_dir` lets a one-shot `dockwarden check` from cron, or a restarted daemon, skip the
+GETs it already paid for. The file is a
 cache: if it is missing, unreadable or from another platform it is ignored (with a warning) and rebuilt.
 """
 
@@ -27,6 +30,9 @@ class DigestCache:
         self._path = path
         self._platform = platform
         self._config_of: dict[str, str] = {}
+        # digest -> the platform manifest it means: itself, or an index's child for this platform. An entry
+        # read from a file older than this map is not used (its index child is unknown) until refetched.
+        self._manifest_of: dict[str, str] = {}
         self._dirty = False
         self._lock = threading.Lock()
         self._warned = False
@@ -55,21 +61,35 @@ class DigestCache:
         if len(self._config_of) < len(entries):
             dropped = len(entries) - len(self._config_of)
             log.warning("state.ignored", file=str(path), reason=f"{dropped} malformed entries skipped")
+        children = data.get("manifest_of")  # absent in files written before the containerd store's support
+        if isinstance(children, dict):
+            self._manifest_of = {
+                k: v
+                for k, v in children.items()
+                if isinstance(v, str) and k in self._config_of and _DIGEST.match(v)
+            }
 
     def __len__(self) -> int:
         return len(self._config_of)
 
-    def get(self, digest: str) -> str | None:
+    def get(self, digest: str) -> tuple[str, str] | None:
+        """(platform manifest digest, config digest) for manifest or index `digest`, if known."""
         with self._lock:
-            return self._config_of.get(digest)
+            config, child = self._config_of.get(digest), self._manifest_of.get(digest)
+            return (child, config) if config is not None and child is not None else None
 
-    def put(self, digest: str, config_digest: str) -> None:
+    def put(self, digest: str, config_digest: str, manifest_digest: str | None = None) -> None:
+        """Remember `digest` -> config digest and, for an index, its platform child `manifest_digest`."""
+        child = manifest_digest or digest
         with self._lock:
-            if self._config_of.get(digest) == config_digest:
+            if self._config_of.get(digest) == config_digest and self._manifest_of.get(digest) == child:
                 return
             self._config_of[digest] = config_digest
+            self._manifest_of[digest] = child
             while len(self._config_of) > MAX_ENTRIES:  # oldest first: dicts keep insertion order
-                del self._config_of[next(iter(self._config_of))]
+                oldest = next(iter(self._config_of))
+                del self._config_of[oldest]
+                self._manifest_of.pop(oldest, None)
             self._dirty = True
 
     def save(self) -> None:
@@ -77,7 +97,14 @@ class DigestCache:
         with self._lock:
             if not self._dirty or self._path is None:
                 return
-            payload = json.dumps({"version": 1, "platform": self._platform, "config_of": self._config_of})
+            payload = json.dumps(
+                {
+                    "version": 1,
+                    "platform": self._platform,
+                    "config_of": self._config_of,
+                    "manifest_of": self._manifest_of,
+                }
+            )
             self._dirty = False
         try:
             # Write then rename, so a crash mid-write never leaves a torn file behind.

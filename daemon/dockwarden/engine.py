@@ -124,6 +124,9 @@ class ContainerView:
     health: Health | None  # None without a HEALTHCHECK
     finished_at: datetime | None  # UTC, when it last stopped; None if it never did
     raw: dict[str, Any] = field(repr=False, compare=False)  # the document, for what the view leaves out
+    # The platform manifest the container runs (`ImageManifestDescriptor`, API 1.48+ on the containerd image
+    # store; None elsewhere): an image there is its manifest or index, and this is the index's child.
+    manifest_digest: str | None = None
     # From the list API only (() from inspect): the containers that link to this one with `--link`. The
     # list names a container also as /LINKER/ALIAS for each such link (moby daemon/links.go registers
     # them in its name index); the engine moves them along with a rename of either container.
@@ -153,6 +156,7 @@ class ContainerView:
             finished_at=None,
             raw=item,
             linked_by=tuple(sorted({n.split("/")[1] for n in names if n.count("/") == 2})),
+            manifest_digest=_descriptor_digest(item.get("ImageManifestDescriptor")),
         )
 
     @classmethod
@@ -172,6 +176,7 @@ class ContainerView:
             health=Health(str(health)) if health else None,
             finished_at=_finished_at(str(state.get("FinishedAt") or "")),
             raw=data,
+            manifest_digest=_descriptor_digest(data.get("ImageManifestDescriptor")),
         )
 
 
@@ -179,17 +184,48 @@ _UNTAGGED = "<none>:<none>"  # Engine 20.10 lists an untagged image with this ta
 _UNDIGESTED = "<none>@<none>"  # ... and this digest; 26.1 with empty lists
 
 
+def _descriptor_digest(descriptor: Any) -> str | None:
+    """The `digest` of an OCI descriptor object (`Descriptor`, `ImageManifestDescriptor`), if any."""
+    digest = descriptor.get("digest") if isinstance(descriptor, dict) else None
+    return str(digest) if isinstance(digest, str) and digest.startswith("sha256:") else None
+
+
+def _names(data: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(tags, digest references) of an image document. The containerd image store lists an image pulled by
+    digest as `repo@sha256:...` in `RepoTags` (moby daemon/containerd/image_list.go names every reference
+    the image has there): a digest reference, not a tag, so it joins `RepoDigests` instead."""
+    names = [str(t) for t in data.get("RepoTags") or () if t != _UNTAGGED]
+    digests = [str(d) for d in data.get("RepoDigests") or () if d != _UNDIGESTED]
+    digests += [n for n in names if "@" in n and n not in digests]
+    return tuple(n for n in names if "@" not in n), tuple(digests)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ImageView:
     """One image as the list API (`GET /images/json`) or inspect (`GET /images/{id}/json`) describes it."""
 
-    id: str  # "sha256:<hex>"
-    tags: tuple[str, ...]  # "repo:tag" references; () when untagged, on every engine
+    # "sha256:<hex>": the config digest on the classic store; the manifest or index digest on the containerd
+    # image store (then `manifest_digest` says so).
+    id: str
+    tags: tuple[
+        str, ...
+    ]  # "repo:tag" references, never a digest reference; () when untagged, on every engine
     repo_digests: tuple[str, ...]  # "repo@sha256:<hex>" manifest references
     labels: Mapping[str, str] = field(hash=False)
     created: datetime  # UTC, when the image was built (the engine records no pull time)
     size: int  # bytes of all its layers, shared ones included
     raw: dict[str, Any] = field(repr=False, compare=False)
+    # `Descriptor.digest` (API 1.48+, containerd image store only): the manifest or index the image is.
+    manifest_digest: str | None = None
+
+    @property
+    def content(self) -> frozenset[str]:
+        """Every digest that names this image's content: its ID, its manifest or index, and the digests of
+        its repository references (sha256 content addresses: equal digests are equal content)."""
+        found = {self.id, *(d.partition("@")[2] for d in self.repo_digests)}
+        if self.manifest_digest:
+            found.add(self.manifest_digest)
+        return frozenset(d for d in found if d)
 
     @classmethod
     def from_list(cls, item: dict[str, Any]) -> ImageView:
@@ -204,14 +240,16 @@ class ImageView:
     @classmethod
     def _of(cls, data: dict[str, Any], labels: dict[str, str] | None) -> ImageView:
         # Both documents name the ID, tags, digests, creation and size alike; only the labels differ.
+        tags, digests = _names(data)
         return cls(
             id=str(data["Id"]),
-            tags=tuple(t for t in data.get("RepoTags") or () if t != _UNTAGGED),
-            repo_digests=tuple(d for d in data.get("RepoDigests") or () if d != _UNDIGESTED),
+            tags=tags,
+            repo_digests=digests,
             labels=dict(labels or {}),
             created=_time(data.get("Created")),
             size=int(data.get("Size") or 0),
             raw=data,
+            manifest_digest=_descriptor_digest(data.get("Descriptor")),
         )
 
 
@@ -220,7 +258,8 @@ class Snapshot:
     """Every container and image at one moment, from two list calls whatever the number of services."""
 
     containers: dict[str, ContainerView]  # by every name it has, from the list API
-    repo_digests: dict[str, tuple[str, ...]]  # image ID -> RepoDigests
+    repo_digests: dict[str, tuple[str, ...]]  # image ID -> RepoDigests (digest references in RepoTags too)
+    content: dict[str, frozenset[str]] = field(default_factory=dict)  # image ID -> ImageView.content
 
 
 # Positional on purpose: credential helpers' (username, secret) pairs read naturally that way, and outside
@@ -357,8 +396,12 @@ class Engine:
             view = ContainerView.from_list(item)
             for name in item.get("Names") or ():
                 by_name[name.lstrip("/")] = view
-        digests = {item["Id"]: tuple(item.get("RepoDigests") or ()) for item in images}
-        return Snapshot(containers=by_name, repo_digests=digests)
+        views = [ImageView.from_list(item) for item in images]
+        return Snapshot(
+            containers=by_name,
+            repo_digests={view.id: view.repo_digests for view in views},
+            content={view.id: view.content for view in views},
+        )
 
     # -- what an upgrade needs: raw documents and single actions, every error an EngineError ----------
 

@@ -78,7 +78,9 @@ class Removal:
 class Result:
     removals: list[Removal] = field(default_factory=list)
     dry_run: bool = False
-    reclaimed: int | None = None  # measured: layers on disk before minus after (None on a dry run)
+    # Measured: layers on disk before minus after (from the image list's sizes when df failed), else the sum
+    # of what the removals were estimated to free; None on a dry run.
+    reclaimed: int | None = None
     error: str | None = None  # the engine could not be read at all
 
     def failed(self) -> bool:
@@ -271,6 +273,28 @@ def _stopped_at(engine: Engine, containers: list[ContainerView], cfg: Config) ->
     return found
 
 
+def _disk_usage(
+    engine: Engine, images: list[ImageView], quiet: bool = False
+) -> tuple[int, dict[str, int], bool]:
+    """(bytes of all image layers, image ID -> bytes only it uses, whether the engine measured them).
+
+    One `GET /system/df`: the engine sizes every image for it. That call fails now and then on the
+    containerd image store while containers are being created (a snapshot it lists is gone before it
+    sizes it: "snapshot ... not found"); then each image's own `Size` from the list stands in (shared
+    layers counted in each image, so an over-estimate) and the collection goes on. Raises nothing."""
+    try:
+        total, sizes = engine.disk_usage()
+    except EngineError as exc:
+        if not quiet:
+            structlog.get_logger("dockwarden.gc").warning(
+                "gc.sizes_estimated",
+                error=str(exc),
+                effect="bytes are each image's size from the image list, shared layers included",
+            )
+        return sum(i.size for i in images), {i.id: i.size for i in images}, False
+    return total, sizes, True
+
+
 def collect(
     engine: Engine,
     cfg: Config,
@@ -284,7 +308,7 @@ def collect(
     try:
         containers = engine.containers()
         images = engine.images()
-        before, sizes = engine.disk_usage()  # one df: the engine sizes every image and container for it
+        before, sizes, measured = _disk_usage(engine, images)
         records = recovery.recorded(cfg.state_dir, [s.container for s in cfg.services])
         todo = plan(
             cfg, containers, images, sizes, _stopped_at(engine, containers, cfg), datetime.now(UTC), records
@@ -296,10 +320,11 @@ def collect(
         return Result(removals=todo, dry_run=True)
     journal = History.of(cfg)
     done = [_carry_out(engine, cfg, removal, journal, cancel) for removal in todo]
-    try:
-        reclaimed: int | None = max(0, before - engine.disk_usage()[0])
-    except EngineError:
-        reclaimed = None
+    reclaimed = sum(r.bytes for r in done if r.done)  # the plan's figures, unless measured like for like
+    with contextlib.suppress(EngineError):
+        after, _, again = _disk_usage(engine, engine.images(), quiet=True)
+        if again == measured:
+            reclaimed = max(0, before - after)
     log.info(
         "gc.finished",
         removed=sum(1 for r in done if r.done),

@@ -555,6 +555,11 @@ class Upgrade:
         pinned = f"{self.t.ref.name}@{self.t.to_digest}"
         self.engine.pull(pinned, self.hooks.progress)
         image = self.engine.inspect_image(pinned)
+        if image["Id"] == self.engine.inspect_container(self.t.container).get("Image"):
+            # The pull found the running image (a tag moved locally took its references away): a container
+            # uses it, so nothing needs protecting, and a `-pulled` tag on it could not be removed without
+            # force afterwards (the containerd store refuses to untag the last name of an image in use).
+            return image
         # Untagged until the TAG step, and unused until CREATE: any prune would take it.
         self.pulled_ref = f"{self.t.ref.name}:{retention.pulled_tag(self.t.container)}"
         self.engine.tag(image["Id"], self.pulled_ref)

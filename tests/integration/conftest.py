@@ -1,35 +1,55 @@
-"""Fixtures for the integration tests that upgrade containers, on Engine 20.10 and 26.1."""
+"""Fixtures for the integration tests that upgrade containers, on Engines 20.10, 26.1 and 28.5 (containerd
+image store), each chosen by its socket."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 
 import docker
+import docker.errors
 import pytest
 
-from tests.conftest import ENGINE26
+from tests.conftest import ENGINE26, ENGINE28
 from tests.integration.upgrade_lab import Side, free_port, names_like, push_version, wait_serving
 from tests.support.images import LABEL, ImageFactory
 from tests.support.registry import Registry
 
+# Every engine of the lab; the core scenarios (check, upgrade, gate and rollback, retention and rollback,
+# GC, kill-and-recover) run on each with `@pytest.mark.parametrize("side"|"web", ENGINES, indirect=True)`.
+# Other tests that take `side` run on the two classic-store engines, to keep the suite's time.
+ENGINES = ["20.10", "26.1", "28.5"]
+
+
+def _side(request: pytest.FixtureRequest, engine: str) -> Side:
+    """The engine `engine` ("20.10", "26.1" or "28.5") as the tests see it."""
+    if engine == "20.10":
+        return Side(request.getfixturevalue("docker_client"), request.getfixturevalue("images"), None)
+    if engine == "26.1":
+        return Side(request.getfixturevalue("docker26"), request.getfixturevalue("images26"), ENGINE26)
+    if engine == "28.5":
+        return Side(request.getfixturevalue("docker28"), request.getfixturevalue("images28"), ENGINE28)
+    raise ValueError(f"no lab engine {engine!r}")
+
 
 @pytest.fixture
 def web(
-    docker_client: docker.DockerClient, images: ImageFactory, registry: Registry, run_label: str
+    request: pytest.FixtureRequest, registry: Registry, run_label: str
 ) -> Iterator[tuple[str, int, Side]]:
-    """A plain app container on Engine 20.10 publishing 8080 on a free loopback port."""
-    side = Side(docker_client, images, None)
+    """A plain app container publishing 8080 on a free loopback port, on Engine 20.10 unless the test
+    parametrises `web` indirectly with another engine."""
+    side = _side(request, getattr(request, "param", "20.10"))
     tag, _, _ = push_version(side, registry, "app")
     port = free_port()
     name = f"dw-up-{uuid.uuid4().hex[:8]}"
-    docker_client.containers.run(
+    side.client.containers.run(
         tag, name=name, detach=True, ports={"8080/tcp": ("127.0.0.1", port)}, labels={LABEL: run_label}
     )
     wait_serving(port)
     yield name, port, side
-    for other in names_like(docker_client, name):
-        docker_client.containers.get(other).remove(force=True, v=True)
+    for other in names_like(side.client, name):
+        side.client.containers.get(other).remove(force=True, v=True)
 
 
 @pytest.fixture(scope="session")
@@ -40,9 +60,25 @@ def images26(docker26: docker.DockerClient, run_label: str) -> Iterator[ImageFac
     factory.cleanup()
 
 
+@pytest.fixture(scope="session")
+def images28(docker28: docker.DockerClient, run_label: str) -> Iterator[ImageFactory]:
+    """Images built on Engine 28.5 (containerd image store) for this worker's tests (removed at the end)."""
+    factory = ImageFactory(docker28, run_label)
+    yield factory
+    factory.cleanup()
+
+
+@pytest.fixture
+def side_containers(side: Side) -> Iterator[list[str]]:
+    """Names of containers a test created on `side`'s engine; they are removed when the test ends."""
+    created: list[str] = []
+    yield created
+    for name in created:
+        with contextlib.suppress(docker.errors.NotFound):
+            side.client.containers.get(name).remove(force=True, v=True)
+
+
 @pytest.fixture(params=["20.10", "26.1"])
-def side(request: pytest.FixtureRequest, docker_client: docker.DockerClient, images: ImageFactory) -> Side:
+def side(request: pytest.FixtureRequest) -> Side:
     """Each engine in turn: its client, its image factory and its docker_host for the config."""
-    if request.param == "20.10":
-        return Side(docker_client, images, None)
-    return Side(request.getfixturevalue("docker26"), request.getfixturevalue("images26"), ENGINE26)
+    return _side(request, str(request.param))

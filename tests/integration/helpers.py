@@ -40,8 +40,8 @@ def write_config(path: Path, services: dict[str, dict[str, Any]], extra: str = "
     return path
 
 
-def checker(timeout: float = 5.0) -> Checker:
-    engine = Engine.connect()
+def checker(timeout: float = 5.0, docker_host: str | None = None) -> Checker:
+    engine = Engine.connect(docker_host)
     client = RegistryClient(credentials=registry_credentials, timeout=timeout)
     return Checker(engine, client, engine.platform())
 

@@ -18,6 +18,7 @@ from dockwarden import config as configuration
 from dockwarden import upgrade
 from dockwarden.locks import ContainerLock
 from dockwarden.upgrade import Hooks, Result
+from tests.integration.conftest import ENGINES
 from tests.integration.helpers import spawn, wait_for_text
 from tests.integration.upgrade_lab import (
     APP,
@@ -49,6 +50,7 @@ def _kill_update_before(step: str, cfg_path: Path, log: Path) -> int:
     return proc.pid
 
 
+@pytest.mark.parametrize("web", ENGINES, indirect=True)
 @pytest.mark.parametrize("step", upgrade.STEPS)
 def test_killed_before_each_step_converges_on_restart(
     step: str, web: tuple[str, int, Side], registry: Registry, tmp_path: Path
@@ -58,7 +60,7 @@ def test_killed_before_each_step_converges_on_restart(
     name, port, side = web
     before = fetch(port)
     _, marker, _ = push_version(side, registry, "app")
-    cfg_path = config(tmp_path, {"web": {"container": name}})
+    cfg_path = config(tmp_path, {"web": {"container": name}}, side)
     killed = _kill_update_before(step, cfg_path, tmp_path / "update.log")
     cfg = configuration.load(cfg_path)
     assert ContainerLock(cfg.state_dir, name).holder() == killed  # the dead process's lock is on disk
@@ -69,14 +71,14 @@ def test_killed_before_each_step_converges_on_restart(
     state = side.client.api.inspect_container(name)["State"]
     assert state["Running"]
     expected = marker if step == "remove-old" else before
-    assert fetch(port) == expected
+    assert wait_serving(port) == expected  # one container has the port: the first answer is the only one
     with ContainerLock(cfg.state_dir, name) as lock:  # the dead holder does not block anyone
         assert lock.holder() == os.getpid()
 
     code, rows, err = update(cfg_path)  # and the service can be upgraded as usual afterwards
     assert code == 0, err
     assert rows[0]["result"] in ("upgraded", "up-to-date")
-    assert fetch(port) == marker
+    assert wait_serving(port) == marker
     assert names_like(side.client, name) == [name]
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import Deploy
 from tests.integration.helpers import check, checker, cli, run_container, write_config
+from tests.integration.upgrade_lab import Side, config
 from tests.support.images import ImageFactory
 from tests.support.proxy import FaultPlan, FaultProxy
 from tests.support.registry import MANIFEST_LIST_V2, Registry, start_registry
@@ -121,16 +122,18 @@ def test_429_backs_off_that_registry(
     assert docker_client.containers.get(name).image.id == image_id
 
 
+@pytest.mark.parametrize("side", ["20.10", "28.5"], indirect=True)
 def test_other_platform_rebuild_is_not_an_update(
+    side: Side,
     registry: Registry,
-    images: ImageFactory,
-    docker_client: docker.DockerClient,
     run_label: str,
-    containers: list[str],
+    side_containers: list[str],
     tmp_path: Path,
 ) -> None:
     """When only another architecture of a multi-arch tag changes, the index digest moves but no update is
-    reported; when this platform's image changes, it is."""
+    reported; when this platform's image changes, it is. On the containerd store, where the running image's
+    ID is the index digest and the container runs its child, as on the classic one."""
+    images, docker_client = side.images, side.client
     base = f"{registry.host}/base:amd64"
     image_id, _ = images.build_and_push(base, unique("amd"))
     raw, child = registry.get_manifest("base", "amd64")
@@ -154,10 +157,11 @@ def test_other_platform_rebuild_is_not_an_update(
     tag = f"{registry.host}/multi:latest"
     docker_client.images.pull(tag)
     name = unique("multi")
-    run_container(docker_client, run_label, name, tag, containers)
-    assert docker_client.containers.get(name).image.id == image_id
-    cfg = write_config(tmp_path / "dw.yaml", {"app": {"container": name}})
-    own = checker()
+    run_container(docker_client, run_label, name, tag, side_containers)
+    # The classic store names the image by its config digest; the containerd store by the index's.
+    assert docker_client.containers.get(name).image.id in (image_id, first_index)
+    cfg = config(tmp_path, {"app": {"container": name}}, side)
+    own = checker(docker_host=side.docker_host)
     assert check(cfg, own)["app"].status == "up-to-date"
 
     second_index = push_index(unique("arm2"), ours)

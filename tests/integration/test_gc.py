@@ -20,6 +20,7 @@ from dockwarden.history import History
 from dockwarden.locks import ContainerLock
 from dockwarden.skiplist import SkipList
 from dockwarden.upgrade import Result
+from tests.integration.conftest import ENGINES
 from tests.integration.helpers import cli, spawn, wait_for_text
 from tests.integration.upgrade_lab import Side, config, names_like, push_version, update, wait_serving
 from tests.support.images import LABEL, ImageFactory, load_untagged
@@ -50,24 +51,23 @@ def gc(cfg: Path, *args: str) -> tuple[int, dict[str, Any]]:
     return proc.returncode, json.loads(proc.stdout)
 
 
+@pytest.mark.parametrize("side", ENGINES, indirect=True)
 def test_gc_removes_garbage_and_never_what_is_used_or_retained(
-    docker_client: docker.DockerClient,
-    images: ImageFactory,
+    side: Side,
     registry: Registry,
     run_label: str,
-    containers: list[str],
+    side_containers: list[str],
     tmp_path: Path,
 ) -> None:
     """GC removes an old unused dangling image, a labelled old stopped container, a killed upgrade's
     leftovers and versions beyond keep_previous, each with its reason and bytes; it keeps an image used
     only by a stopped container, one shared with another service, a retained version, a young dangling
     image and containers the selector does not name. A dry run removes nothing."""
-    side = Side(docker_client, images, None)
-    client = docker_client
+    client = side.client
     uid = uuid.uuid4().hex[:8]
 
     def run(name: str, image: str, **kwargs: Any) -> Any:
-        containers.append(name)
+        side_containers.append(name)
         return client.containers.run(
             image, name=name, detach=True, **{"labels": {LABEL: run_label}, **kwargs}
         )
@@ -90,6 +90,7 @@ def test_gc_removes_garbage_and_never_what_is_used_or_retained(
             "b": {"container": b, "update": "monitor"},
             "r": {"container": r, "keep_previous": 1},
         },
+        side,
         extra=(
             f"gc:\n  min_age: {HERMETIC_MIN_AGE}\n"
             f"  stopped_containers:\n    labels: [dwgc={uid}]\n    min_age: 1s"
@@ -104,7 +105,7 @@ def test_gc_removes_garbage_and_never_what_is_used_or_retained(
 
     # Garbage, and things that look like garbage but are not.
     used_by_stopped = load_untagged(client, run_label, ANCIENT)
-    containers.append(f"dw-gc-c-{uid}")
+    side_containers.append(f"dw-gc-c-{uid}")
     client.api.create_container(used_by_stopped, name=f"dw-gc-c-{uid}", labels={LABEL: run_label})
     unused = load_untagged(client, run_label, ANCIENT)
     young = load_untagged(client, run_label, OLD_BUT_NOT_ANCIENT)
@@ -114,7 +115,7 @@ def test_gc_removes_garbage_and_never_what_is_used_or_retained(
     a_image = client.api.inspect_container(a)["Image"]
     client.api.tag(a_image, f"{registry.host}/shared", f"dockwarden-{a}-pulled")  # a killed upgrade's
     done = f"{a}--dockwarden-done"
-    containers.append(done)
+    side_containers.append(done)
     # A committed AutoRemove stand-in: it names the container a replaced, as a's own label does, which is
     # what proves it a dockwarden leftover (a -done container nothing names is left alone).
     replaced = client.api.inspect_container(a)["Config"]["Labels"]["dockwarden.replaces"]

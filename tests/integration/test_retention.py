@@ -13,6 +13,7 @@ from dockwarden import config as configuration
 from dockwarden.history import History
 from dockwarden.skiplist import SkipList
 from dockwarden.upgrade import Result
+from tests.integration.conftest import ENGINES
 from tests.integration.helpers import cli
 from tests.integration.upgrade_lab import Side, config, push_version, run_cycle, update, wait_serving
 from tests.support.registry import Registry
@@ -81,6 +82,7 @@ def test_ten_upgrades_keep_exactly_keep_previous_plus_one_versions(
     assert sum(1 for e in released if e["image_deleted"]) == 8, released
 
 
+@pytest.mark.parametrize("web", ENGINES, indirect=True)
 def test_rollback_works_with_the_registry_stopped_and_skips_the_digest_it_left(
     web: tuple[str, int, Side], registry: Registry, tmp_path: Path
 ) -> None:
@@ -89,7 +91,7 @@ def test_rollback_works_with_the_registry_stopped_and_skips_the_digest_it_left(
     name, port, side = web
     first = wait_serving(port)
     repo = f"{registry.host}/app"
-    cfg_path = config(tmp_path, {"web": {"container": name, "image": f"{repo}:latest"}})
+    cfg_path = config(tmp_path, {"web": {"container": name, "image": f"{repo}:latest"}}, side)
     _, second, digest = push_version(side, registry, "app")
     code, rows, _ = update(cfg_path)
     assert (code, rows[0]["result"]) == (0, Result.UPGRADED)

@@ -17,6 +17,7 @@ import pytest
 from dockwarden import config as configuration
 from dockwarden import upgrade
 from dockwarden.upgrade import Hooks, Result
+from tests.integration.conftest import ENGINES
 from tests.integration.upgrade_lab import (
     APP,
     HEALTHY,
@@ -129,6 +130,7 @@ def _run_rich(side: Side, box: Sandbox, tag: str, port: int, bind_dir: Path) -> 
     return name, str(created["Id"])
 
 
+@pytest.mark.parametrize("side", ENGINES, indirect=True)
 def test_upgrade_keeps_what_the_user_set_and_rolls_back_a_crashing_image(
     side: Side, sandbox: Sandbox, registry: Registry, tmp_path: Path
 ) -> None:
@@ -206,6 +208,7 @@ def test_upgrade_keeps_what_the_user_set_and_rolls_back_a_crashing_image(
     assert side.client.images.get(tag).id == new["Image"]  # the tag points at what runs again
 
 
+@pytest.mark.parametrize("web", ENGINES, indirect=True)
 def test_never_healthy_image_is_rolled_back_and_then_skipped(
     web: tuple[str, int, Side], registry: Registry, tmp_path: Path
 ) -> None:
@@ -214,7 +217,7 @@ def test_never_healthy_image_is_rolled_back_and_then_skipped(
     name, port, side = web
     before = fetch(port)
     _, _, bad = push_version(side, registry, "app", healthcheck="false")
-    cfg = config(tmp_path, {"web": {"container": name}})
+    cfg = config(tmp_path, {"web": {"container": name}}, side)
 
     code, rows, _ = update(cfg)
     assert code == 1
@@ -233,13 +236,14 @@ def test_never_healthy_image_is_rolled_back_and_then_skipped(
     assert (code, rows[0]["result"]) == (1, "rolled-back")
 
 
+@pytest.mark.parametrize("web", ENGINES, indirect=True)
 def test_healthcheck_image_is_gated_on_healthy(
     web: tuple[str, int, Side], registry: Registry, tmp_path: Path
 ) -> None:
     """A new image with a passing HEALTHCHECK is kept once the engine reports it healthy."""
     name, port, side = web
     _, marker, _ = push_version(side, registry, "app", healthcheck=HEALTHY)
-    code, rows, err = update(config(tmp_path, {"web": {"container": name}}))
+    code, rows, err = update(config(tmp_path, {"web": {"container": name}}, side))
     assert (code, rows[0]["result"]) == (0, "upgraded"), err
     state = side.client.api.inspect_container(name)["State"]
     assert state["Health"]["Status"] == "healthy"

@@ -77,6 +77,10 @@ class ImageFactory:
                 raise RuntimeError(f"push of {tag} failed: {line['error']}")
             aux = line.get("aux") or {}
             digest = aux.get("Digest", digest)
+            # Engine 28.5's containerd store sends no aux message, only the line "TAG: digest: D size: N".
+            status = str(line.get("status") or "")
+            if not digest and ": digest: sha256:" in status:
+                digest = status.partition(": digest: ")[2].split()[0]
         return digest
 
     def build_and_push(self, tag: str, marker: str, **kwargs: Any) -> tuple[str, str]:
@@ -152,6 +156,10 @@ def load_untagged(client: docker.DockerClient, run_label: str, created: str, siz
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    for _ in client.api.load_image(archive.getvalue()):
-        pass
+    # The classic store names the image by its config digest; the containerd store by the manifest it makes
+    # for it, which only the engine's answer says.
+    for message in client.api.load_image(archive.getvalue()):
+        stream = str(message.get("stream") or "")
+        if stream.startswith("Loaded image ID: "):
+            image_id = stream.removeprefix("Loaded image ID: ").strip()
     return image_id

@@ -18,6 +18,9 @@ import requests
 ACCESS = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST_LIST_V2 = "application/vnd.docker.distribution.manifest.list.v2+json"
+# What Engine 28.5's containerd image store pushes: OCI manifests and indexes.
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 def free_port() -> int:
@@ -158,7 +161,7 @@ class Registry:
     def get_manifest(self, repo: str, reference: str) -> tuple[bytes, str]:
         response = self._session().get(
             f"{self.url}/v2/{repo}/manifests/{reference}",
-            headers={"Accept": f"{MANIFEST_V2}, {MANIFEST_LIST_V2}"},
+            headers={"Accept": f"{MANIFEST_V2}, {MANIFEST_LIST_V2}, {OCI_MANIFEST}, {OCI_INDEX}"},
             timeout=10,
         )
         response.raise_for_status()

@@ -21,7 +21,19 @@ def test_roundtrip(tmp_path: Path) -> None:
     first.put(A, B)
     first.save()
     assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
-    assert DigestCache(path, "linux/amd64").get(A) == B
+    assert DigestCache(path, "linux/amd64").get(A) == (A, B)
+
+
+def test_an_index_remembers_this_platforms_child(tmp_path: Path) -> None:
+    """An index digest resolves to its child manifest for this platform and that child's config, across
+    processes; an entry from a file written before children were kept is refetched, not guessed."""
+    path = tmp_path / "digests.json"
+    first = DigestCache(path, "linux/amd64")
+    first.put(A, C, B)
+    first.save()
+    assert DigestCache(path, "linux/amd64").get(A) == (B, C)
+    path.write_text(json.dumps({"version": 1, "platform": "linux/amd64", "config_of": {A: C}}))
+    assert DigestCache(path, "linux/amd64").get(A) is None
 
 
 def test_other_platform_is_ignored(tmp_path: Path) -> None:
@@ -58,7 +70,7 @@ def test_unwritable_path_warns_once(tmp_path: Path) -> None:
         cache.put(B, C)
         cache.save()
     assert [e["event"] for e in logs] == ["state.unwritable"]
-    assert cache.get(A) == B
+    assert cache.get(A) == (A, B)
 
 
 def test_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,7 +80,7 @@ def test_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache.put(A, C)
     cache.put(B, C)
     cache.put(C, C)
-    assert (cache.get(A), cache.get(B), cache.get(C)) == (None, C, C)
+    assert (cache.get(A), cache.get(B), cache.get(C)) == (None, (B, C), (C, C))
 
 
 @pytest.mark.parametrize(

@@ -150,3 +150,54 @@ def test_views_are_hashable_and_compare_without_raw(rec: Recorded) -> None:
     view = ContainerView.from_list(item)
     assert view == ContainerView.from_list({**item, "Status": "Up 2 hours"})
     assert len({view, ImageView.from_list(rec.images[0].raw)}) == 2
+
+
+# As Engine 28.5.2 with the containerd image store listed them (API 1.51): an image pulled by digest and then
+# tagged, and the container running it; the image's ID is its manifest digest.
+_MANIFEST = "sha256:dd6802c5c4a223b312650752c98dca383cc7ec28c773b280f9afffbb4f2e4a7a"
+_CONTAINERD_IMAGE = {
+    "Containers": 1,
+    "Created": 1796018400,
+    "Descriptor": {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": _MANIFEST,
+        "size": 536,
+    },
+    "Id": _MANIFEST,
+    "Labels": {"dockwarden.test": "e28manual"},
+    "RepoDigests": [f"127.0.0.1:5000/e28x@{_MANIFEST}"],
+    "RepoTags": ["127.0.0.1:5000/e28x:latest", f"127.0.0.1:5000/e28x@{_MANIFEST}"],
+    "SharedSize": -1,
+    "Size": 3072005,
+}
+_CONTAINERD_CONTAINER = {
+    "Id": "1120e7e7954ac754edb0d7be83766e78971740fda9ec035a73ea8f45c52f6fb4",
+    "Names": ["/e28x-run"],
+    "Image": "127.0.0.1:5000/e28x:latest",
+    "ImageID": _MANIFEST,
+    "ImageManifestDescriptor": {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": _MANIFEST,
+        "size": 536,
+        "platform": {"architecture": "amd64", "os": "linux"},
+    },
+    "State": "running",
+}
+
+
+def test_digest_names_in_repo_tags_are_not_tags_on_the_containerd_store() -> None:
+    """The containerd store lists a digest reference among RepoTags; it reads as a repository digest, never
+    as a tag, and the manifest the image is counts among the digests naming its content."""
+    view = ImageView.from_list(_CONTAINERD_IMAGE)
+    assert view.tags == ("127.0.0.1:5000/e28x:latest",)
+    assert view.repo_digests == (f"127.0.0.1:5000/e28x@{_MANIFEST}",)
+    assert view.manifest_digest == _MANIFEST
+    assert view.content == frozenset({_MANIFEST})
+    only_digest = ImageView.from_list({**_CONTAINERD_IMAGE, "RepoTags": [f"127.0.0.1:5000/e28x@{_MANIFEST}"]})
+    assert only_digest.tags == ()
+
+
+def test_container_names_the_platform_manifest_it_runs_on_the_containerd_store(rec: Recorded) -> None:
+    """On the containerd store a container says which platform manifest it runs; elsewhere that is None."""
+    assert ContainerView.from_list(_CONTAINERD_CONTAINER).manifest_digest == _MANIFEST
+    assert rec.container("recorded-web").manifest_digest is None

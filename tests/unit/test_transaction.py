@@ -127,7 +127,7 @@ def _new_version_exits(fake: FakeEngine) -> None:
 
 FAILURES = (
     Failure(step="pull", arrange=_fault(Op.PULL, 1)),
-    Failure(step="plan", arrange=_fault(Op.INSPECT_CONTAINER, 1)),
+    Failure(step="plan", arrange=_fault(Op.INSPECT_CONTAINER, 2)),  # the first is at pull (is it running?)
     Failure(step="set-aside", arrange=_fault(Op.RENAME, 1)),
     Failure(step="tag", arrange=_fault(Op.TAG, 2)),  # the first tag is the -pulled one, at pull
     Failure(step="create", arrange=_fault(Op.CREATE, 1)),
