@@ -67,6 +67,26 @@ class Stopped(StrEnum):
 _Choice = TypeVar("_Choice", bound=StrEnum)
 
 
+class NotifyEvent(StrEnum):
+    """What a notification can be about: a service's result in a cycle, or a garbage collection."""
+
+    UPGRADED = "upgraded"
+    ROLLED_BACK = "rolled-back"
+    ROLLBACK_FAILED = "rollback-failed"
+    ERROR = "error"
+    UPDATE_AVAILABLE = "update-available"  # a `monitor` service's tag moved
+    SKIPPED = "skipped"
+    GC = "gc"
+
+
+DEFAULT_NOTIFY_EVENTS = (
+    NotifyEvent.UPGRADED,
+    NotifyEvent.ROLLED_BACK,
+    NotifyEvent.ROLLBACK_FAILED,
+    NotifyEvent.ERROR,
+)
+
+
 class ProbeKind(StrEnum):
     """How a `Probe` reaches its target."""
 
@@ -143,6 +163,29 @@ def _state_dir(value: object) -> Path:
     return Path(text)
 
 
+def _absolute(value: object) -> Path:
+    text = str(value) if isinstance(value, Path) else _text(value)
+    if not text.startswith("/"):
+        raise ValueError(f"{text!r} must be an absolute path")
+    return Path(text)
+
+
+def _apprise_url(value: str) -> str:
+    # Imported here: notifications imports this module, and Apprise is loaded only for a file with notify.
+    from dockwarden import notifications  # noqa: PLC0415
+
+    problem = notifications.url_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be longer than 0s")
+    return value
+
+
 def _tuple(value: object) -> object:
     # The file's lists become tuples (the records are frozen); anything else fails as "must be a list".
     return tuple(value) if isinstance(value, list) else value
@@ -215,6 +258,9 @@ Image = Annotated[imageref.ImageRef, PlainValidator(_image)]
 UpdateMode = Annotated[Update, PlainValidator(_choice(Update))]
 StoppedMode = Annotated[Stopped, PlainValidator(_choice(Stopped))]
 StateDir = Annotated[Path, PlainValidator(_state_dir)]  # absolute
+AbsolutePath = Annotated[Path, PlainValidator(_absolute)]
+AppriseUrl = Annotated[str, AfterValidator(_apprise_url)]  # a URL Apprise can send to
+NotifyEventName = Annotated[NotifyEvent, PlainValidator(_choice(NotifyEvent))]
 Name = Annotated[str, AfterValidator(_check_name)]
 TagSafeName = Annotated[str, AfterValidator(_check_tag_safe_name)]
 Cron = Annotated[str, AfterValidator(_check_cron)]  # five fields, crontab's day-of-week, in UTC
@@ -267,6 +313,25 @@ class Gc(_Model):
     stopped_containers: StoppedContainers | None = None
 
 
+class Notify(_Model):
+    """Where and about what to send notifications (through Apprise): `urls` from the file, `file_urls`
+    read by `load` from `urls_file` (one per line, `#` comments), the `events` that send one, and the
+    `timeout` after which a delivery is given up."""
+
+    urls: Annotated[tuple[AppriseUrl, ...], BeforeValidator(_tuple)] = ()
+    urls_file: AbsolutePath | None = None
+    events: Annotated[tuple[NotifyEventName, ...], BeforeValidator(_tuple), AfterValidator(_not_empty)] = (
+        DEFAULT_NOTIFY_EVENTS
+    )
+    timeout: Annotated[RequestTimeout, AfterValidator(_positive)] = timedelta(seconds=10)
+    file_urls: Annotated[tuple[str, ...], _SET_BY_LOAD] = ()
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Every URL to send to: the file's own, then those of `urls_file`."""
+        return self.urls + self.file_urls
+
+
 def _name_of(data: dict[str, Any]) -> str:
     # A service's container defaults to its name (pydantic passes the fields validated so far).
     return str(data["name"])
@@ -311,6 +376,7 @@ class Config(_Model):
     keep_previous: int = Field(default=KEEP_PREVIOUS, ge=0, le=MAX_KEEP)
     gc: Gc = Field(default_factory=Gc)
     history_max_bytes: int = Field(default=10 * 1024 * 1024, ge=64 * 1024)
+    notify: Notify | None = None  # None: no notifications (and Apprise is never imported)
     # Last: its validators read the fields above.
     services: Annotated[tuple[Service, ...], GetPydanticSchema(_services_schema)] = ()
 
@@ -440,6 +506,9 @@ def _model_input(data: dict[str, Any], path: Path) -> dict[str, Any]:
     """The file's mapping as Config's input: plus `path`, each service named by its key, and less the
     empty values that mean "the default"."""
     shaped = _set_by_load(_without_empty(data, _EMPTY_IS_DEFAULT), "path", path)
+    notify = data.get("notify")
+    if isinstance(notify, dict):
+        shaped["notify"] = _set_by_load(notify, "file_urls", ())
     services = data.get("services")
     if isinstance(services, dict):
         shaped["services"] = {
@@ -483,9 +552,50 @@ def load(path: Path) -> Config:
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column)))
     problems.extend(_relation_problems(path, doc, config))
+    if config.notify is not None and not problems:
+        notify, found = _notify_urls(path, doc, config.notify)
+        config = config.model_copy(update={"notify": notify})
+        problems.extend(found)
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column)))
     return config
+
+
+def _notify_urls(
+    path: Path, doc: yamlsource.YamlDocument, notify: Notify
+) -> tuple[Notify, list[ConfigProblem]]:
+    """`notify` with the URLs of its `urls_file` (read now, refused unless private to this user: it holds
+    secrets, and decides where root sends what it knows), and the problems found: the file's own at its
+    line, a missing or unsafe file at `urls_file:`, no URL at all at `notify:`."""
+    from dockwarden import notifications, statefiles  # noqa: PLC0415 -- see _apprise_url
+
+    problems = []
+    found: list[str] = []
+    if notify.urls_file is not None:
+        try:
+            text = statefiles.read_private(notify.urls_file)
+        except (OSError, statefiles.UnsafeStateDir) as exc:
+            line, col = doc.locate(("notify", "urls_file"))
+            problems.append(ConfigProblem(path=path, line=line, column=col, message=f"urls_file: {exc}"))
+            text = ""
+        for number, raw in enumerate(text.splitlines(), start=1):
+            url = raw.strip()
+            if not url or url.startswith("#"):
+                continue
+            problem = notifications.url_problem(url)
+            if problem is not None:
+                column = len(raw) - len(raw.lstrip()) + 1
+                problems.append(
+                    ConfigProblem(path=notify.urls_file, line=number, column=column, message=problem)
+                )
+            found.append(url)
+    if not notify.urls and not found and not problems:
+        line, col = doc.locate_key(("notify",))
+        what = f"{notify.urls_file} has none" if notify.urls_file else "set `urls` or `urls_file`"
+        problems.append(
+            ConfigProblem(path=path, line=line, column=col, message=f"notify needs a URL: {what}")
+        )
+    return notify.model_copy(update={"file_urls": tuple(found)}), problems
 
 
 def _container_problems(path: Path, doc: yamlsource.YamlDocument, config: Config) -> list[ConfigProblem]:
