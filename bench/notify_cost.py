@@ -117,7 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     hook = JsonWebhook()
     try:
-        result = {"services": SERVICES, "settle_s": SETTLE, "idle_window_s": IDLE}
+        result: dict[str, Any] = {"services": SERVICES, "settle_s": SETTLE, "idle_window_s": IDLE}
         result["idle"] = bench_idle(args.rounds, hook.url())
         result["delivery"] = bench_delivery(hook, 11)
     finally:

@@ -170,16 +170,6 @@ def _absolute(value: object) -> Path:
     return Path(text)
 
 
-def _apprise_url(value: str) -> str:
-    # Imported here: notifications imports this module, and Apprise is loaded only for a file with notify.
-    from dockwarden import notifications  # noqa: PLC0415
-
-    problem = notifications.url_problem(value)
-    if problem is not None:
-        raise ValueError(problem)
-    return value
-
-
 def _positive(value: timedelta) -> timedelta:
     if value <= timedelta(0):
         raise ValueError("must be longer than 0s")
@@ -259,7 +249,6 @@ UpdateMode = Annotated[Update, PlainValidator(_choice(Update))]
 StoppedMode = Annotated[Stopped, PlainValidator(_choice(Stopped))]
 StateDir = Annotated[Path, PlainValidator(_state_dir)]  # absolute
 AbsolutePath = Annotated[Path, PlainValidator(_absolute)]
-AppriseUrl = Annotated[str, AfterValidator(_apprise_url)]  # a URL Apprise can send to
 NotifyEventName = Annotated[NotifyEvent, PlainValidator(_choice(NotifyEvent))]
 Name = Annotated[str, AfterValidator(_check_name)]
 TagSafeName = Annotated[str, AfterValidator(_check_tag_safe_name)]
@@ -318,7 +307,7 @@ class Notify(_Model):
     read by `load` from `urls_file` (one per line, `#` comments), the `events` that send one, and the
     `timeout` after which a delivery is given up."""
 
-    urls: Annotated[tuple[AppriseUrl, ...], BeforeValidator(_tuple)] = ()
+    urls: Annotated[tuple[str, ...], BeforeValidator(_tuple)] = ()  # Apprise URLs, checked by `load`
     urls_file: AbsolutePath | None = None
     events: Annotated[tuple[NotifyEventName, ...], BeforeValidator(_tuple), AfterValidator(_not_empty)] = (
         DEFAULT_NOTIFY_EVENTS
@@ -552,7 +541,7 @@ def load(path: Path) -> Config:
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column)))
     problems.extend(_relation_problems(path, doc, config))
-    if config.notify is not None and not problems:
+    if config.notify is not None:
         notify, found = _notify_urls(path, doc, config.notify)
         config = config.model_copy(update={"notify": notify})
         problems.extend(found)
@@ -564,38 +553,55 @@ def load(path: Path) -> Config:
 def _notify_urls(
     path: Path, doc: yamlsource.YamlDocument, notify: Notify
 ) -> tuple[Notify, list[ConfigProblem]]:
-    """`notify` with the URLs of its `urls_file` (read now, refused unless private to this user: it holds
-    secrets, and decides where root sends what it knows), and the problems found: the file's own at its
-    line, a missing or unsafe file at `urls_file:`, no URL at all at `notify:`."""
-    from dockwarden import notifications, statefiles  # noqa: PLC0415 -- see _apprise_url
+    """`notify` with the URLs of its `urls_file`, and the problems found: a URL Apprise cannot use at its
+    place (in this file or in `urls_file`), a missing or unsafe `urls_file` at that key, no URL at all at
+    `notify:`."""
+    # Imported here: notifications imports this module.
+    from dockwarden import notifications  # noqa: PLC0415
 
-    problems = []
-    found: list[str] = []
-    if notify.urls_file is not None:
-        try:
-            text = statefiles.read_private(notify.urls_file)
-        except (OSError, statefiles.UnsafeStateDir) as exc:
-            line, col = doc.locate(("notify", "urls_file"))
-            problems.append(ConfigProblem(path=path, line=line, column=col, message=f"urls_file: {exc}"))
-            text = ""
-        for number, raw in enumerate(text.splitlines(), start=1):
-            url = raw.strip()
-            if not url or url.startswith("#"):
-                continue
-            problem = notifications.url_problem(url)
-            if problem is not None:
-                column = len(raw) - len(raw.lstrip()) + 1
-                problems.append(
-                    ConfigProblem(path=notify.urls_file, line=number, column=column, message=problem)
-                )
-            found.append(url)
-    if not notify.urls and not found and not problems:
+    placed = [(url, (path, *doc.locate(("notify", "urls", i)))) for i, url in enumerate(notify.urls)]
+    from_file, problems = _read_urls_file(path, doc, notify.urls_file)
+    placed += from_file
+    if not placed and not problems:
         line, col = doc.locate_key(("notify",))
         what = f"{notify.urls_file} has none" if notify.urls_file else "set `urls` or `urls_file`"
         problems.append(
             ConfigProblem(path=path, line=line, column=col, message=f"notify needs a URL: {what}")
         )
-    return notify.model_copy(update={"file_urls": tuple(found)}), problems
+    try:
+        found = notifications.url_problems([url for url, _ in placed])
+    except notifications.SenderError as exc:
+        line, col = doc.locate_key(("notify",))
+        found = []
+        problems.append(ConfigProblem(path=path, line=line, column=col, message=str(exc)))
+    for problem, (_, (where, line, col)) in zip(found, placed, strict=False):
+        if problem is not None:
+            problems.append(ConfigProblem(path=where, line=line, column=col, message=problem))
+    file_urls = tuple(url for url, _ in from_file)
+    return notify.model_copy(update={"file_urls": file_urls}), problems
+
+
+def _read_urls_file(
+    path: Path, doc: yamlsource.YamlDocument, urls_file: Path | None
+) -> tuple[list[tuple[str, tuple[Path, int, int]]], list[ConfigProblem]]:
+    """The URLs of `urls_file` with where each is (one a line; blank lines and `#` comments skipped), read
+    now and refused unless private to this user: it holds secrets, and decides where root sends what it
+    knows. A problem reading it is located at the `urls_file` value."""
+    from dockwarden import statefiles  # noqa: PLC0415 -- statefiles is not needed for most loads
+
+    if urls_file is None:
+        return [], []
+    try:
+        text = statefiles.read_private(urls_file)
+    except (OSError, statefiles.UnsafeStateDir) as exc:
+        line, col = doc.locate(("notify", "urls_file"))
+        return [], [ConfigProblem(path=path, line=line, column=col, message=f"urls_file: {exc}")]
+    found = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        url = raw.strip()
+        if url and not url.startswith("#"):
+            found.append((url, (urls_file, number, len(raw) - len(raw.lstrip()) + 1)))
+    return found, []
 
 
 def _container_problems(path: Path, doc: yamlsource.YamlDocument, config: Config) -> list[ConfigProblem]:

@@ -37,7 +37,8 @@ STOP_GRACE = 6.0  # seconds a running cycle gets to finish after SIGTERM; we pro
 # cancelling makes it roll back, which needs the old container's stop and start; systemd waits 90 s.
 UPGRADE_STOP_GRACE = 75.0
 TICK = 0.2
-NOTIFY_SLACK = 5.0  # seconds beyond the delivery timeout: building the message, Apprise's own setup
+# Seconds beyond the delivery timeout: the sender's start (notifications.SENDER_START), building the message.
+NOTIFY_SLACK = notifications.SENDER_START + 5.0
 
 
 def cycle_trigger(cfg: configuration.Config) -> BaseTrigger:

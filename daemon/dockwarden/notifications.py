@@ -5,21 +5,26 @@ the configured events and what was announced before, they make at most one messa
 A result is either an event (upgraded, rolled back, rollback failed: each attempt is news) or a standing
 condition (an update available to a `monitor` service, a skip, an error), which is announced when it
 starts or changes, not every cycle; `Announced` remembers those in `state_dir/announced.json`. `deliver`
-is the thin part: the only place that imports Apprise (lazily: only a config with `notify:` pays for it),
-on a thread of its own that the caller waits for at most the configured timeout, so a slow or dead
-receiver costs a cycle that timeout and never an exception. URLs are logged masked (Apprise's privacy
-form): they often carry tokens or passwords.
+is the thin part: it hands the message to Apprise in a child process (`delivery`, the only module that
+imports Apprise, whose plugins would add about 20 MiB to the daemon for good), killed at the configured
+timeout, so a slow or dead receiver costs a cycle that timeout and never an exception. URLs are logged
+masked (Apprise's privacy form): they often carry tokens or passwords.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
 import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import structlog
 
@@ -27,6 +32,7 @@ from dockwarden import gc, statefiles
 from dockwarden.config import Config, Notify, NotifyEvent
 from dockwarden.cycle import MONITOR_REASON, STOPPING_REASON
 from dockwarden.locks import serialised
+from dockwarden.logs import mask_text
 from dockwarden.report import short_digest, size
 from dockwarden.upgrade import Outcome, Result
 
@@ -200,66 +206,162 @@ class Announced:
         structlog.get_logger("dockwarden.state").warning(event, file=str(self.path), reason=reason)
 
 
-# -- sending ------------------------------------------------------------------------------------------
+# -- sending: through the child process of `delivery` -------------------------------------------------
+
+# The sender: Apprise runs in a child process (see `delivery`), so the daemon never holds its plugins.
+SENDER = (sys.executable, "-m", "dockwarden.delivery")
+CHECK_TIMEOUT = 60.0  # seconds for checking a config's URLs: loading Apprise, no network
+# Seconds the sender may take to load Apprise and the URLs (about half a second of CPU, more on a busy
+# machine) before `notify.timeout` starts to count.
+SENDER_START = 20.0
+_REASON_LINES = 3  # Apprise's last warnings kept in a notify.failed reason
 
 
-def url_problem(url: str) -> str | None:
-    """Why Apprise cannot send to `url` (None if it can). The message names only the scheme: the rest of
-    a URL may be a secret."""
-    import apprise  # noqa: PLC0415 -- loads every Apprise plugin (~20 MiB): only for a config with notify
+class SenderError(Exception):
+    """The sender child could not be run or answered nonsense; the message says why."""
 
-    if apprise.Apprise.instantiate(url) is not None:
-        return None
-    scheme = url.partition("://")[0] if "://" in url else None
-    if scheme is None:
-        return "not an Apprise URL (SCHEME://...)"
-    return f"not a URL Apprise can send to (scheme {scheme!r}; see Apprise's list of services)"
+
+def _text(output: str | bytes | None) -> str:
+    # A TimeoutExpired carries what was read before the kill as bytes, even for a text-mode run.
+    return output.decode("utf-8", "replace") if isinstance(output, bytes) else output or ""
+
+
+def _answers(stdout: str) -> dict[str, Any]:
+    """The sender's JSON lines merged into one object (lines that are not JSON objects are ignored)."""
+    found: dict[str, Any] = {}
+    for line in stdout.splitlines():
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict):
+            found.update(item)
+    return found
+
+
+def url_problems(urls: Sequence[str]) -> list[str | None]:
+    """For each URL, why Apprise cannot send to it, or None (`delivery.url_problem`, in the child).
+    Raises SenderError if the child cannot be run or does not answer within CHECK_TIMEOUT."""
+    if not urls:
+        return []
+    request = json.dumps({"check": list(urls)})
+    try:
+        proc = subprocess.run(
+            SENDER, input=request, capture_output=True, text=True, timeout=CHECK_TIMEOUT, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SenderError(f"cannot check the notify URLs with Apprise: {exc}") from None
+    problems = _answers(proc.stdout).get("problems")
+    if proc.returncode != 0 or not isinstance(problems, list) or len(problems) != len(urls):
+        last = mask_text(proc.stderr.strip().splitlines()[-1]) if proc.stderr.strip() else "no answer"
+        raise SenderError(f"cannot check the notify URLs with Apprise (exit {proc.returncode}): {last}")
+    return [None if p is None else str(p) for p in problems]
+
+
+def _schemes(urls: Iterable[str]) -> list[str]:
+    """Where a message was going, when the child never said: only each URL's scheme, which is no secret."""
+    return [f"{url.partition('://')[0]}://..." for url in urls]
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Conversation:
+    answers: dict[str, Any]  # the sender's JSON lines, merged
+    stderr: str  # Apprise's warnings
+    returncode: int | None  # None: killed
+    started: bool  # it loaded the URLs and began sending
+
+
+def _pump(source: IO[str], into: queue.Queue[str | None]) -> None:
+    """Put each line of `source` into `into`, then None at its end."""
+    for line in source:
+        into.put(line)
+    into.put(None)
+
+
+def _drained(source: queue.Queue[str | None]) -> str:
+    """What `source` holds now, up to its end mark."""
+    parts = []
+    with contextlib.suppress(queue.Empty):
+        while (item := source.get_nowait()) is not None:
+            parts.append(item)
+    return "".join(parts)
+
+
+def _converse(request: str, timeout: float) -> _Conversation:
+    """Run the sender on `request`: it gets SENDER_START to load Apprise and the URLs (until its `targets`
+    line), then `timeout` to deliver (until its `sent` line); past either it is killed. Raises OSError if
+    it cannot be started."""
+    proc = subprocess.Popen(
+        SENDER, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
+    if stdin is None or stdout is None or stderr is None:  # unreachable: all three are PIPEs
+        proc.kill()
+        raise OSError("the sender has no pipes")
+    lines: queue.Queue[str | None] = queue.Queue()
+    errors: queue.Queue[str | None] = queue.Queue()
+    readers = [
+        threading.Thread(target=_pump, args=pair, daemon=True) for pair in ((stdout, lines), (stderr, errors))
+    ]
+    for reader in readers:
+        reader.start()
+    with contextlib.suppress(BrokenPipeError):  # a sender that died at once: its exit status says why
+        stdin.write(request)
+        stdin.close()
+    answers: dict[str, Any] = {}
+    deadline = time.monotonic() + SENDER_START
+    while "sent" not in answers:
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            proc.kill()
+            break
+        if line is None:
+            break
+        started = "targets" in answers
+        answers.update(_answers(line))
+        if not started and "targets" in answers:
+            deadline = time.monotonic() + timeout  # the receivers' time starts now
+    returncode = proc.wait()
+    for reader in readers:
+        reader.join(1.0)
+    said = _drained(errors)
+    killed = returncode < 0 and "sent" not in answers
+    return _Conversation(
+        answers=answers,
+        stderr=said,
+        returncode=None if killed else returncode,
+        started="targets" in answers,
+    )
 
 
 def deliver(notify: Notify, message: Message) -> bool:
-    """Send `message` to every URL of `notify`; True if all of them took it within `notify.timeout`.
-    Logs `notify.sent` or `notify.failed` with the URLs masked; never raises. A receiver still busy at
-    the timeout is left to a daemon thread, whose own sockets time out after the same time."""
-    import apprise  # noqa: PLC0415 -- see url_problem
-
+    """Send `message` to every URL of `notify`; True if all of them took it within `notify.timeout`
+    (counted once the sender has loaded Apprise, which may take SENDER_START). Logs `notify.sent` or
+    `notify.failed` with the URLs masked; never raises. A sender still busy at the timeout is killed."""
     log = structlog.get_logger("dockwarden.notify")
     seconds = notify.timeout.total_seconds()
-    box = apprise.Apprise()
-    for url in notify.targets:
-        plugin = apprise.Apprise.instantiate(url)
-        if plugin is None:  # load checked every URL; a plugin may refuse on a later look
-            continue
-        # Apprise's per-request timeouts (its `cto` and `rto` URL parameters), so the thread ends too.
-        plugin.socket_connect_timeout = seconds
-        plugin.socket_read_timeout = seconds
-        box.add(plugin)
-    # Apprise's URL with its secrets masked (its `url` carries no annotations), less the query: Apprise's
-    # own parameters there make a log line long and say nothing about where it went.
-    targets = [str(plugin.url(privacy=True)).partition("?")[0] for plugin in box]  # type: ignore[no-untyped-call]
-    outcome: dict[str, Any] = {}
-
-    def send() -> None:
-        try:
-            outcome["sent"] = bool(
-                box.notify(
-                    body=message.body,
-                    title=message.title,
-                    notify_type=apprise.NotifyType.FAILURE if message.bad else apprise.NotifyType.INFO,
-                )
-            )
-        except Exception as exc:  # a plugin's bug must not reach the cycle
-            outcome["error"] = repr(exc)
-
-    worker = threading.Thread(target=send, name="notify", daemon=True)
-    worker.start()
-    worker.join(seconds)
-    if outcome.get("sent"):
+    request: dict[str, Any] = {"send": list(notify.targets), "title": message.title, "body": message.body}
+    request.update({"bad": message.bad, "timeout": seconds})
+    try:
+        talk = _converse(json.dumps(request), seconds)
+    except OSError as exc:
+        reason = f"cannot start the sender: {exc}"
+        log.warning("notify.failed", targets=_schemes(notify.targets), title=message.title, reason=reason)
+        return False
+    targets = talk.answers.get("targets") or _schemes(notify.targets)
+    if talk.answers.get("sent") is True:
         log.info("notify.sent", targets=targets, title=message.title)
         return True
-    if worker.is_alive():
+    said = [mask_text(line) for line in talk.stderr.strip().splitlines()[-_REASON_LINES:]]
+    if talk.returncode is None:
         reason = f"no answer within {seconds:g} s"
+        if not talk.started:
+            reason = f"the sender did not start within {SENDER_START:g} s"
+    elif talk.returncode != 0:
+        reason = f"the sender failed (exit {talk.returncode}): {'; '.join(said)}"
     else:
-        reason = outcome.get("error") or "a receiver refused it or failed (the `apprise` warning says why)"
+        reason = "a receiver refused it or failed: " + ("; ".join(said) or "Apprise did not say why")
     log.warning("notify.failed", targets=targets, title=message.title, reason=reason)
     return False
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dockwarden import config as configuration
-from dockwarden import gate, gc, notifications
+from dockwarden import delivery, gate, gc, notifications
 from dockwarden.config import NotifyEvent
 from dockwarden.cycle import MONITOR_REASON, STOPPING_REASON
 from dockwarden.notifications import Announced, cycle_message, gc_message
@@ -205,13 +205,12 @@ def test_notify_defaults(tmp_path: Path) -> None:
 
 
 def test_notify_problems_are_located(tmp_path: Path) -> None:
-    """A URL Apprise cannot use, an unknown event and a bad timeout are FILE:LINE:COL problems, and the
-    message never repeats the URL (it may hold a secret)."""
+    """An unknown event, a bad timeout and an unknown key are FILE:LINE:COL problems."""
     found = problems(
         tmp_path,
         """
         notify:
-          urls: ["json://127.0.0.1:9/hook", "nosuch://user:hunter2@host"]
+          urls: ["json://127.0.0.1:9/hook"]
           events: [upgraded, restarted]
           timeout: 0s
           extra: 1
@@ -219,14 +218,29 @@ def test_notify_problems_are_located(tmp_path: Path) -> None:
         """,
     )
     path = tmp_path / "dw.yaml"
-    assert (
-        found[0]
-        == f"{path}:2:37: not a URL Apprise can send to (scheme 'nosuch'; see Apprise's list of services)"
+    assert found[0].startswith(f"{path}:3:22: must be 'upgraded' or")
+    assert found[1] == f"{path}:4:12: must be longer than 0s"
+    assert found[2] == f"{path}:5:3: unknown key 'extra'"
+    assert len(found) == 3
+
+
+def test_bad_apprise_url_is_located_without_its_secret(tmp_path: Path) -> None:
+    """A URL Apprise cannot use is a problem at its place in the list, reported with the file's other
+    problems, and the message never repeats the URL (it may hold a secret)."""
+    found = problems(
+        tmp_path,
+        """
+        notify:
+          urls: ["json://127.0.0.1:9/hook", "nosuch://user:hunter2@host"]
+        services:
+          web: {depends_on: [nothere]}
+        """,
     )
-    assert found[1].startswith(f"{path}:3:22: must be 'upgraded' or")
-    assert found[2].startswith(f"{path}:4:12: ")
-    assert found[3] == f"{path}:5:3: unknown key 'extra'"
-    assert not any("hunter2" in p for p in found)
+    path = tmp_path / "dw.yaml"
+    assert found == [
+        f"{path}:2:37: not a URL Apprise can send to (scheme 'nosuch'; see Apprise's list of services)",
+        f"{path}:4:22: depends_on names 'nothere', which is not a service in this file",
+    ]
 
 
 def test_notify_needs_a_url(tmp_path: Path) -> None:
@@ -290,7 +304,25 @@ def test_example_notify_block_is_valid(tmp_path: Path) -> None:
 def test_url_problem_names_only_the_scheme() -> None:
     """url_problem accepts Apprise's URLs and, for others, says why without the rest of the URL."""
     assert (
-        notifications.url_problem("mailto://127.0.0.1:25?smtp=127.0.0.1&from=d@b.invalid&to=a@b.invalid")
-        is None
+        delivery.url_problem("mailto://127.0.0.1:25?smtp=127.0.0.1&from=d@b.invalid&to=a@b.invalid") is None
     )
-    assert notifications.url_problem("no scheme at all") == "not an Apprise URL (SCHEME://...)"
+    assert delivery.url_problem("no scheme at all") == "not an Apprise URL (SCHEME://...)"
+
+
+def test_url_problems_asks_the_sender_child() -> None:
+    """url_problems checks every URL in one child process and answers one result per URL, in order."""
+    found = notifications.url_problems(["json://127.0.0.1:9/a", "nosuch://x", "json://127.0.0.1:9/b"])
+    assert found[0] is None
+    assert found[1] is not None
+    assert found[2] is None
+    assert notifications.url_problems([]) == []
+
+
+def test_sender_child_that_cannot_start_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sender that cannot run makes url_problems raise SenderError and deliver log notify.failed and
+    return False, never a traceback."""
+    monkeypatch.setattr(notifications, "SENDER", ("/nonexistent/python", "-m", "dockwarden.delivery"))
+    with pytest.raises(notifications.SenderError, match="cannot check the notify URLs"):
+        notifications.url_problems(["json://127.0.0.1:9/a"])
+    notify = configuration.Notify(urls=("json://user:secret@127.0.0.1:9/a",))
+    assert not notifications.deliver(notify, notifications.trial_message("h"))
