@@ -6,8 +6,9 @@ and the time one message takes to reach a JSON webhook on 127.0.0.1.
     `notify:`, one message of SERVICES lines goes to the webhook), started once without
     `notify:` (the baseline) and once with it, alternately, ROUNDS times. After its first cycle and
     SETTLE seconds, the daemon's resident memory (VmRSS) and the CPU it uses over IDLE seconds, from /proc.
-(b) `notifications.deliver` of a message to a `json://` webhook on 127.0.0.1 (tests/support/receivers):
-    the first delivery of a process (Apprise already loaded by the config) and the median of the next ones.
+(b) `notifications.deliver` of a message to a `json://` webhook on 127.0.0.1 (tests/support/receivers),
+    COUNT times: the median wall time and CPU of the sender child (`delivery`, which loads Apprise each
+    time), and the largest resident size a child reached.
 
 Run as root from the repository root:  .venv/bin/python -m bench.notify_cost [--rounds 3]
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import statistics
 import subprocess
@@ -35,6 +37,7 @@ from dockwarden.config import Notify
 SERVICES = 100
 SETTLE = 3.0
 IDLE = 10.0
+COUNT = 10
 RESULTS = Path(__file__).parent / "results" / "notify_cost.json"
 
 
@@ -100,13 +103,18 @@ def bench_delivery(hook: JsonWebhook, count: int) -> dict[str, float]:
     notify = Notify(urls=(hook.url(),), timeout=timedelta(seconds=10))
     message = notifications.Message(title="bench", body="web: upgraded a → b")
     times = []
+    cpu = []
     for _ in range(count):
         start = time.perf_counter()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         assert notifications.deliver(notify, message)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         times.append(time.perf_counter() - start)
+        cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     return {
-        "first_s": times[0],
-        "median_next_s": statistics.median(times[1:]),
+        "median_wall_s": statistics.median(times),
+        "median_sender_cpu_s": statistics.median(cpu),
+        "sender_maxrss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "received": len(hook.received),
     }
 
@@ -118,8 +126,9 @@ def main() -> None:
     hook = JsonWebhook()
     try:
         result: dict[str, Any] = {"services": SERVICES, "settle_s": SETTLE, "idle_window_s": IDLE}
+        # Deliveries first: RUSAGE_CHILDREN's maxrss is the largest of every child so far.
+        result["delivery"] = bench_delivery(hook, COUNT)
         result["idle"] = bench_idle(args.rounds, hook.url())
-        result["delivery"] = bench_delivery(hook, 11)
     finally:
         hook.stop()
     RESULTS.parent.mkdir(exist_ok=True)
