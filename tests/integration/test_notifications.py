@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from dockwarden import config as configuration
+from dockwarden import gc, notifications
 from dockwarden.report import short_digest
 from tests.integration.helpers import cli, spawn, wait_for_text
 from tests.integration.upgrade_lab import Side, config, push_version, update
@@ -212,3 +214,20 @@ def test_notify_test_fails_clearly_when_delivery_fails(tmp_path: Path) -> None:
     proc = cli("notify-test", "-c", str(cfg))
     assert proc.returncode == 2
     assert "has no `notify:` section" in proc.stderr
+
+
+def test_gc_result_is_sent_only_with_the_gc_event(tmp_path: Path, webhook: JsonWebhook) -> None:
+    """A garbage collection that removed something is delivered when `gc` is among the events, and not
+    otherwise (the default events)."""
+    cfg = tmp_path / "dw.yaml"
+    cfg.write_text(
+        f"state_dir: {tmp_path}\n{notify_block(webhook.url(), events='[gc, error]')}\nservices: {{}}\n"
+    )
+    removed = gc.Removal(kind=gc.Kind.IMAGE, target="sha256:1", name="app:old", reason="dangling", done=True)
+    result = gc.Result(removals=[removed], reclaimed=2_000_000)
+    notifications.gc_finished(configuration.load(cfg), result)
+    assert [m["title"] for m in webhook.received] == [f"dockwarden on {HOST}: gc removed 1, reclaimed 2.0 MB"]
+    assert webhook.received[0]["message"] == "removed image app:old: dangling"
+    cfg.write_text(f"state_dir: {tmp_path}\n{notify_block(webhook.url())}\nservices: {{}}\n")
+    notifications.gc_finished(configuration.load(cfg), result)
+    assert len(webhook.received) == 1
