@@ -12,12 +12,13 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
 
-from dockwarden import __version__, check, cycle, gc, logs, report, statefiles, status, upgrade
+from dockwarden import __version__, check, cycle, gc, logs, notifications, report, statefiles, status, upgrade
 from dockwarden import config as configuration
 from dockwarden.engine import Engine, EngineError
 from dockwarden.history import History
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     history_cmd.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     status_cmd = add("status", "Show each service's container, digests, retained versions and last upgrade.")
     status_cmd.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    add("notify-test", "Send a test notification to every URL of the config's `notify:`; fail if one fails.")
     add("run", "Run the daemon: check and upgrade on the configured schedule until stopped (SIGHUP reloads).")
     return parser
 
@@ -209,6 +211,8 @@ def cmd_update(args: argparse.Namespace, checkpoint: upgrade.Checkpoint | None =
             named=bool(args.services), force=args.force, dry_run=args.dry_run, cancel=cancel
         )
         result = cycle.run(checker, runner, cfg, services, options)
+    if not args.dry_run:
+        notifications.cycle_finished(cfg, result.outcomes)
     _show(args, report.update_json(result), report.update_table(result))
     return EXIT_FAILED if result.failed() else EXIT_OK
 
@@ -231,6 +235,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     cfg = _config(args, quiet=args.json)
     with _engine(cfg) as engine, _cancel_on_signals() as cancel:
         result = gc.collect(engine, cfg, dry_run=args.dry_run, cancel=cancel)
+    notifications.gc_finished(cfg, result)  # nothing for a dry run
     _show(args, report.gc_json(result), report.gc_table(result))
     return EXIT_FAILED if result.failed() else EXIT_OK
 
@@ -253,6 +258,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     with _engine(cfg) as engine:
         found = status.gather(engine, cfg)
     _show(args, report.status_json(found), report.status_table(found))
+    return EXIT_OK
+
+
+def cmd_notify_test(args: argparse.Namespace) -> int:
+    cfg = _config(args, state=False)
+    if cfg.notify is None:
+        raise _Exit(EXIT_USAGE, f"dockwarden: {cfg.path} has no `notify:` section")
+    if not notifications.deliver(cfg.notify, notifications.trial_message(socket.gethostname())):
+        raise _Exit(EXIT_FAILED, "dockwarden: the test notification was not delivered (see the log above)")
+    print(f"sent a test notification to {len(cfg.notify.targets)} URL(s)")
     return EXIT_OK
 
 
@@ -283,6 +298,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "gc": cmd_gc,
     "history": cmd_history,
     "status": cmd_status,
+    "notify-test": cmd_notify_test,
 }
 # The commands that run transactions, which a test entry point can park before a step (tests/support).
 TRANSACTION_COMMANDS: dict[str, Callable[[argparse.Namespace, upgrade.Checkpoint | None], int]] = {

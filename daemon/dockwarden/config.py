@@ -67,6 +67,26 @@ class Stopped(StrEnum):
 _Choice = TypeVar("_Choice", bound=StrEnum)
 
 
+class NotifyEvent(StrEnum):
+    """What a notification can be about: a service's result in a cycle, or a garbage collection."""
+
+    UPGRADED = "upgraded"
+    ROLLED_BACK = "rolled-back"
+    ROLLBACK_FAILED = "rollback-failed"
+    ERROR = "error"
+    UPDATE_AVAILABLE = "update-available"  # a `monitor` service's tag moved
+    SKIPPED = "skipped"
+    GC = "gc"
+
+
+DEFAULT_NOTIFY_EVENTS = (
+    NotifyEvent.UPGRADED,
+    NotifyEvent.ROLLED_BACK,
+    NotifyEvent.ROLLBACK_FAILED,
+    NotifyEvent.ERROR,
+)
+
+
 class ProbeKind(StrEnum):
     """How a `Probe` reaches its target."""
 
@@ -143,6 +163,19 @@ def _state_dir(value: object) -> Path:
     return Path(text)
 
 
+def _absolute(value: object) -> Path:
+    text = str(value) if isinstance(value, Path) else _text(value)
+    if not text.startswith("/"):
+        raise ValueError(f"{text!r} must be an absolute path")
+    return Path(text)
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be longer than 0s")
+    return value
+
+
 def _tuple(value: object) -> object:
     # The file's lists become tuples (the records are frozen); anything else fails as "must be a list".
     return tuple(value) if isinstance(value, list) else value
@@ -215,6 +248,8 @@ Image = Annotated[imageref.ImageRef, PlainValidator(_image)]
 UpdateMode = Annotated[Update, PlainValidator(_choice(Update))]
 StoppedMode = Annotated[Stopped, PlainValidator(_choice(Stopped))]
 StateDir = Annotated[Path, PlainValidator(_state_dir)]  # absolute
+AbsolutePath = Annotated[Path, PlainValidator(_absolute)]
+NotifyEventName = Annotated[NotifyEvent, PlainValidator(_choice(NotifyEvent))]
 Name = Annotated[str, AfterValidator(_check_name)]
 TagSafeName = Annotated[str, AfterValidator(_check_tag_safe_name)]
 Cron = Annotated[str, AfterValidator(_check_cron)]  # five fields, crontab's day-of-week, in UTC
@@ -267,6 +302,25 @@ class Gc(_Model):
     stopped_containers: StoppedContainers | None = None
 
 
+class Notify(_Model):
+    """Where and about what to send notifications (through Apprise): `urls` from the file, `file_urls`
+    read by `load` from `urls_file` (one per line, `#` comments), the `events` that send one, and the
+    `timeout` after which a delivery is given up."""
+
+    urls: Annotated[tuple[str, ...], BeforeValidator(_tuple)] = ()  # Apprise URLs, checked by `load`
+    urls_file: AbsolutePath | None = None
+    events: Annotated[tuple[NotifyEventName, ...], BeforeValidator(_tuple), AfterValidator(_not_empty)] = (
+        DEFAULT_NOTIFY_EVENTS
+    )
+    timeout: Annotated[RequestTimeout, AfterValidator(_positive)] = timedelta(seconds=10)
+    file_urls: Annotated[tuple[str, ...], _SET_BY_LOAD] = ()
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Every URL to send to: the file's own, then those of `urls_file`."""
+        return self.urls + self.file_urls
+
+
 def _name_of(data: dict[str, Any]) -> str:
     # A service's container defaults to its name (pydantic passes the fields validated so far).
     return str(data["name"])
@@ -311,6 +365,7 @@ class Config(_Model):
     keep_previous: int = Field(default=KEEP_PREVIOUS, ge=0, le=MAX_KEEP)
     gc: Gc = Field(default_factory=Gc)
     history_max_bytes: int = Field(default=10 * 1024 * 1024, ge=64 * 1024)
+    notify: Notify | None = None  # None: no notifications (and Apprise is never imported)
     # Last: its validators read the fields above.
     services: Annotated[tuple[Service, ...], GetPydanticSchema(_services_schema)] = ()
 
@@ -440,6 +495,9 @@ def _model_input(data: dict[str, Any], path: Path) -> dict[str, Any]:
     """The file's mapping as Config's input: plus `path`, each service named by its key, and less the
     empty values that mean "the default"."""
     shaped = _set_by_load(_without_empty(data, _EMPTY_IS_DEFAULT), "path", path)
+    notify = data.get("notify")
+    if isinstance(notify, dict):
+        shaped["notify"] = _set_by_load(notify, "file_urls", ())
     services = data.get("services")
     if isinstance(services, dict):
         shaped["services"] = {
@@ -483,9 +541,67 @@ def load(path: Path) -> Config:
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column)))
     problems.extend(_relation_problems(path, doc, config))
+    if config.notify is not None:
+        notify, found = _notify_urls(path, doc, config.notify)
+        config = config.model_copy(update={"notify": notify})
+        problems.extend(found)
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column)))
     return config
+
+
+def _notify_urls(
+    path: Path, doc: yamlsource.YamlDocument, notify: Notify
+) -> tuple[Notify, list[ConfigProblem]]:
+    """`notify` with the URLs of its `urls_file`, and the problems found: a URL Apprise cannot use at its
+    place (in this file or in `urls_file`), a missing or unsafe `urls_file` at that key, no URL at all at
+    `notify:`."""
+    # Imported here: notifications imports this module.
+    from dockwarden import notifications  # noqa: PLC0415
+
+    placed = [(url, (path, *doc.locate(("notify", "urls", i)))) for i, url in enumerate(notify.urls)]
+    from_file, problems = _read_urls_file(path, doc, notify.urls_file)
+    placed += from_file
+    if not placed and not problems:
+        line, col = doc.locate_key(("notify",))
+        what = f"{notify.urls_file} has none" if notify.urls_file else "set `urls` or `urls_file`"
+        problems.append(
+            ConfigProblem(path=path, line=line, column=col, message=f"notify needs a URL: {what}")
+        )
+    try:
+        found = notifications.url_problems([url for url, _ in placed])
+    except notifications.SenderError as exc:
+        line, col = doc.locate_key(("notify",))
+        found = []
+        problems.append(ConfigProblem(path=path, line=line, column=col, message=str(exc)))
+    for problem, (_, (where, line, col)) in zip(found, placed, strict=False):
+        if problem is not None:
+            problems.append(ConfigProblem(path=where, line=line, column=col, message=problem))
+    file_urls = tuple(url for url, _ in from_file)
+    return notify.model_copy(update={"file_urls": file_urls}), problems
+
+
+def _read_urls_file(
+    path: Path, doc: yamlsource.YamlDocument, urls_file: Path | None
+) -> tuple[list[tuple[str, tuple[Path, int, int]]], list[ConfigProblem]]:
+    """The URLs of `urls_file` with where each is (one a line; blank lines and `#` comments skipped), read
+    now and refused unless private to this user: it holds secrets, and decides where root sends what it
+    knows. A problem reading it is located at the `urls_file` value."""
+    from dockwarden import statefiles  # noqa: PLC0415 -- statefiles is not needed for most loads
+
+    if urls_file is None:
+        return [], []
+    try:
+        text = statefiles.read_private(urls_file)
+    except (OSError, statefiles.UnsafeStateDir) as exc:
+        line, col = doc.locate(("notify", "urls_file"))
+        return [], [ConfigProblem(path=path, line=line, column=col, message=f"urls_file: {exc}")]
+    found = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        url = raw.strip()
+        if url and not url.startswith("#"):
+            found.append((url, (urls_file, number, len(raw) - len(raw.lstrip()) + 1)))
+    return found, []
 
 
 def _container_problems(path: Path, doc: yamlsource.YamlDocument, config: Config) -> list[ConfigProblem]:

@@ -25,6 +25,10 @@ from dockwarden.runner import Runner
 from dockwarden.skiplist import Entry, SkipList
 from dockwarden.upgrade import Outcome, Result, Step, Target
 
+# The skip reasons of a `monitor` service whose tag moved, and of a service not reached before a stop.
+MONITOR_REASON = "update: monitor"
+STOPPING_REASON = "dockwarden is stopping"
+
 
 class Action(StrEnum):
     """What `decide` may ask for besides a final result."""
@@ -122,7 +126,7 @@ def _left_as_is(service: Service, result: CheckResult, options: Options) -> str 
             "service to follow a tag instead"
         )
     if service.update != Update.AUTO and not options.named:
-        return "update: monitor"
+        return MONITOR_REASON
     # From the check's look at the container; the transaction decides again on what it inspects.
     return upgrade.left_alone(result.state, service.stopped)
 
@@ -200,7 +204,7 @@ def run(
     ordered = order(services, parents(pending, inspected), compose.needs(pending, inspected))
     for service in ordered:
         if options.cancel is not None and options.cancel.is_set():
-            outcome = _outcome(results[service.name], Result.SKIPPED, "dockwarden is stopping")
+            outcome = _outcome(results[service.name], Result.SKIPPED, STOPPING_REASON)
         else:
             outcome = _one(runner, cfg, service, results[service.name], options, skips, report)
         report.outcomes.append(outcome)

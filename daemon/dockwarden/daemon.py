@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
@@ -21,7 +22,7 @@ from apscheduler.schedulers.base import STATE_RUNNING
 from apscheduler.triggers.base import BaseTrigger
 
 from dockwarden import config as configuration
-from dockwarden import cycle, gc, liveness, schedule, statefiles
+from dockwarden import cycle, gc, liveness, notifications, schedule, statefiles
 from dockwarden.check import Checker
 from dockwarden.history import History
 from dockwarden.liveness import Liveness
@@ -37,6 +38,8 @@ STOP_GRACE = 6.0  # seconds a running cycle gets to finish after SIGTERM; we pro
 # cancelling makes it roll back, which needs the old container's stop and start; systemd waits 90 s.
 UPGRADE_STOP_GRACE = 75.0
 TICK = 0.2
+# Seconds beyond the delivery timeout: the sender's start (notifications.SENDER_START), building the message.
+NOTIFY_SLACK = notifications.SENDER_START + 5.0
 
 
 def cycle_trigger(cfg: configuration.Config) -> BaseTrigger:
@@ -98,6 +101,7 @@ class Daemon:
             report = cycle.run(self.checker, runner, cfg, cfg.services, cycle.Options(cancel=self.cancel))
             stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
             self.notifier.status(f"last cycle {stamp}: {cycle.describe(report)}")
+            self._notify(cfg, lambda: notifications.cycle_finished(cfg, report.outcomes))
         finally:
             self.liveness.idle()
             self.cycle_done.set()
@@ -118,10 +122,18 @@ class Daemon:
 
         return moved
 
+    def _notify(self, cfg: configuration.Config, send: Callable[[], None]) -> None:
+        """Run `send` (a notifications hook) under a liveness bound of the delivery timeout, plus slack."""
+        if cfg.notify is not None:
+            self.liveness.enter("notification", cfg.notify.timeout.total_seconds() + NOTIFY_SLACK)
+            send()
+
     def _gc(self) -> None:
         self.gc_done.clear()
         try:
-            gc.collect(self.checker.engine, self.config, cancel=self.cancel)
+            cfg = self.config
+            result = gc.collect(self.checker.engine, cfg, cancel=self.cancel)
+            notifications.gc_finished(cfg, result)
         finally:
             self.gc_done.set()
 

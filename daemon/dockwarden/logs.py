@@ -75,7 +75,8 @@ def configure(stream: TextIO | None = None, level: int = logging.INFO, json: boo
     root.handlers[:] = [handler]
     root.setLevel(level)
     # urllib3 logs every connection at DEBUG and APScheduler every job at INFO; keep their warnings only.
-    for noisy in ("urllib3", "docker", "apscheduler"):
+    # Apprise logs each delivery at INFO; its warnings say why one failed (its URLs masked by it and by us).
+    for noisy in ("urllib3", "docker", "apscheduler", "apprise"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

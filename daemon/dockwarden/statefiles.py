@@ -69,6 +69,18 @@ def read_text(path: Path) -> str:
         return source.read()
 
 
+def read_private(path: Path) -> str:
+    """The text of a file root acts on that may hold secrets (notify's `urls_file`): refused, like a state
+    file, if it is a symlink, owned by another user, or writable by group or others, checked on the opened
+    file itself. Raises UnsafeStateDir saying which, OSError if it cannot be read."""
+    fd = open_file(path, os.O_RDONLY)
+    with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as source:
+        problem = _problem(path, os.fstat(source.fileno()))
+        if problem is not None:
+            raise UnsafeStateDir(f"refused: {problem}")
+        return source.read()
+
+
 def make_dir(path: Path) -> None:
     """Create a directory of state_dir (0700) unless it exists; OSError if it is a symlink or not a dir."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from dockwarden import cli
-from dockwarden.config import Config, Gc, Service, StoppedContainers
+from dockwarden.config import Config, Gc, Notify, Service, StoppedContainers
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = (ROOT / "config" / "README.md").read_text()
@@ -45,12 +45,15 @@ def test_service_key_documented(key: str) -> None:
 
 @pytest.mark.parametrize(
     "key",
-    [f"gc.{k}" for k in _keys(Gc)] + [f"gc.stopped_containers.{k}" for k in _keys(StoppedContainers)],
+    [f"gc.{k}" for k in _keys(Gc)]
+    + [f"gc.stopped_containers.{k}" for k in _keys(StoppedContainers)]
+    + [f"notify.{k}" for k in _keys(Notify, "file_urls")],
 )
 def test_nested_key_documented(key: str) -> None:
-    """Each key inside `gc` has its own row in the reference and appears in the example file."""
+    """Each key inside `gc` and `notify` has its own row in the reference and appears in the example."""
     assert f"| `{key}` |" in REFERENCE
-    assert re.search(rf"^\s+#?\s*{key.rpartition('.')[2]}:", EXAMPLE, re.MULTILINE), (
+    # Nested under its section, or in a section the example leaves commented out (`# notify:`).
+    assert re.search(rf"^\s*#?\s+{key.rpartition('.')[2]}:", EXAMPLE, re.MULTILINE), (
         f"{key} not in the example"
     )
 
