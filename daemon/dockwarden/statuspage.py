@@ -22,7 +22,7 @@ h1{font-size:1.3em;margin:0 0 12px}h2{font-size:1.1em;margin:20px 0 8px}
 .card{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:12px;overflow-wrap:anywhere}
 .card h3{margin:0 0 8px;font-size:1.05em}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 10px;margin:0}dt{color:#57606a}dd{margin:0}
-code{font-size:.9em}.ok{color:#1a7f37}.bad{color:#cf222e}.warn{color:#9a6700}
+ul{margin:0;padding-left:1.1em}code{font-size:.9em}.ok{color:#1a7f37}.bad{color:#cf222e}.warn{color:#9a6700}
 ol.timeline{list-style:none;padding:0;margin:0;border-left:3px solid #d0d7de}
 ol.timeline li{margin:0 0 8px;padding-left:10px;overflow-wrap:anywhere}
 time{color:#57606a;font-size:.9em;display:block}
