@@ -51,7 +51,7 @@ class UnknownService(LookupError):
 @dataclass(frozen=True, kw_only=True)
 class Answer:
     """What a backend call answers: the body and whether the operation succeeded (HTTP 200) or ran and
-    failed (HTTP 500, as the CLI's exit code 1)."""
+    failed (HTTP 422, as the CLI's exit code 1)."""
 
     body: str
     ok: bool = True
@@ -277,5 +277,6 @@ def _known(call: Callable[[], Answer]) -> Answer:
 
 
 def _json(answer: Answer) -> tuple[HTTPStatus, str, bytes, list[tuple[str, str]]]:
-    status = HTTPStatus.OK if answer.ok else HTTPStatus.INTERNAL_SERVER_ERROR
+    # Not a 5xx: curl's --retry would send the update again, and a failed digest is skipped the second time.
+    status = HTTPStatus.OK if answer.ok else HTTPStatus.UNPROCESSABLE_ENTITY
     return status, JSON_TYPE, (answer.body + "\n").encode(), []

@@ -131,11 +131,11 @@ def test_healthz_and_metrics_need_no_token(app: api.App, backend: Recorder) -> N
     assert (stuck.status, stuck.body) == (503, b"stuck in check cycle for 99 s\n")
 
 
-def test_update_passes_the_services_and_a_failed_outcome_is_a_500(app: api.App, backend: Recorder) -> None:
-    """POST /v1/update hands the named services to the backend and answers its JSON; a failure is HTTP 500."""
+def test_update_passes_the_services_and_a_failed_outcome_is_a_422(app: api.App, backend: Recorder) -> None:
+    """POST /v1/update hands the named services to the backend and answers its JSON; a failure is HTTP 422."""
     reply = call(app, "POST", "/v1/update", body=b'{"services": ["web", "db"]}')
-    assert (reply.status, reply.json()) == (500, [{"result": "rolled-back"}])
-    assert call(app, "POST", "/v1/update").status == 500  # no body: every service
+    assert (reply.status, reply.json()) == (422, [{"result": "rolled-back"}])
+    assert call(app, "POST", "/v1/update").status == 422  # no body: every service
     assert backend.calls == [("update", ["web", "db"]), ("update", [])]
 
 
