@@ -8,6 +8,7 @@ most `BUSY_WAIT` seconds, then is refused (`api.Busy`, HTTP 409 with `Retry-Afte
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from dockwarden.daemon import Daemon
 
 BUSY_WAIT = 10.0  # seconds: a scheduled check cycle (no upgrade) ends well within it; an upgrade may not
+POLL = 0.2  # seconds between looks at the daemon's stop request while waiting
 
 
 class Control:
@@ -38,10 +40,18 @@ class Control:
         return Answer(body=report.history_json(entries[:limit] if limit else entries))
 
     def _acquire(self) -> None:
+        """Take the cycle lock within BUSY_WAIT seconds (Busy otherwise); a stop ends the wait at once."""
+        deadline = time.monotonic() + BUSY_WAIT
+        while not self.daemon.cycle_lock.acquire(timeout=POLL):
+            if self.daemon.cancel.is_set():
+                raise Stopping("dockwarden is stopping")
+            if time.monotonic() >= deadline:
+                raise Busy(
+                    f"an update cycle or rollback is running (waited {BUSY_WAIT:.0f} s); try again later"
+                )
         if self.daemon.cancel.is_set():
+            self.daemon.cycle_lock.release()
             raise Stopping("dockwarden is stopping")
-        if not self.daemon.cycle_lock.acquire(timeout=BUSY_WAIT):
-            raise Busy(f"an update cycle or rollback is running (waited {BUSY_WAIT:.0f} s); try again later")
 
     def update(self, services: list[str]) -> Answer:
         cfg = self.daemon.config

@@ -91,7 +91,9 @@ class Daemon:
     # -- the job ---------------------------------------------------------------------------------
 
     def _cycle(self) -> None:
-        with self.cycle_lock:
+        with self.cycle_lock:  # after an update the API asked for, if one runs
+            if self.cancel.is_set():
+                return
             cfg = self.config  # read once: a reload may replace it meanwhile
             self.run_cycle(cfg, cfg.services, cycle.Options(cancel=self.cancel))
 

@@ -19,7 +19,9 @@ from dockwarden.config import Api
 
 WORKERS = 4  # requests served at once: an update waiting on its gate leaves three for the rest
 LOOP_TIMEOUT = 1  # seconds the select loop waits before looking at its map again
-STOP_WAIT = 5.0  # seconds a stop waits for the workers' requests to end before leaving them
+# Seconds a stop waits for the workers' requests to end. An update in flight is not waited for here: the
+# daemon's stop cancels it and waits for its cycle (rolled back) with its own grace.
+STOP_WAIT = 2.0
 
 
 class Listener:
