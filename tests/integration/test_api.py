@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Deploy
 from tests.integration.apilab import (
     TOKEN,
     Response,
@@ -22,7 +23,7 @@ from tests.integration.apilab import (
     wait_event,
     wait_healthy,
 )
-from tests.integration.helpers import cli
+from tests.integration.helpers import cli, write_config
 from tests.integration.upgrade_lab import Side, config, free_port, push_version, wait_serving
 from tests.support.registry import Registry
 
@@ -200,3 +201,28 @@ def test_a_second_update_while_one_runs_is_refused_with_409(
         assert [r["result"] for r in answers["first"].json()] == ["upgraded"]
         assert wait_serving(port) == marker
         assert request(listen, "GET", "/healthz", token=None).status == 200
+
+
+def test_a_taken_address_leaves_the_daemon_running_and_a_reload_retries(
+    deploy: Deploy, registry: Registry, tmp_path: Path
+) -> None:
+    """When the API's port is taken the daemon logs api.failed and keeps checking; after the port is freed,
+    SIGHUP starts the listener."""
+    name, _tag, _image_id, _digest = deploy(registry)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    listen = f"127.0.0.1:{holder.getsockname()[1]}"
+    cfg = write_config(
+        tmp_path / "dw.yaml", {"web": {"container": name}}, extra=api_section(listen, tmp_path / "t")
+    )
+    log = tmp_path / "daemon.log"
+    with daemon(cfg, log) as proc:
+        failed = wait_event(log, "api.failed")
+        assert failed["listen"] == listen
+        assert "in use" in failed["error"]
+        wait_event(log, "update.cycle_finished")
+        holder.close()
+        proc.send_signal(signal.SIGHUP)
+        wait_event(log, "api.listening")
+        wait_healthy(listen)
