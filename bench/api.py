@@ -136,20 +136,20 @@ def main() -> None:
 
 def _report(found: dict[str, list[tuple[int, float]]], args: argparse.Namespace) -> None:
     rss = {v: statistics.median(r for r, _ in rows) / 1024 for v, rows in found.items()}
-    cpu = {v: statistics.median(c for _, c in rows) / args.idle * 100 for v, rows in found.items()}
+    cpu = {v: statistics.median(c for _, c in rows) * 1000 for v, rows in found.items()}
     print(
-        json.dumps(
-            {"services": args.services, "rounds": args.rounds, "idle_s": args.idle, "samples": found},
-            indent=None,
-        )
+        json.dumps({"services": args.services, "rounds": args.rounds, "idle_s": args.idle, "samples": found})
     )
-    print(f"{'api':<5} {'RSS MiB (median)':>17} {'idle CPU % (median)':>20}")
+    print(f"{'api':<5} {'RSS MiB (median)':>17} {f'CPU ms in {args.idle:.0f} s idle (median)':>28}")
     for variant in ("off", "on"):
-        print(f"{variant:<5} {rss[variant]:>17.1f} {cpu[variant]:>20.3f}")
-    ratio_cpu = cpu["on"] / cpu["off"] if cpu["off"] else float("nan")
-    print(
-        f"on/off: RSS x{rss['on'] / rss['off']:.2f} (+{rss['on'] - rss['off']:.1f} MiB), CPU x{ratio_cpu:.2f}"
+        print(f"{variant:<5} {rss[variant]:>17.1f} {cpu[variant]:>28.0f}")
+    tick = 1000 / CLK_TCK
+    cpu_ratio = (
+        f"x{cpu['on'] / cpu['off']:.2f}"
+        if min(cpu.values()) >= 2 * tick
+        else f"both within 2 ticks ({tick:.0f} ms)"
     )
+    print(f"on/off: RSS x{rss['on'] / rss['off']:.2f} (+{rss['on'] - rss['off']:.1f} MiB); CPU {cpu_ratio}")
 
 
 if __name__ == "__main__":
