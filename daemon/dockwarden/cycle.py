@@ -193,7 +193,7 @@ def run(
     if not options.dry_run:
         record_checks(runner.journal, summary.results)
     report = Report(checks=summary.results)
-    skips = SkipList(cfg.state_dir)
+    skips = runner.skips
     # Namespace parents and compose dependencies cost an inspect per service: only worth it when several
     # may be upgraded.
     pending = [s for s in services if results[s.name].status == Status.UPDATE_AVAILABLE]

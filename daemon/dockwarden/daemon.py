@@ -30,6 +30,7 @@ from dockwarden.liveness import Liveness
 from dockwarden.notify import Notifier
 from dockwarden.rollback import rollback as roll_back
 from dockwarden.runner import Runner
+from dockwarden.skiplist import SkipList
 from dockwarden.upgrade import Checkpoint, Hooks, Outcome, Progress
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class Daemon:
         self.config = cfg
         self.checker = checker  # and its engine: opened and closed by the caller
         self.upgrading = threading.Event()  # set while a transaction runs, so a stop waits for its end
+        self.skips = SkipList(cfg.state_dir)  # for the process's life: it remembers what it cannot write
         self.checkpoint = checkpoint
         self.liveness = Liveness()
         self.notifier = notifier
@@ -101,7 +103,9 @@ class Daemon:
         hooks = Hooks(
             cancel=self.cancel, checkpoint=self._step_watch(limits), progress=self._pull_watch(limits)
         )
-        return Runner(self.checker.engine, cfg.state_dir, History.of(cfg), hooks, self.upgrading)
+        if self.skips.path.parent != cfg.state_dir:  # a reload moved the state directory
+            self.skips = SkipList(cfg.state_dir)
+        return Runner(self.checker.engine, cfg.state_dir, History.of(cfg), hooks, self.upgrading, self.skips)
 
     def run_cycle(
         self, cfg: configuration.Config, services: Iterable[configuration.Service], options: cycle.Options

@@ -16,7 +16,6 @@ from dockwarden.config import Config, Service
 from dockwarden.engine import EngineError
 from dockwarden.history import Event
 from dockwarden.runner import Runner
-from dockwarden.skiplist import SkipList
 from dockwarden.upgrade import Outcome, Result, Target
 
 
@@ -96,5 +95,5 @@ def _locked(runner: Runner, cfg: Config, service: Service, to: str | None) -> Ou
     if running_digests:
         # So that the daemon does not upgrade straight back to what was just rolled away from.
         reason = f"rolled back by hand to {digest or image_id[:19]}"
-        SkipList(cfg.state_dir).add(service.name, running_digests, reason)
+        runner.skips.add(service.name, running_digests, reason)
     return dataclasses.replace(outcome, result=Result.REVERTED)

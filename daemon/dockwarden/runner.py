@@ -22,6 +22,7 @@ from dockwarden import compose, namespace, recovery, retention
 from dockwarden.engine import Engine, EngineError
 from dockwarden.history import Event, History
 from dockwarden.locks import Busy, ContainerLock
+from dockwarden.skiplist import SkipList
 from dockwarden.upgrade import Hooks, Outcome, Result, Target, Upgrade
 
 
@@ -33,9 +34,12 @@ class Runner:
         journal: History,
         hooks: Hooks | None = None,
         upgrading: threading.Event | None = None,
+        skips: SkipList | None = None,
     ) -> None:
         self.engine = engine
         self.state_dir = state_dir
+        # The daemon passes the one it holds for its life, so a skip that cannot be written still holds.
+        self.skips = skips if skips is not None else SkipList(state_dir)
         self.journal = journal
         self.hooks = hooks or Hooks()
         self.log = structlog.get_logger("dockwarden.update")

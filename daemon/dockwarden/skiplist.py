@@ -5,14 +5,17 @@ failed (not the engine: `cycle.blamed`) adds D; a manual rollback adds the diges
 removes the others. The service is not upgraded to a skipped digest again until its tag moves to another
 digest and that upgrade succeeds (a fix was pushed: the list is cleared), or the user passes --force.
 Kept in state_dir so a restart does not start the loop again; an unreadable file is ignored with a
-warning, like the cache. File format: {service: {"skips": {digest: {"reason", "at"}}}}; the two older
+warning, like the cache. A change that cannot be written is kept in memory for the life of the `SkipList`
+(the daemon holds one for its life) and reported, so one broken image never costs more than one outage.
+File format: {service: {"skips": {digest: {"reason", "at"}}}}; the two older
 ones ({"digest", "reason", "at"}, then {"digests": [...], "reason", "at"}) are still read.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,8 +69,21 @@ class Entry:
 class SkipList:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / FILE_NAME
+        # service -> its entry in the file's form (None: cleared) that could not be written yet; laid over
+        # what the file says until a write succeeds.
+        self._unsaved: dict[str, dict[str, Any] | None] = {}
+        self._guard = threading.Lock()
 
     def _read(self) -> dict[str, Any]:
+        data = self._read_file()
+        for service, item in self._unsaved.items():
+            if item is None:
+                data.pop(service, None)
+            else:
+                data[service] = item
+        return data
+
+    def _read_file(self) -> dict[str, Any]:
         try:
             data = json.loads(statefiles.read_text(self.path))
         except FileNotFoundError:
@@ -105,24 +121,39 @@ class SkipList:
     def add(self, service: str, digests: Sequence[str], reason: str) -> None:
         """Add `digests` to the service's skips (a digest already there takes the new reason and time);
         the others stay: only `clear` removes any."""
-        try:
-            with serialised(self.path):
-                data = self._read()
-                data[service] = _merged(_entry(data.get(service)), digests, reason)
-                self._write(data)
-        except OSError as exc:
-            self._unwritable(exc, "the failed digest is not remembered: the next cycle will try it again")
+
+        def added(data: dict[str, Any]) -> dict[str, Any] | None:
+            return _merged(_entry(data.get(service)), digests, reason)
+
+        self._change(service, added)
 
     def clear(self, service: str) -> None:
         """Forget the service's skips: its tag moved and an upgrade to another digest succeeded (or a
         forced one to a skipped digest did)."""
-        try:
-            with serialised(self.path):
-                data = self._read()
-                if data.pop(service, None) is not None:
+        self._change(service, lambda _data: None)
+
+    def _change(self, service: str, change: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
+        """Set the service's entry to `change(current data)` (None removes it), in the file if it can be
+        written, else in memory (reported once per failed write)."""
+        with self._guard:
+            read: dict[str, Any] | None = None
+            try:
+                with serialised(self.path):
+                    read = self._read()
+                    data = dict(read)
+                    self._apply(data, service, change(data))
                     self._write(data)
-        except OSError as exc:
-            self._unwritable(exc, "an old entry stays; it only matters if the tag moves back to that digest")
+                    self._unsaved.clear()  # the file now holds what memory held
+            except OSError as exc:
+                self._unsaved[service] = change(read if read is not None else self._read())
+                self._unwritable(exc, "kept in memory until this process ends or a later write succeeds")
+
+    @staticmethod
+    def _apply(data: dict[str, Any], service: str, item: dict[str, Any] | None) -> None:
+        if item is None:
+            data.pop(service, None)
+        else:
+            data[service] = item
 
     def _unwritable(self, exc: OSError, effect: str) -> None:
         structlog.get_logger("dockwarden.state").warning(

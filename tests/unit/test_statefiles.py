@@ -157,3 +157,41 @@ def test_a_skip_list_of_unexpected_types_is_ignored_with_a_warning(
         skips = SkipList(tmp_path)
         assert (skips.all(), skips.get("web")) == ({}, None)
     assert [e["event"] for e in logs] == ["state.ignored"] * warnings * 2
+
+
+def test_a_skip_that_cannot_be_written_is_kept_in_memory_and_saved_later(state: Path) -> None:
+    """A skip-list file that cannot be written (here a directory in its place) keeps the skip in the same
+    SkipList's memory, reports it, and writes it with the next change once the file can be written."""
+    failed, later = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    blocker = state / "skipped.json"
+    blocker.mkdir()
+    skips = SkipList(state)
+    with capture_logs() as logs:
+        skips.add("web", [failed], "gate: unhealthy")
+    assert [e["event"] for e in logs if e["log_level"] == "warning"][-1] == "state.unwritable"
+    entry = skips.get("web")
+    assert entry is not None
+    assert entry.digests == (failed,)
+    assert SkipList(state).get("web") is None  # nothing reached the disk
+    blocker.rmdir()
+    skips.add("web", [later], "gate: unhealthy")
+    on_disk = SkipList(state).get("web")
+    assert on_disk is not None
+    assert set(on_disk.digests) == {failed, later}
+
+
+def test_a_clear_that_cannot_be_written_still_clears_in_memory(
+    state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clear whose write fails (disk full) holds in memory: the file still lists the skip, the
+    daemon's SkipList no longer does."""
+    skips = SkipList(state)
+    skips.add("web", ["sha256:" + "1" * 64], "gate: unhealthy")
+
+    def full(_src: object, _dst: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    skips.clear("web")
+    assert skips.get("web") is None
+    assert SkipList(state).get("web") is not None
