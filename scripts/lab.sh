@@ -16,7 +16,8 @@ LAB_DIR=${DWLAB_DIR:-/var/lib/dwlab}
 LOG_DIR=${DWLAB_LOG_DIR:-/var/log/dwlab}
 REGISTRY_ADDR=${DWLAB_REGISTRY:-127.0.0.1:5000}
 DOCKER_SOCK=/var/run/docker.sock
-PACKAGES=(docker.io docker-registry busybox-static apache2-utils iproute2 curl)
+# chromium and its driver: the status page's test drives a headless browser (selenium).
+PACKAGES=(docker.io docker-registry busybox-static apache2-utils iproute2 curl chromium chromium-driver)
 ENGINE26_DIR=${DWLAB_ENGINE26_DIR:-/opt/dwlab/engine26}
 ENGINE26_SOCK=/var/run/dwlab-docker26.sock
 ENGINE26_BRIDGE=dwbr26
@@ -27,6 +28,9 @@ ENGINE28_SOCK=/var/run/dwlab-docker28.sock
 ENGINE28_BRIDGE=dwbr28
 ENGINE28_BRIDGE_ADDR=172.31.0.1/24
 COMPOSE_DIR=${DWLAB_COMPOSE_DIR:-/opt/dwlab/compose}
+# Debian's prometheus package, unpacked (not installed: its postinst would start a Prometheus server), for
+# `promtool check metrics` in the metrics test.
+PROMETHEUS_DIR=${DWLAB_PROMETHEUS_DIR:-/opt/dwlab/prometheus}
 # A system plugin folder that both Docker CLIs (Debian's 20.10 and 28) search whatever DOCKER_CONFIG says, so
 # tests that point DOCKER_CONFIG at their own credentials still find `docker compose`.
 COMPOSE_PLUGIN=/usr/local/lib/docker/cli-plugins/docker-compose
@@ -168,6 +172,12 @@ install_compose() {
     fi
 }
 
+install_promtool() {
+    [[ -x $PROMETHEUS_DIR/usr/bin/promtool ]] && return 0
+    say "fetching Debian's prometheus package for promtool into $PROMETHEUS_DIR (not installed system-wide)"
+    fetch_debian "$PROMETHEUS_DIR" "$(. /etc/os-release && echo "$VERSION_CODENAME")" prometheus
+}
+
 compose_answers() {
     docker compose version >/dev/null 2>&1
 }
@@ -239,6 +249,8 @@ status() {
     registry_answers && say "registry: up ($REGISTRY_ADDR)" || say "registry: down"
     compose_answers && say "compose: $(docker compose version --short 2>/dev/null) ($COMPOSE_PLUGIN)" ||
         say "compose: missing"
+    [[ -x $PROMETHEUS_DIR/usr/bin/promtool ]] && say "promtool: $PROMETHEUS_DIR/usr/bin/promtool" ||
+        say "promtool: missing"
 }
 
 down() {
@@ -279,6 +291,7 @@ main() {
         install_engine28
         start_engine28
         install_compose
+        install_promtool
         status
         ;;
     status) status ;;

@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -23,7 +22,7 @@ from dockwarden import config as configuration
 from dockwarden.engine import Engine, EngineError
 from dockwarden.history import History
 from dockwarden.notify import Notifier
-from dockwarden.rollback import rollback
+from dockwarden.rollback import parse_digest, rollback
 from dockwarden.runner import Runner
 
 EXIT_OK = 0
@@ -91,10 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _digest(text: str) -> str:
-    value = text.removeprefix("sha256:")
-    if not re.fullmatch(r"[0-9a-f]{12,64}", value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a digest (sha256:<hex>, at least 12 hex digits)")
-    return f"sha256:{value}"
+    try:
+        return parse_digest(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class _Exit(Exception):

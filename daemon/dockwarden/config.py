@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import graphlib
+import ipaddress
 import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -241,6 +243,28 @@ def _not_from_file(value: object) -> object:
     return value
 
 
+UNIX_PREFIX = "unix:"
+
+
+def _check_listen(value: str) -> str:
+    """`HOST:PORT` (an IPv6 host in brackets) or `unix:/absolute/path`."""
+    if value.startswith(UNIX_PREFIX):
+        if not value.removeprefix(UNIX_PREFIX).startswith("/"):
+            raise ValueError(f"listen {value!r}: a unix socket needs an absolute path (unix:/run/...)")
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"listen {value!r} must be HOST:PORT (port 1-65535) or unix:/PATH")
+    return value
+
+
+def _absolute(value: object) -> Path:
+    text = str(value) if isinstance(value, Path) else _text(value)
+    if not text.startswith("/"):
+        raise ValueError(f"{text!r} must be an absolute path")
+    return Path(text)
+
+
 Duration = Annotated[timedelta, PlainValidator(_duration)]  # `90s`, `5m`, `1h30m`, `7d`
 RequestTimeout = Annotated[timedelta, PlainValidator(_duration), AfterValidator(_short_enough)]
 Interval = Annotated[timedelta, PlainValidator(_duration), AfterValidator(_long_enough)]  # at least 10 s
@@ -319,6 +343,40 @@ class Notify(_Model):
     def targets(self) -> tuple[str, ...]:
         """Every URL to send to: the file's own, then those of `urls_file`."""
         return self.urls + self.file_urls
+class Api(_Model):
+    """The local HTTP API (`api:`; absent: off): where it listens (`listen`: `HOST:PORT`, or `unix:/PATH`
+    for a socket made with mode 0600), the file holding its bearer token (`token_file`, absolute, readable by
+    its owner only), and whether a TCP address that is not loopback is meant (`allow_remote`)."""
+
+    listen: Annotated[str, AfterValidator(_check_listen)]
+    token_file: Annotated[Path, PlainValidator(_absolute)]
+    allow_remote: bool = False
+
+    @property
+    def unix_path(self) -> Path | None:
+        """The socket's path for `unix:/PATH`; None for a TCP address."""
+        if self.listen.startswith(UNIX_PREFIX):
+            return Path(self.listen.removeprefix(UNIX_PREFIX))
+        return None
+
+    @property
+    def host(self) -> str:
+        """The TCP host, without IPv6 brackets ("" for a unix socket)."""
+        return "" if self.unix_path else self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return 0 if self.unix_path else int(self.listen.rpartition(":")[2])
+
+    @property
+    def loopback(self) -> bool:
+        """A unix socket, `localhost`, or an address in 127.0.0.0/8 or ::1."""
+        if self.unix_path is not None or self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # a host name: whatever it resolves to, it is not known to be loopback
 
 
 def _name_of(data: dict[str, Any]) -> str:
@@ -366,6 +424,7 @@ class Config(_Model):
     gc: Gc = Field(default_factory=Gc)
     history_max_bytes: int = Field(default=10 * 1024 * 1024, ge=64 * 1024)
     notify: Notify | None = None  # None: no notifications (and Apprise is never imported)
+    api: Api | None = None  # None: no HTTP API
     # Last: its validators read the fields above.
     services: Annotated[tuple[Service, ...], GetPydanticSchema(_services_schema)] = ()
 
@@ -629,10 +688,47 @@ def _container_problems(path: Path, doc: yamlsource.YamlDocument, config: Config
     return problems
 
 
+def token_file_problem(path: Path) -> str | None:
+    """Why the API's token file cannot be used (missing, not a regular file, readable or writable by group
+    or others: it is a secret, like an SSH key; empty), or None. Symlinks are followed, as `open` would."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        return f"token_file {str(path)!r}: {exc.strerror or exc}"
+    if not stat.S_ISREG(info.st_mode):
+        return f"token_file {str(path)!r} is not a regular file"
+    if info.st_mode & 0o077:
+        mode = f"{info.st_mode & 0o777:04o}"
+        return f"token_file {str(path)!r} is open to group or others (mode {mode}): chmod 600 it"
+    if info.st_size == 0:
+        return f"token_file {str(path)!r} is empty"
+    return None
+
+
+def _api_problems(path: Path, doc: yamlsource.YamlDocument, config: Config) -> list[ConfigProblem]:
+    """The token file must be usable; a TCP address that is not loopback needs `allow_remote: true`."""
+    api = config.api
+    if api is None:
+        return []
+    problems = []
+    problem = token_file_problem(api.token_file)
+    if problem is not None:
+        line, col = doc.locate(("api", "token_file"))
+        problems.append(ConfigProblem(path=path, line=line, column=col, message=problem))
+    if not api.loopback and not api.allow_remote:
+        line, col = doc.locate(("api", "listen"))
+        message = (
+            f"listen {api.listen!r} is not a loopback address: the API is plain HTTP, so anyone on the path "
+            "sees its token; put a TLS proxy in front and set `allow_remote: true` to mean it"
+        )
+        problems.append(ConfigProblem(path=path, line=line, column=col, message=message))
+    return problems
+
+
 def _relation_problems(path: Path, doc: yamlsource.YamlDocument, config: Config) -> list[ConfigProblem]:
     """depends_on must name services in this file and must not loop; health needs one probe; each
     container is watched once (`_container_problems`)."""
-    problems = _container_problems(path, doc, config)
+    problems = _container_problems(path, doc, config) + _api_problems(path, doc, config)
     names = {service.name for service in config.services}
     for service in config.services:
         for index, other in enumerate(service.depends_on):

@@ -47,6 +47,7 @@ class Options:
 @dataclass(frozen=True, kw_only=True)
 class Report:
     outcomes: list[Outcome] = field(default_factory=list)
+    checks: list[CheckResult] = field(default_factory=list)  # the cycle's checks, in check order
     plans: dict[str, list[str]] = field(default_factory=dict)  # service -> dry-run description
 
     def failed(self) -> bool:
@@ -195,7 +196,7 @@ def run(
     results = {r.service: r for r in summary.results}
     if not options.dry_run:
         record_checks(runner.journal, summary.results)
-    report = Report()
+    report = Report(checks=summary.results)
     skips = runner.skips
     # Namespace parents and compose dependencies cost an inspect per service: only worth it when several
     # may be upgraded.

@@ -10,10 +10,10 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
@@ -22,14 +22,20 @@ from apscheduler.schedulers.base import STATE_RUNNING
 from apscheduler.triggers.base import BaseTrigger
 
 from dockwarden import config as configuration
-from dockwarden import cycle, gc, liveness, notifications, schedule, statefiles
+from dockwarden import cycle, gc, liveness, notifications, retention, schedule, statefiles
 from dockwarden.check import Checker
+from dockwarden.engine import EngineError
 from dockwarden.history import History
 from dockwarden.liveness import Liveness
 from dockwarden.notify import Notifier
+from dockwarden.rollback import rollback as roll_back
 from dockwarden.runner import Runner
 from dockwarden.skiplist import SkipList
-from dockwarden.upgrade import Checkpoint, Hooks, Progress
+from dockwarden.upgrade import Checkpoint, Hooks, Outcome, Progress
+
+if TYPE_CHECKING:
+    from dockwarden.listener import Listener
+    from dockwarden.metrics import Metrics
 
 JOB_ID = "check-cycle"
 GC_JOB_ID = "gc"
@@ -71,6 +77,10 @@ class Daemon:
         self.gc_done = threading.Event()
         self.gc_done.set()
         self.requested: str | None = None
+        # Held by every update cycle and rollback, scheduled or asked for through the API: one at a time.
+        self.cycle_lock = threading.Lock()
+        self.metrics: Metrics | None = None  # made with the API (prometheus_client only then)
+        self.listener: Listener | None = None
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
             job_defaults={
@@ -85,26 +95,65 @@ class Daemon:
     # -- the job ---------------------------------------------------------------------------------
 
     def _cycle(self) -> None:
-        self.cycle_done.clear()
-        try:
+        with self.cycle_lock:  # after an update the API asked for, if one runs
+            if self.cancel.is_set():
+                return
             cfg = self.config  # read once: a reload may replace it meanwhile
+            self.run_cycle(cfg, cfg.services, cycle.Options(cancel=self.cancel))
+
+    def _runner(self, cfg: configuration.Config, limits: liveness.Bounds) -> Runner:
+        hooks = Hooks(
+            cancel=self.cancel, checkpoint=self._step_watch(limits), progress=self._pull_watch(limits)
+        )
+        if self.skips.path.parent != cfg.state_dir:  # a reload moved the state directory
+            self.skips = SkipList(cfg.state_dir)
+        return Runner(self.checker.engine, cfg.state_dir, History.of(cfg), hooks, self.upgrading, self.skips)
+
+    def run_cycle(
+        self, cfg: configuration.Config, services: Iterable[configuration.Service], options: cycle.Options
+    ) -> cycle.Report:
+        """One update cycle of `services` (the scheduled one, or one the API asked for); the caller holds
+        `cycle_lock`."""
+        self.cycle_done.clear()
+        started = time.monotonic()
+        try:
             limits = liveness.bounds(cfg)
             self.liveness.enter("check cycle", limits.check)
-            hooks = Hooks(
-                cancel=self.cancel, checkpoint=self._step_watch(limits), progress=self._pull_watch(limits)
-            )
-            if self.skips.path.parent != cfg.state_dir:  # a reload moved the state directory
-                self.skips = SkipList(cfg.state_dir)
-            runner = Runner(
-                self.checker.engine, cfg.state_dir, History.of(cfg), hooks, self.upgrading, self.skips
-            )
-            report = cycle.run(self.checker, runner, cfg, cfg.services, cycle.Options(cancel=self.cancel))
+            report = cycle.run(self.checker, self._runner(cfg, limits), cfg, services, options)
             stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
             self.notifier.status(f"last cycle {stamp}: {cycle.describe(report)}")
             self._notify(cfg, lambda: notifications.cycle_finished(cfg, report.outcomes))
+            if self.metrics is not None:
+                ended = None if self.cancel.is_set() else time.time()
+                self.metrics.observe_cycle(report.checks, report.outcomes, time.monotonic() - started, ended)
+                self._observe_retained(cfg)
+            return report
         finally:
             self.liveness.idle()
             self.cycle_done.set()
+
+    def rollback(self, cfg: configuration.Config, service: configuration.Service, to: str | None) -> Outcome:
+        """`dockwarden rollback` for the API; the caller holds `cycle_lock`."""
+        self.cycle_done.clear()
+        try:
+            outcome = roll_back(self._runner(cfg, liveness.bounds(cfg)), cfg, service, to)
+            if self.metrics is not None:
+                self.metrics.observe_rollback(outcome)
+                self._observe_retained(cfg)
+            return outcome
+        finally:
+            self.liveness.idle()
+            self.cycle_done.set()
+
+    def _observe_retained(self, cfg: configuration.Config) -> None:
+        try:
+            images = self.checker.engine.images()
+        except EngineError:
+            return  # the gauges keep their last values; the cycle logged the engine's failure
+        assert self.metrics is not None  # noqa: S101 -- only called once the metrics exist
+        self.metrics.observe_retained(
+            {s.name: len(retention.versions(images, s.container)) for s in cfg.services}
+        )
 
     def _step_watch(self, limits: liveness.Bounds) -> Checkpoint:
         """A checkpoint that tells the liveness each step's bound, then runs the test's own, if any."""
@@ -134,6 +183,8 @@ class Daemon:
             cfg = self.config
             result = gc.collect(self.checker.engine, cfg, cancel=self.cancel)
             notifications.gc_finished(cfg, result)
+            if self.metrics is not None and result.reclaimed:
+                self.metrics.observe_gc(result.reclaimed)
         finally:
             self.gc_done.set()
 
@@ -157,6 +208,53 @@ class Daemon:
             )
         elif event.code == EVENT_JOB_ERROR:
             self.log.error("cycle.crashed", error=repr(event.exception), exc_info=event.exception)
+
+    # -- the API ---------------------------------------------------------------------------------
+
+    def _start_api(self, cfg: configuration.Config) -> None:
+        """Listen on `cfg.api` if set. A failure (port taken, token unreadable) is logged and leaves the
+        daemon running without the API: updates matter more than their dashboard; a reload retries."""
+        if cfg.api is None:
+            return
+        from dockwarden import api, control, listener, metrics  # noqa: PLC0415 -- their cost only with `api:`
+
+        if self.metrics is None:
+            self.metrics = metrics.Metrics()
+        try:
+            server = listener.Listener(
+                cfg.api, api.App(control.Control(self), api.read_token(cfg.api.token_file))
+            )
+            server.start()
+        except (OSError, ValueError) as exc:
+            self.log.error("api.failed", listen=cfg.api.listen, error=str(exc))
+            return
+        self.listener = server
+        self.log.info("api.listening", listen=cfg.api.listen)
+
+    def _stop_api(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
+            self.log.info("api.stopped", listen=self.listener.cfg.listen)
+            self.listener = None
+
+    def _reload_api(self, old: configuration.Config, new: configuration.Config) -> None:
+        """Move the listener when `api:` changed (or start it if it failed before); otherwise only read the
+        token file again, so a rotated token applies at once."""
+        if new.api != old.api or self.listener is None:
+            self._stop_api()
+            self._start_api(new)
+            return
+        from dockwarden import api  # noqa: PLC0415 -- loaded already, with the listener
+
+        assert new.api is not None  # noqa: S101 -- same as old.api, which a listener implies
+        try:
+            token = api.read_token(new.api.token_file)
+        except (OSError, ValueError) as exc:
+            self.log.error("api.failed", listen=new.api.listen, error=f"token kept: {exc}")
+            return
+        app = self.listener.app
+        assert isinstance(app, api.App)  # noqa: S101 -- the listener serves our App
+        app.token = token
 
     # -- signals ---------------------------------------------------------------------------------
 
@@ -189,6 +287,7 @@ class Daemon:
         )
         self._schedule_gc(self.config)
         self.scheduler.start()
+        self._start_api(self.config)
         self.log.info(
             "daemon.started",
             config=str(self.config.path),
@@ -197,6 +296,7 @@ class Daemon:
             gc=self.config.describe_gc(),
             engine_api=self.checker.engine.api_version,
             platform=str(self.checker.platform),
+            api=self.config.api.listen if self.config.api else "off",
         )
         self.notifier.ready(
             f"watching {len(self.config.services)} services, {self.config.describe_schedule()}"
@@ -211,9 +311,10 @@ class Daemon:
             return
         if new.docker_host != self.config.docker_host:
             self.log.warning("config.restart_needed", key="docker_host", kept=self.config.docker_host)
-        self.config = new
+        old, self.config = self.config, new
         self.scheduler.reschedule_job(JOB_ID, trigger=cycle_trigger(new))
         self._schedule_gc(new)
+        self._reload_api(old, new)
         self.log.info("config.reloaded", services=len(new.services), schedule=new.describe_schedule())
         self.notifier.status(f"config reloaded: watching {len(new.services)} services")
 
@@ -257,6 +358,7 @@ class Daemon:
         self.cancel.set()
         if self.scheduler.state == STATE_RUNNING:
             self.scheduler.shutdown(wait=False)
+        self._stop_api()
         grace = UPGRADE_STOP_GRACE if self.upgrading.is_set() else STOP_GRACE
         deadline = time.monotonic() + grace
         finished = self.cycle_done.wait(grace)

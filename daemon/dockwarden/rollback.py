@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 
 from dockwarden import gate, imageref, recovery, retention, upgrade
 from dockwarden.config import Config, Service
@@ -16,6 +17,15 @@ from dockwarden.engine import EngineError
 from dockwarden.history import Event
 from dockwarden.runner import Runner
 from dockwarden.upgrade import Outcome, Result, Target
+
+
+def parse_digest(text: str) -> str:
+    """`sha256:HEX` from a manifest digest or image ID given as `sha256:HEX` or bare HEX, at least 12
+    digits. Raises ValueError, naming the text, for anything else."""
+    value = text.removeprefix("sha256:")
+    if not re.fullmatch(r"[0-9a-f]{12,64}", value):
+        raise ValueError(f"{text!r} is not a digest (sha256:<hex>, at least 12 hex digits)")
+    return f"sha256:{value}"
 
 
 def rollback(runner: Runner, cfg: Config, service: Service, to: str | None) -> Outcome:

@@ -13,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from dockwarden import cli
-from dockwarden.config import Config, Gc, Notify, Service, StoppedContainers
+from dockwarden.config import Api, Config, Gc, Notify, Service, StoppedContainers
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = (ROOT / "config" / "README.md").read_text()
@@ -56,6 +56,13 @@ def test_nested_key_documented(key: str) -> None:
     assert re.search(rf"^\s*#?\s+{key.rpartition('.')[2]}:", EXAMPLE, re.MULTILINE), (
         f"{key} not in the example"
     )
+
+
+@pytest.mark.parametrize("key", [f"api.{k}" for k in _keys(Api)])
+def test_api_key_documented(key: str) -> None:
+    """Each key inside `api` has its own row in the reference and appears (commented) in the example file."""
+    assert f"| `{key}` |" in REFERENCE
+    assert re.search(rf"^#\s+{key.rpartition('.')[2]}:", EXAMPLE, re.MULTILINE), f"{key} not in the example"
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:
