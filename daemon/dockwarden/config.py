@@ -258,13 +258,6 @@ def _check_listen(value: str) -> str:
     return value
 
 
-def _absolute(value: object) -> Path:
-    text = str(value) if isinstance(value, Path) else _text(value)
-    if not text.startswith("/"):
-        raise ValueError(f"{text!r} must be an absolute path")
-    return Path(text)
-
-
 Duration = Annotated[timedelta, PlainValidator(_duration)]  # `90s`, `5m`, `1h30m`, `7d`
 RequestTimeout = Annotated[timedelta, PlainValidator(_duration), AfterValidator(_short_enough)]
 Interval = Annotated[timedelta, PlainValidator(_duration), AfterValidator(_long_enough)]  # at least 10 s
@@ -343,13 +336,15 @@ class Notify(_Model):
     def targets(self) -> tuple[str, ...]:
         """Every URL to send to: the file's own, then those of `urls_file`."""
         return self.urls + self.file_urls
+
+
 class Api(_Model):
     """The local HTTP API (`api:`; absent: off): where it listens (`listen`: `HOST:PORT`, or `unix:/PATH`
     for a socket made with mode 0600), the file holding its bearer token (`token_file`, absolute, readable by
     its owner only), and whether a TCP address that is not loopback is meant (`allow_remote`)."""
 
     listen: Annotated[str, AfterValidator(_check_listen)]
-    token_file: Annotated[Path, PlainValidator(_absolute)]
+    token_file: AbsolutePath
     allow_remote: bool = False
 
     @property
