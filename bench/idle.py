@@ -2,19 +2,19 @@
 
 Every service is up to date, so each cycle is what a daemon does nearly all of its life: one snapshot of the
 engine's containers and images, one HEAD per distinct image reference to a registry on 127.0.0.1 (this run's
-own, so its access log counts only these requests), and a log line per service. The 100 services follow 100
-distinct tags (`bench-idle:s0` ... `s99`, one manifest), the worst case of detection for 100 services: 100
-HEADs per cycle. Their 100 containers are created and never started: a check reads a container's image, not
-its processes, so a running one would cost the daemon nothing more, while 100 running containers would cost
-the shared engine a shim process each.
+own, so its access log counts only these requests), and a log line per service. By default the 100 services
+follow 100 distinct tags (`bench-idle:s0` ... `s99`, one manifest), the worst case of detection for 100
+services: 100 HEADs per cycle; `--tags N` spreads them over N tags instead. Their 100 containers are created
+and never started: a check reads a container's image, not its processes, so a running one would cost the
+daemon nothing more, while 100 running containers would cost the shared engine a shim process each.
 
 Each daemon is a `python -m dockwarden run` subprocess, measured from /proc/PID after it has finished two
 cycles (warm): VmRSS, and CPU as utime + stime ticks over the window, as a percentage of one core. With
-`--baseline REF`, the package as it was at git REF (exported with `git archive`, put first on PYTHONPATH)
-runs beside the current one, at the same time, on the same containers and registry, each with its own
-state_dir; a bare interpreter (`python -c` waiting on a signal) is measured as the floor. `--extra-config
-FILE` merges a YAML mapping into the generated config (nested mappings merged key by key), for features
-that change the idle cost (an API server, say).
+`--baseline REF`, the package as it was at git REF (exported with `git archive`, put first on PYTHONPATH) runs
+beside the current one, at the same time, on the same containers and registry, each with its own state_dir; a
+bare interpreter (`python -c` waiting on a signal) is measured as the floor. `--extra-config FILE` merges a
+YAML mapping into the generated config (nested mappings merged key by key), for features that change the idle
+cost (an API server, say).
 
 Run as root from the repository root:
     .venv/bin/python -m bench.idle [--services 100] [--seconds 60] [--baseline REF] [--extra-config FILE]
@@ -49,20 +49,25 @@ WARM_CYCLES = 2
 
 
 def make_services(
-    client: docker.DockerClient, registry: Registry, images: ImageFactory, count: int, run_label: str
+    client: docker.DockerClient,
+    registry: Registry,
+    images: ImageFactory,
+    count: int,
+    tags: int,
+    run_label: str,
 ) -> dict[str, str]:
-    """`count` created containers, each on its own tag of one image pushed to `registry`; service -> name."""
+    """`count` created containers over `tags` tags of one image pushed to `registry`; service -> name."""
     repo = f"{registry.host}/{REPO}"
     image_id = images.build(f"{repo}:s0", "idle")
     images.push(f"{repo}:s0")
     body, _digest = registry.get_manifest(REPO, "s0")
     services = {}
+    for i in range(1, tags):
+        registry.put_manifest(REPO, f"s{i}", body, MANIFEST_V2)  # same bytes: same digest
+        client.api.tag(image_id, repo, f"s{i}")
     for i in range(count):
-        if i:
-            registry.put_manifest(REPO, f"s{i}", body, MANIFEST_V2)  # same bytes: same digest
-            client.api.tag(image_id, repo, f"s{i}")
         name = f"dw-bench-idle-{run_label}-{i}"
-        client.api.create_container(f"{repo}:s{i}", name=name, labels={LABEL: run_label})
+        client.api.create_container(f"{repo}:s{i % tags}", name=name, labels={LABEL: run_label})
         services[f"svc{i}"] = name
     return services
 
@@ -199,7 +204,7 @@ def run(args: argparse.Namespace, client: docker.DockerClient, run_label: str, w
     registry = start_registry(work / "registry")
     sides: list[Side] = []
     try:
-        services = make_services(client, registry, images, args.services, run_label)
+        services = make_services(client, registry, images, args.services, args.tags, run_label)
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "daemon")], check=True)
         sides.append(
             start_daemon(
@@ -219,6 +224,7 @@ def run(args: argparse.Namespace, client: docker.DockerClient, run_label: str, w
         heads = registry.manifest_requests(mark)["HEAD"]
         return {
             "services": args.services,
+            "distinct_tags": args.tags,
             "interval": args.interval,
             "seconds": args.seconds,
             "registry_heads_in_window": heads,
@@ -236,6 +242,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--services", type=int, default=100)
+    parser.add_argument("--tags", type=int, default=100, help="distinct image references (HEADs per cycle)")
     parser.add_argument("--interval", default="10s", help="the daemon's interval, in seconds (NNs)")
     parser.add_argument("--seconds", type=float, default=60.0, help="the measuring window")
     parser.add_argument("--baseline", metavar="REF", help="also run the package as of this git ref")
