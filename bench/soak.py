@@ -8,7 +8,7 @@ of the good one (even N: upgraded, the replaced version retained, the oldest ret
 cycle needs a new digest, because a failed digest is skip-listed and never tried again; a digest is made
 without a build: a new image config (one label differs) over the same layer, and a manifest naming it, put
 as `latest` (three requests). The daemon is the real `dockwarden run` in its own process (through
-`bench.fastdaemon`, which only shortens the interval to 1 s), with `stability_window: 1s`, `keep_previous:
+`bench.fastdaemon`, which only shortens the interval to 0.5 s), with `stability_window: 1s`, `keep_previous:
 2` and garbage collection off (it would touch other users' dangling images on this shared engine).
 
 After each cycle the bench waits for the daemon's outcome in its log (`upgrade.finished`, or
