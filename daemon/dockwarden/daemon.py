@@ -25,6 +25,7 @@ from dockwarden import cycle, gc, liveness, schedule, statefiles
 from dockwarden.check import Checker
 from dockwarden.history import History
 from dockwarden.liveness import Liveness
+from dockwarden.neighbours import Refresher
 from dockwarden.notify import Notifier
 from dockwarden.runner import Runner
 from dockwarden.upgrade import Checkpoint, Hooks, Progress
@@ -56,6 +57,7 @@ class Daemon:
         self.config = cfg
         self.checker = checker  # and its engine: opened and closed by the caller
         self.upgrading = threading.Event()  # set while a transaction runs, so a stop waits for its end
+        self.neighbours = Refresher()  # one for the process: a missing capability is logged once
         self.checkpoint = checkpoint
         self.liveness = Liveness()
         self.notifier = notifier
@@ -88,7 +90,9 @@ class Daemon:
             hooks = Hooks(
                 cancel=self.cancel, checkpoint=self._step_watch(limits), progress=self._pull_watch(limits)
             )
-            runner = Runner(self.checker.engine, cfg.state_dir, History.of(cfg), hooks, self.upgrading)
+            runner = Runner(
+                self.checker.engine, cfg.state_dir, History.of(cfg), hooks, self.upgrading, self.neighbours
+            )
             report = cycle.run(self.checker, runner, cfg, cfg.services, cycle.Options(cancel=self.cancel))
             stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
             self.notifier.status(f"last cycle {stamp}: {cycle.describe(report)}")

@@ -269,6 +269,9 @@ class Hooks:
     # Called with the old container's ID just before it is renamed aside, under its lock: the record that
     # proves a set-aside container ours while no successor holds its name yet (`not_ours`).
     set_aside: Callable[[str], None] | None = None
+    # Called with a container's ID right after the transaction or its undo started it (the runner refreshes
+    # the host's neighbour entry for it: `neighbours`); it must not raise.
+    started: Callable[[str], None] | None = None
 
 
 def image_string(container: dict[str, Any], ref: ImageRef) -> str:
@@ -484,6 +487,8 @@ class Upgrade:
 
         self._enter(Step.START)
         self.engine.start(new_id)
+        if self.hooks.started is not None:
+            self.hooks.started(new_id)
 
         self._enter(Step.GATE)
         verdict = gate.wait(self.engine, new_id, self.t.policy, 0, self.hooks.cancel)
@@ -648,6 +653,7 @@ class Upgrade:
                 # A crash loop comes back as it was: crash-looping, which no check would pass.
                 check=self.mode is not Mode.CRASH_LOOP,
                 live=True,
+                started=self.hooks.started,
             )
         except Exception as exc:  # any failure here is reported as rollback-failed, with its message
             cause = undo_cause(cause, exc)
@@ -775,13 +781,15 @@ def undo(
     *,
     check: bool = True,
     live: bool = False,
+    started: Callable[[str], None] | None = None,
 ) -> None:
     """Put `old` (the set-aside container, or a stand-in for it) back as `name`: remove our successor if it
     holds the name, start the old one, rename it back, check it runs (healthy if it has a HEALTHCHECK).
     With `restart` False (it was not running before), only rename it back; with `check` False (it was
     crash-looping), do not expect it to come back well. `live`: the transaction that created the successor
     undoes it, so it is known ours and is removed at once (the service is down until the old version
-    starts); recovery, which only proved it ours, stops it gracefully first and never forces.
+    starts); recovery, which only proved it ours, stops it gracefully first and never forces. `started` is
+    called with the old container's ID once it started again (`Hooks.started`).
 
     Started before it is renamed back, so that a kill in between leaves a running container that still
     carries the set-aside name, which the next recovery finds; the reverse order could leave the old one
@@ -799,6 +807,8 @@ def undo(
         return
     step(UndoStep.START_OLD)
     _start_with_retries(engine, old["Id"])
+    if started is not None:
+        started(old["Id"])
     if _name(current) != name:
         step(UndoStep.RENAME_OLD)
         _rename_back(engine, current, name)

@@ -570,3 +570,33 @@ def test_converge_never_forces_a_removal(scene: Scene) -> None:
     upgrade.converge(scene.fake, NAME, POLICY)
     removes = [c for c in scene.fake.calls if c.op is Op.REMOVE]
     assert [c.args for c in removes] == [(scene.old_id, False, False)]
+
+
+def _starts(scene: Scene) -> tuple[list[tuple[str, bool]], Callable[[str], None]]:
+    """A `Hooks.started` that records each ID it gets and whether that container runs at that moment."""
+    seen: list[tuple[str, bool]] = []
+
+    def started(container_id: str) -> None:
+        seen.append((container_id, bool(scene.fake.containers[container_id]["State"]["Running"])))
+
+    return seen, started
+
+
+def test_started_hook_follows_the_successors_start(scene: Scene) -> None:
+    """`Hooks.started` (the neighbour refresh) gets the successor's ID once, right after its start."""
+    seen, started = _starts(scene)
+    assert _run(scene, started=started).result == "upgraded"
+    new = scene.fake.named(NAME)
+    assert new is not None
+    assert seen == [(new["Id"], True)]
+
+
+def test_started_hook_follows_the_old_versions_restart_in_a_rollback(scene: Scene) -> None:
+    """On a rollback `Hooks.started` gets the successor's ID, then the old container's right after the undo
+    started it again."""
+    _new_version_exits(scene.fake)
+    seen, started = _starts(scene)
+    assert _run(scene, started=started).result == "rolled-back"
+    assert len(seen) == 2
+    assert seen[0][0] != scene.old_id
+    assert seen[1] == (scene.old_id, True)
