@@ -502,6 +502,14 @@ class Engine:
             mac_address=endpoint.get("MacAddress"),
         )
 
+    def disconnect_network(self, container_id: str, network: str) -> None:
+        self._call(
+            f"disconnecting {container_id[:12]} from {network}",
+            self._client.api.disconnect_container_from_network,
+            container_id,
+            network,
+        )
+
     def remove(self, container_id: str, force: bool = True, volumes: bool = False) -> None:
         """Remove a container; by default its volumes stay (anonymous ones too: the old version may need
         them back).
