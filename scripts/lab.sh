@@ -21,6 +21,9 @@ ENGINE26_BRIDGE=dwbr26
 # The second engine's bridge; nothing is ever sent to it except through ports published on 127.0.0.1.
 ENGINE26_BRIDGE_ADDR=172.30.0.1/24
 COMPOSE_DIR=${DWLAB_COMPOSE_DIR:-/opt/dwlab/compose}
+# Debian 12's nginx, unpacked for the start-first proxy test and benchmark, which copy its binary and the
+# host's copies of its libraries into a FROM-scratch image (tests/support/nginx.py); never installed.
+NGINX_DIR=${DWLAB_NGINX_DIR:-/opt/dwlab/nginx}
 # A system plugin folder that both Docker CLIs (Debian's 20.10 and 28) search whatever DOCKER_CONFIG says, so
 # tests that point DOCKER_CONFIG at their own credentials still find `docker compose`.
 COMPOSE_PLUGIN=/usr/local/lib/docker/cli-plugins/docker-compose
@@ -147,6 +150,12 @@ install_engine26() {
     fetch_debian "$ENGINE26_DIR" trixie docker.io containerd tini
 }
 
+install_nginx() {
+    [[ -x $NGINX_DIR/usr/sbin/nginx ]] && return 0
+    say "fetching Debian 12's nginx into $NGINX_DIR (not installed system-wide)"
+    fetch_debian "$NGINX_DIR" bookworm nginx
+}
+
 # Compose v2 from forky (testing) or sid, whichever has the newer (2.40.3 when this was written): Debian 12
 # has only Compose v1. Its binary needs nothing but glibc >= 2.34, so it runs here; the plugin folder gets a
 # link to it.
@@ -231,6 +240,7 @@ main() {
         install_engine26
         start_engine26
         install_compose
+        install_nginx
         status
         ;;
     status) status ;;

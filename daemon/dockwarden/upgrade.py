@@ -599,8 +599,8 @@ class Upgrade:
         """The start-first transaction: the successor is created, started and gated as NAME--dockwarden-new
         without the service's aliases while the old container serves untouched; a failure up to there
         only removes it. Then the old one is set aside (as in stop-first, and still serving), the successor
-        takes the name and the aliases, and the commit comes while both serve; the old one drains, leaves
-        its networks and stops. Every state between is one `converge` knows (see `not_ours`)."""
+        takes the name and the aliases, and the commit comes while both serve; the old one drains and
+        stops. Every state between is one `converge` knows (see `not_ours`)."""
         t = self.t
         if switching:
             self._enter(Step.TAG)
@@ -625,7 +625,9 @@ class Upgrade:
         else:
             time.sleep(t.drain)
         self._enter(Step.STOP_OLD)
-        self._leave_networks(self.old)
+        # Stopped, not disconnected first: its StopSignal lets it finish what it serves, and a client (or a
+        # proxy) still sending to it meanwhile is refused at once; a disconnect would drop its in-flight
+        # connections silently, leaving their clients to time out.
         self.engine.stop(aside, stop_timeout(self.old))
         self._enter(Step.REMOVE_OLD)
         self.engine.remove(aside)
@@ -651,15 +653,6 @@ class Upgrade:
             )
         if self.hooks.started is not None:
             self.hooks.started(new_id)
-
-    def _leave_networks(self, container: dict[str, Any]) -> None:
-        """Take a committed, draining old container off its networks before its stop: its addresses and
-        aliases leave DNS at once, not after its process exited (which refuses connections meanwhile)."""
-        for network in (container.get("NetworkSettings") or {}).get("Networks") or {}:
-            try:
-                self.engine.disconnect_network(container["Id"], network)
-            except EngineError as exc:  # it is stopped next anyway, which takes it off too
-                self.log.warning("upgrade.disconnect_failed", network=network, error=str(exc))
 
     def _stop_old(self) -> None:
         """STOP_OLD, honouring StopSignal and StopTimeout (with AutoRemove: until the engine deleted it)."""

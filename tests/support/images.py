@@ -18,7 +18,13 @@ import docker
 import docker.errors
 
 BUSYBOX = Path("/bin/busybox")
-APPLETS = ("sh", "sleep", "httpd", "wget", "cat", "echo", "true", "false", "ls", "test", "env")
+# nslookup, nc, printf: a client resolving a network alias and sending GET (tests/support/nginx.py). Busybox's
+# wget looks up the "http" service through glibc's NSS, which a static binary cannot load in a FROM-scratch
+# image: it crashes (SIGSEGV) even on an IP address; nslookup has a DNS client of its own.
+APPLETS = (
+    *("sh", "sleep", "httpd", "wget", "cat", "echo", "true", "false", "ls", "test", "env"),
+    *("nslookup", "nc", "printf"),
+)
 LABEL = "dockwarden.test"
 
 

@@ -16,6 +16,7 @@ from dockwarden import config as configuration
 from dockwarden import liveness
 from dockwarden.check import Checker
 from dockwarden.daemon import Daemon
+from dockwarden.engine import DEFAULT_TIMEOUT
 from dockwarden.liveness import Liveness
 from dockwarden.notify import Notifier
 from dockwarden.upgrade import Step, UndoStep
@@ -105,4 +106,4 @@ def test_the_drain_step_is_bounded_by_the_longest_drain(tmp_path: Path) -> None:
     path = tmp_path / "dw.yaml"
     path.write_text(f"state_dir: {tmp_path}\nservices:\n  a: {{drain: 2m}}\n  b: {{strategy: start-first}}\n")
     limits = liveness.bounds(configuration.load(path))
-    assert liveness.step_bound(Step.DRAIN, limits) == pytest.approx(120 + liveness.ENGINE_TIMEOUT)
+    assert liveness.step_bound(Step.DRAIN, limits) == pytest.approx(120 + DEFAULT_TIMEOUT)
