@@ -152,6 +152,7 @@ class HostClient:
     def __init__(self, port: int, max_requests: int = 200_000, max_seconds: float = 1800) -> None:
         self.url = f"http://127.0.0.1:{port}/"
         self.ok: list[str] = []
+        self.stamps: list[float] = []  # time.monotonic() of each success
         self.failed: list[str] = []
         self._limits = (max_requests, max_seconds)
         self._stop = threading.Event()
@@ -165,6 +166,7 @@ class HostClient:
             try:
                 with urllib.request.urlopen(self.url, timeout=5) as response:  # noqa: S310 -- 127.0.0.1 only
                     self.ok.append(response.read().decode().strip())
+                    self.stamps.append(time.monotonic())
             except (OSError, http.client.HTTPException) as exc:
                 self.failed.append(str(exc))
             time.sleep(0.01)
