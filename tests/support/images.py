@@ -19,8 +19,8 @@ import docker.errors
 
 BUSYBOX = Path("/bin/busybox")
 # nslookup, nc, printf: a client resolving a network alias and sending GET (tests/support/nginx.py). Busybox's
-# wget looks up the "http" service through glibc's NSS, which a static binary cannot load in a FROM-scratch
-# image: it crashes (SIGSEGV) even on an IP address; nslookup has a DNS client of its own.
+# wget crashed (SIGSEGV) in a FROM-scratch image given an alias or another container's IP address (it
+# resolves through glibc, whose NSS a static binary cannot load there); nslookup has a DNS client of its own.
 APPLETS = (
     *("sh", "sleep", "httpd", "wget", "cat", "echo", "true", "false", "ls", "test", "env"),
     *("nslookup", "nc", "printf"),
