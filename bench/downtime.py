@@ -33,11 +33,15 @@ from datetime import datetime
 from pathlib import Path
 
 import docker
+import docker.errors
 from tests.support.images import LABEL, ImageFactory, remove_labelled
 from tests.support.registry import Registry, start_registry
 
 HANDLES_TERM = ["sh", "-c", "trap 'exit 0' TERM; httpd -f -p 8080 -h /www & wait"]
 IGNORES_TERM = ["httpd", "-f", "-p", "8080", "-h", "/www"]
+APPS = {"handles-term": HANDLES_TERM, "ignores-term": IGNORES_TERM}
+# dockwarden as shipped, dockwarden without CAP_NET_RAW (no neighbour refresh), and the post's script.
+SIDES = ("dockwarden", "dockwarden-no-net-raw", "script")
 MAX_REQUESTS = 20_000  # the load loop's bounds: count and time
 MAX_SECONDS = 60.0
 # A short client timeout, so the gap measures when the service answers again, not how long a client
@@ -117,13 +121,14 @@ def script_upgrade(tag: str, name: str, port: int, run_label: str) -> None:
     _run_app(tag, name, port, run_label)
 
 
-def dockwarden_update(cfg: Path, service: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dockwarden", "update", "-c", str(cfg), service],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def dockwarden_update(cfg: Path, service: str, *, net_raw: bool = True) -> subprocess.CompletedProcess[str]:
+    """`dockwarden update`; without `net_raw`, under `capsh --drop=cap_net_raw` (CAP_NET_RAW gone from the
+    bounding set, so root's exec cannot have it): dockwarden cannot refresh the neighbour entry then, as
+    under a systemd unit that does not grant it."""
+    command = [sys.executable, "-m", "dockwarden", "update", "-c", str(cfg), service]
+    if not net_raw:
+        command = ["capsh", "--drop=cap_net_raw", "--", "-c", 'exec "$0" "$@"', *command]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
 
 
 def _config(path: Path, containers: dict[str, str]) -> Path:
@@ -143,7 +148,7 @@ def one_round(
 ) -> dict[str, float]:
     suffix = uuid.uuid4().hex[:6]
     results = {}
-    for side in ("dockwarden", "script"):
+    for side in SIDES:
         tag = f"{registry.host}/bench-{side}-{suffix}:latest"
         images.build(tag, f"{side}-v1", cmd=cmd)
         images.push(tag)
@@ -154,10 +159,11 @@ def one_round(
         cfg = _config(work / f"{side}-{suffix}.yaml", {"web": name})
         with Load(port) as load:
             load.wait_for(f"{side}-v1")
-            if side == "dockwarden":
-                proc = dockwarden_update(cfg, "web")
+            if side != "script":
+                proc = dockwarden_update(cfg, "web", net_raw=side == "dockwarden")
                 if proc.returncode != 0:
                     raise RuntimeError(proc.stdout + proc.stderr[-2000:])
+                _expect_refresh(proc.stderr, refreshed=side == "dockwarden")
             else:
                 script_upgrade(tag, name, port, run_label)
             load.wait_for(f"{side}-v2")
@@ -165,6 +171,15 @@ def one_round(
         results[side] = load.longest_gap()
         client.containers.get(name).remove(force=True)
     return results
+
+
+def _expect_refresh(log: str, *, refreshed: bool) -> None:
+    """Fail the round unless dockwarden refreshed the neighbour entry (with CAP_NET_RAW) or said it could
+    not (without): a side that silently measured the other would be worthless."""
+    events = {json.loads(line).get("event") for line in log.splitlines() if line.startswith("{")}
+    wanted = "neighbour.refreshed" if refreshed else "neighbour.refresh_unavailable"
+    if wanted not in events:
+        raise RuntimeError(f"no {wanted} in dockwarden's log:\n{log[-3000:]}")
 
 
 def rollback_round(
@@ -205,40 +220,80 @@ def rollback_round(
     }
 
 
+ENGINES = {
+    "20.10": "unix:///var/run/docker.sock",
+    "26.1": "unix:///var/run/dwlab-docker26.sock",
+    "28.5": "unix:///var/run/dwlab-docker28.sock",
+}
+
+
+def _answering(url: str) -> docker.DockerClient | None:
+    try:
+        client = docker.DockerClient(base_url=url, version="auto", timeout=120)
+    except docker.errors.DockerException:
+        return None
+    return client
+
+
+def one_engine(
+    label: str, client: docker.DockerClient, registry: Registry, rounds: int, apps: list[str], work: Path
+) -> dict[str, object]:
+    """Every measurement on one engine; DOCKER_HOST is set to it, so the CLI and dockwarden use it too."""
+    run_label = f"bench-{uuid.uuid4().hex[:8]}"
+    images = ImageFactory(client, run_label)
+    results: dict[str, object] = {"version": client.version()["Version"]}
+    try:
+        for app in apps:
+            done = [one_round(images, client, registry, APPS[app], run_label, work) for _ in range(rounds)]
+            medians = {side: statistics.median(r[side] for r in done) for side in SIDES}
+            row: dict[str, object] = {
+                side: {"median_s": medians[side], "all_s": [r[side] for r in done]} for side in medians
+            }
+            row["ratio"] = medians["dockwarden"] / medians["script"]
+            row["ratio_without_net_raw"] = medians["dockwarden-no-net-raw"] / medians["script"]
+            results[app] = row
+            print(label, app, json.dumps(row), flush=True)
+        rollbacks = [rollback_round(images, client, registry, run_label, work) for _ in range(rounds)]
+        summary: dict[str, object] = {
+            key: statistics.median(r[key] for r in rollbacks)
+            for key in ("rollback_s", "app_start_s", "rollback_step_ms")
+        }
+        summary["all"] = rollbacks
+        results["rollback"] = summary
+        print(label, "rollback", json.dumps(summary), flush=True)
+    finally:
+        remove_labelled(client, run_label)
+        images.cleanup()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--engine", action="append", choices=sorted(ENGINES), help="default: all that answer")
+    parser.add_argument("--app", action="append", choices=sorted(APPS), help="default: both")
     parser.add_argument("--out", default="bench/results/downtime.json")
     args = parser.parse_args()
-    client = docker.from_env(version="auto", timeout=120)
-    run_label = f"bench-{uuid.uuid4().hex[:8]}"
-    images = ImageFactory(client, run_label)
     work = Path(tempfile.mkdtemp(prefix="dockwarden-bench-"))
     registry = start_registry(work / "registry")
     results: dict[str, object] = {"rounds": args.rounds}
     try:
-        for label, cmd in (("handles SIGTERM", HANDLES_TERM), ("ignores SIGTERM", IGNORES_TERM)):
-            rounds = [one_round(images, client, registry, cmd, run_label, work) for _ in range(args.rounds)]
-            medians = {side: statistics.median(r[side] for r in rounds) for side in ("dockwarden", "script")}
-            row: dict[str, object] = {
-                side: {"median_s": medians[side], "all_s": [r[side] for r in rounds]} for side in medians
-            }
-            row["ratio"] = medians["dockwarden"] / medians["script"]
-            results[label] = row
-            print(label, json.dumps(row))
-        rollbacks = [rollback_round(images, client, registry, run_label, work) for _ in range(args.rounds)]
-        results["rollback"] = {
-            key: statistics.median(r[key] for r in rollbacks)
-            for key in ("rollback_s", "app_start_s", "rollback_step_ms")
-        }
-        results["rollback"]["all"] = rollbacks  # type: ignore[index]
-        print("rollback", json.dumps(results["rollback"]))
+        for label in args.engine or list(ENGINES):
+            client = _answering(ENGINES[label])
+            if client is None:
+                print(label, "does not answer: skipped", flush=True)
+                continue
+            os.environ["DOCKER_HOST"] = ENGINES[label]
+            try:
+                results[label] = one_engine(
+                    label, client, registry, args.rounds, args.app or list(APPS), work
+                )
+            finally:
+                client.close()
     finally:
-        remove_labelled(client, run_label)
         registry.stop()
-        images.cleanup()
         shutil.rmtree(work, ignore_errors=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,9 @@ COMPOSE_DIR=${DWLAB_COMPOSE_DIR:-/opt/dwlab/compose}
 # Debian's prometheus package, unpacked (not installed: its postinst would start a Prometheus server), for
 # `promtool check metrics` in the metrics test.
 PROMETHEUS_DIR=${DWLAB_PROMETHEUS_DIR:-/opt/dwlab/prometheus}
+# Debian 12's nginx, unpacked for the start-first proxy test and benchmark, which copy its binary and the
+# host's copies of its libraries into a FROM-scratch image (tests/support/nginx.py); never installed.
+NGINX_DIR=${DWLAB_NGINX_DIR:-/opt/dwlab/nginx}
 # A system plugin folder that both Docker CLIs (Debian's 20.10 and 28) search whatever DOCKER_CONFIG says, so
 # tests that point DOCKER_CONFIG at their own credentials still find `docker compose`.
 COMPOSE_PLUGIN=/usr/local/lib/docker/cli-plugins/docker-compose
@@ -155,6 +158,12 @@ install_engine26() {
     [[ -x $ENGINE26_DIR/usr/sbin/dockerd ]] && return 0
     say "fetching Debian 13's docker.io 26.1 into $ENGINE26_DIR (not installed system-wide)"
     fetch_debian "$ENGINE26_DIR" trixie docker.io containerd tini
+}
+
+install_nginx() {
+    [[ -x $NGINX_DIR/usr/sbin/nginx ]] && return 0
+    say "fetching Debian 12's nginx into $NGINX_DIR (not installed system-wide)"
+    fetch_debian "$NGINX_DIR" bookworm nginx
 }
 
 # Compose v2 from forky (testing) or sid, whichever has the newer (2.40.3 when this was written): Debian 12
@@ -292,6 +301,7 @@ main() {
         start_engine28
         install_compose
         install_promtool
+        install_nginx
         status
         ;;
     status) status ;;

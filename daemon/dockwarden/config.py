@@ -66,6 +66,17 @@ class Stopped(StrEnum):
     RECREATE = "recreate"  # recreate it on the new image and leave it stopped (a job started by a timer)
 
 
+class Strategy(StrEnum):
+    """How an upgrade switches a running container to its successor (README: Upgrades)."""
+
+    STOP_FIRST = "stop-first"  # stop the old one, then start the new one: down for the engine's stop + start
+    # Start and gate the new one under a temporary name while the old one serves, then move the name and
+    # the network aliases, drain and stop the old one. Two containers run at once for a while.
+    START_FIRST = "start-first"
+    AUTO = "auto"  # start-first when nothing the container holds on the host would be held twice
+
+
+DRAIN = timedelta(seconds=10)
 _Choice = TypeVar("_Choice", bound=StrEnum)
 
 
@@ -118,8 +129,9 @@ def _duration(value: object) -> timedelta:
 # A request timeout becomes a socket wait, which poll() takes in milliseconds as a C int (24.8 days); a
 # registry that needs an hour to answer one request is down anyway.
 MAX_REQUEST_TIMEOUT = timedelta(hours=1)
-# The transaction's names for a container set aside (upgrade.OLD_SUFFIX, STOPPED_SUFFIX, DONE_SUFFIX).
-RESERVED_SUFFIXES = ("--dockwarden-old", "--dockwarden-old-stopped", "--dockwarden-done")
+# The transaction's names for a container set aside (upgrade.OLD_SUFFIX, STOPPED_SUFFIX, DONE_SUFFIX), and
+# for a start-first successor before it takes the service's name (upgrade.NEW_SUFFIX).
+RESERVED_SUFFIXES = ("--dockwarden-old", "--dockwarden-old-stopped", "--dockwarden-done", "--dockwarden-new")
 
 
 def _short_enough(value: timedelta) -> timedelta:
@@ -264,6 +276,7 @@ Interval = Annotated[timedelta, PlainValidator(_duration), AfterValidator(_long_
 Image = Annotated[imageref.ImageRef, PlainValidator(_image)]
 UpdateMode = Annotated[Update, PlainValidator(_choice(Update))]
 StoppedMode = Annotated[Stopped, PlainValidator(_choice(Stopped))]
+StrategyMode = Annotated[Strategy, PlainValidator(_choice(Strategy))]
 StateDir = Annotated[Path, PlainValidator(_state_dir)]  # absolute
 AbsolutePath = Annotated[Path, PlainValidator(_absolute)]
 NotifyEventName = Annotated[NotifyEvent, PlainValidator(_choice(NotifyEvent))]
@@ -389,6 +402,8 @@ class Service(_Model):
     image: Image | None = None  # None: follow the reference the container was created from
     update: UpdateMode = Update.AUTO
     stopped: StoppedMode = Stopped.SKIP  # a container that is not running: skip it, or recreate it stopped
+    strategy: StrategyMode = Strategy.STOP_FIRST
+    drain: Duration = DRAIN  # start-first: how long the old container serves beside the new one
     depends_on: Annotated[tuple[Name, ...], BeforeValidator(_tuple)] = ()  # service names
     probe: Probe | None = Field(default=None, alias="health")  # `health:` in the file, `health=` in code
     stability_window: Duration = STABILITY_WINDOW

@@ -283,6 +283,8 @@ def _one(
         to_digest=digest,
         policy=gate.policy_for(service, cfg.health_timeout_max),
         stopped=service.stopped,
+        strategy=service.strategy,
+        drain=service.drain.total_seconds(),
     )
     if options.dry_run:
         return _plan(runner.engine, target, result, report)

@@ -27,6 +27,7 @@ from dockwarden.check import Checker
 from dockwarden.engine import EngineError
 from dockwarden.history import History
 from dockwarden.liveness import Liveness
+from dockwarden.neighbours import Refresher
 from dockwarden.notify import Notifier
 from dockwarden.rollback import rollback as roll_back
 from dockwarden.runner import Runner
@@ -67,6 +68,7 @@ class Daemon:
         self.checker = checker  # and its engine: opened and closed by the caller
         self.upgrading = threading.Event()  # set while a transaction runs, so a stop waits for its end
         self.skips = SkipList(cfg.state_dir)  # for the process's life: it remembers what it cannot write
+        self.neighbours = Refresher()  # one for the process: a missing capability is logged once
         self.checkpoint = checkpoint
         self.liveness = Liveness()
         self.notifier = notifier
@@ -107,7 +109,15 @@ class Daemon:
         )
         if self.skips.path.parent != cfg.state_dir:  # a reload moved the state directory
             self.skips = SkipList(cfg.state_dir)
-        return Runner(self.checker.engine, cfg.state_dir, History.of(cfg), hooks, self.upgrading, self.skips)
+        return Runner(
+            self.checker.engine,
+            cfg.state_dir,
+            History.of(cfg),
+            hooks,
+            self.upgrading,
+            skips=self.skips,
+            neighbours=self.neighbours,
+        )
 
     def run_cycle(
         self, cfg: configuration.Config, services: Iterable[configuration.Service], options: cycle.Options

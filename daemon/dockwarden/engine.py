@@ -322,6 +322,51 @@ class RegistryConfig:
         return False
 
 
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"  # moby libnetwork/drivers/bridge: netlabel.go
+
+
+@dataclass(frozen=True, kw_only=True)
+class BridgeEndpoint:
+    """A container's address on a bridge network, as the host sees it: the host interface the bridge
+    driver made (`docker0`, `br-<network ID[:12]>`, or its `com.docker.network.bridge.name` option) and
+    the container's addresses on it (NetworkSettings.Networks[...], Engine API EndpointSettings)."""
+
+    interface: str
+    ipv4: ipaddress.IPv4Address | None
+    gateway4: ipaddress.IPv4Address | None  # the bridge's own IPv4 address
+    ipv6: ipaddress.IPv6Address | None  # GlobalIPv6Address, on a dual-stack network
+
+
+def bridge_interface(network: Mapping[str, Any]) -> str | None:
+    """The host interface of a network inspect document (`GET /networks/{id}`): its
+    `com.docker.network.bridge.name` option, else the bridge driver's default `br-` + the ID's first 12
+    digits (moby libnetwork/drivers/bridge/bridge.go, `getBridgeName`'s caller); None for any driver but
+    `bridge` (overlay, macvlan, host, none: no host bridge to refresh)."""
+    if network.get("Driver") != "bridge":
+        return None
+    named = (network.get("Options") or {}).get(BRIDGE_NAME_OPTION)
+    return str(named) if named else "br-" + str(network.get("Id", ""))[:12]
+
+
+def _address(text: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(str(text)) if text else None
+    except ValueError:
+        return None
+
+
+def bridge_endpoint(interface: str, settings: Mapping[str, Any]) -> BridgeEndpoint:
+    """A BridgeEndpoint from one EndpointSettings object; addresses that are empty or do not parse are
+    None."""
+    v4, gateway, v6 = (_address(settings.get(key)) for key in ("IPAddress", "Gateway", "GlobalIPv6Address"))
+    return BridgeEndpoint(
+        interface=interface,
+        ipv4=v4 if isinstance(v4, ipaddress.IPv4Address) else None,
+        gateway4=gateway if isinstance(gateway, ipaddress.IPv4Address) else None,
+        ipv6=v6 if isinstance(v6, ipaddress.IPv6Address) else None,
+    )
+
+
 def _explain(exc: Exception) -> str:
     if isinstance(exc, docker.errors.APIError):
         return str(exc.explanation or exc)
@@ -500,6 +545,14 @@ class Engine:
             mac_address=endpoint.get("MacAddress"),
         )
 
+    def disconnect_network(self, container_id: str, network: str) -> None:
+        self._call(
+            f"disconnecting {container_id[:12]} from {network}",
+            self._client.api.disconnect_container_from_network,
+            container_id,
+            network,
+        )
+
     def remove(self, container_id: str, force: bool = True, volumes: bool = False) -> None:
         """Remove a container; by default its volumes stay (anonymous ones too: the old version may need
         them back).
@@ -596,6 +649,20 @@ class Engine:
             f"removing image {reference}", self._client.api.remove_image, reference, force=False
         )
         return list(found or ())
+
+    def bridge_endpoints(self, container_id: str) -> list[BridgeEndpoint]:
+        """The container's endpoints on bridge networks (NotFound, EngineError); one inspect of the
+        container, then one of each network it is on."""
+        container = self.inspect_container(container_id)
+        found = []
+        networks = ((container.get("NetworkSettings") or {}).get("Networks") or {}).items()
+        for name, settings in networks:
+            network_id = str((settings or {}).get("NetworkID") or name)
+            document = self._call(f"inspecting network {name}", self._client.api.inspect_network, network_id)
+            interface = bridge_interface(dict(document))
+            if interface is not None:
+                found.append(bridge_endpoint(interface, settings))
+        return found
 
     def registry_config(self) -> RegistryConfig:
         """The engine's insecure registries (`docker info`'s `RegistryConfig`), for the registry client."""

@@ -38,6 +38,7 @@ class Bounds:
     step: float  # one transaction step, or between two (engine calls)
     stop: float  # the STOP_OLD step: the container's stop timeout, then the engine's
     gate: float  # the GATE step: the longest wait for healthy, a stability window, a probe
+    drain: float = 0.0  # the DRAIN step (start-first): the longest `drain`, plus an engine call
     pull: float  # silence between two messages of a pull's progress stream
 
 
@@ -58,6 +59,7 @@ def bounds(cfg: Config) -> Bounds:
         stop=LONGEST_STOP + ENGINE_TIMEOUT,
         gate=gate,
         pull=engine,
+        drain=max((s.drain.total_seconds() for s in cfg.services), default=0.0) + ENGINE_TIMEOUT,
     )
 
 
@@ -98,4 +100,6 @@ def step_bound(step: str, limits: Bounds) -> float:
         return limits.gate
     if step == Step.STOP_OLD:
         return limits.stop
+    if step == Step.DRAIN:
+        return limits.drain
     return limits.step

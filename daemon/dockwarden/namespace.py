@@ -129,7 +129,7 @@ def _recreate(
     )
     try:
         with ContainerLock(state_dir, child):
-            result = Upgrade(engine, target, Hooks(cancel=hooks.cancel)).run()
+            result = Upgrade(engine, target, Hooks(cancel=hooks.cancel, started=hooks.started)).run()
     except (Busy, OSError) as exc:
         log.error("namespace.refresh_failed", container=child, error=str(exc))
         return

@@ -67,7 +67,9 @@ def _document(view: ContainerView) -> dict[str, Any]:
 
 class LeftoverKind(StrEnum):
     FINISH = "finish"  # NAME--dockwarden-done: the successor passed its gate; remove the old container
-    UNDO = "undo"  # NAME--dockwarden-old(-stopped): put the old container back (started, or stopped)
+    # NAME--dockwarden-old(-stopped): put the old container back (started, or stopped); NAME--dockwarden-new:
+    # remove a start-first successor that never took over.
+    UNDO = "undo"
     PULLED = "pulled"  # REPO:dockwarden-NAME-pulled: an image tag protecting a pull; drop it
 
 
@@ -102,6 +104,7 @@ def leftovers(
             (upgrade.OLD_SUFFIX, LeftoverKind.UNDO),
             (upgrade.STOPPED_SUFFIX, LeftoverKind.UNDO),
             (upgrade.DONE_SUFFIX, LeftoverKind.FINISH),
+            (upgrade.NEW_SUFFIX, LeftoverKind.UNDO),
         ):
             base = name.removesuffix(suffix)
             if name.endswith(suffix) and base in watched:

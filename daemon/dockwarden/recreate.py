@@ -27,6 +27,7 @@ A value the user set equal to the default is indistinguishable from it, and foll
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import posixpath
 import re
@@ -577,6 +578,20 @@ def plan(
         files=_copied_files(body.get("Env") or (), body["HostConfig"]),
         notes=tuple(notes),
     )
+
+
+def without_aliases(plan: CreatePlan) -> CreatePlan:
+    """`plan` with no network aliases on any endpoint: a start-first successor is created so while the old
+    container answers them (it gets them once it takes over, `upgrade.Upgrade._move_aliases`)."""
+
+    def bare(endpoints: Mapping[str, Any]) -> dict[str, Any]:
+        return {net: {k: v for k, v in (e or {}).items() if k != "Aliases"} for net, e in endpoints.items()}
+
+    body = dict(plan.body)
+    networking = body.get("NetworkingConfig") or {}
+    if networking.get("EndpointsConfig"):
+        body["NetworkingConfig"] = {**networking, "EndpointsConfig": bare(networking["EndpointsConfig"])}
+    return dataclasses.replace(plan, body=body, connect=bare(plan.connect))
 
 
 def _follow_compose(body: dict[str, Any], new_image: dict[str, Any]) -> None:

@@ -88,6 +88,8 @@ def _locked(runner: Runner, cfg: Config, service: Service, to: str | None) -> Ou
         policy=policy,
         image_id=image_id,
         stopped_ok=True,
+        strategy=service.strategy,
+        drain=service.drain.total_seconds(),
     )
     outcome = runner.transact(target, service.keep_previous)
     if not outcome.switched:

@@ -22,6 +22,7 @@ from dockwarden import compose, namespace, recovery, retention
 from dockwarden.engine import Engine, EngineError
 from dockwarden.history import Event, History
 from dockwarden.locks import Busy, ContainerLock
+from dockwarden.neighbours import Refresher
 from dockwarden.skiplist import SkipList
 from dockwarden.upgrade import Hooks, Outcome, Result, Target, Upgrade
 
@@ -35,13 +36,17 @@ class Runner:
         hooks: Hooks | None = None,
         upgrading: threading.Event | None = None,
         skips: SkipList | None = None,
+        neighbours: Refresher | None = None,
     ) -> None:
         self.engine = engine
         self.state_dir = state_dir
         # The daemon passes the one it holds for its life, so a skip that cannot be written still holds.
         self.skips = skips if skips is not None else SkipList(state_dir)
         self.journal = journal
-        self.hooks = hooks or Hooks()
+        # One per daemon (passed in), so that a missing capability is logged once, not once per cycle.
+        self.neighbours = neighbours or Refresher()
+        hooks = hooks or Hooks()
+        self.hooks = hooks if hooks.started is not None else dataclasses.replace(hooks, started=self.refresh)
         self.log = structlog.get_logger("dockwarden.update")
         # Set while a transaction runs, so a stop waits for its end (the daemon shares one across cycles).
         self.upgrading = upgrading if upgrading is not None else threading.Event()
@@ -81,6 +86,16 @@ class Runner:
             result=result,
             error=error,
         )
+
+    def refresh(self, container_id: str) -> None:
+        """Refresh the host's neighbour entries for a container that just started (`neighbours`); an
+        engine that cannot say where it is connected is logged, never raised: the start itself worked."""
+        try:
+            endpoints = self.engine.bridge_endpoints(container_id)
+        except EngineError as exc:
+            self.log.warning("neighbour.refresh_failed", container=container_id[:12], error=str(exc))
+            return
+        self.neighbours.refresh(container_id[:12], endpoints)
 
     def transact(self, target: Target, keep_previous: int) -> Outcome:
         """Run the transaction and what follows a switch; the caller holds the lock (`locked`)."""

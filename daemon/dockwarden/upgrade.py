@@ -36,15 +36,16 @@ from typing import Any, Protocol
 import structlog
 
 from dockwarden import compose, gate, imageref, recreate, retention
-from dockwarden.config import Stopped
+from dockwarden.config import Stopped, Strategy
 from dockwarden.engine import ContainerState, EngineError, NotFound, Unreachable
 from dockwarden.imageref import ImageRef
 
 OLD_SUFFIX = "--dockwarden-old"
 STOPPED_SUFFIX = "--dockwarden-old-stopped"
 DONE_SUFFIX = "--dockwarden-done"
-# Every name a half-done upgrade leaves on the old container (recovery and GC look for them).
-SUFFIXES = (OLD_SUFFIX, STOPPED_SUFFIX, DONE_SUFFIX)
+NEW_SUFFIX = "--dockwarden-new"  # start-first: the successor, until it takes the service's name
+# Every name a half-done upgrade leaves (recovery and GC look for them).
+SUFFIXES = (OLD_SUFFIX, STOPPED_SUFFIX, DONE_SUFFIX, NEW_SUFFIX)
 START_ATTEMPTS = 5  # for the old container during an undo
 START_RETRY_DELAY = 1.0
 DEFAULT_STOP_TIMEOUT = 10  # the engine's own default when a container sets no StopTimeout
@@ -71,6 +72,11 @@ class Step(StrEnum):
     GATE = "gate"
     COMMIT = "commit"
     REMOVE_OLD = "remove-old"
+    # start-first only (START_FIRST_STEPS): the successor takes the name, then the aliases; the old one
+    # serves beside it for `drain`.
+    TAKE_NAME = "take-name"
+    MOVE_ALIASES = "move-aliases"
+    DRAIN = "drain"
 
 
 class UndoStep(StrEnum):
@@ -82,7 +88,25 @@ class UndoStep(StrEnum):
     ROLLBACK = "rollback"
 
 
-STEPS = tuple(Step)
+# The steps of each strategy, in the order they run.
+STEPS = tuple(s for s in Step if s not in (Step.TAKE_NAME, Step.MOVE_ALIASES, Step.DRAIN))
+START_FIRST_STEPS = (
+    Step.PULL,
+    Step.PLAN,
+    Step.TAG,
+    Step.CREATE,
+    Step.CONNECT,
+    Step.VERIFY,
+    Step.START,
+    Step.GATE,
+    Step.SET_ASIDE,
+    Step.TAKE_NAME,
+    Step.MOVE_ALIASES,
+    Step.COMMIT,
+    Step.DRAIN,
+    Step.STOP_OLD,
+    Step.REMOVE_OLD,
+)
 UNDO_STEPS = (UndoStep.REMOVE_NEW, UndoStep.START_OLD, UndoStep.RENAME_OLD)
 
 
@@ -151,6 +175,60 @@ def mode_for(state: ContainerState, *, auto_remove: bool, stopped_ok: bool) -> M
     return Mode.REVIVE if stopped_ok else Mode.STOPPED
 
 
+def _host_ports(host: dict[str, Any]) -> bool:
+    # Any binding publishes, even one with an empty HostPort (the engine picks a free port).
+    return bool(host.get("PublishAllPorts")) or any((host.get("PortBindings") or {}).values())
+
+
+def _fixed_address(container: dict[str, Any]) -> bool:
+    networks = ((container.get("NetworkSettings") or {}).get("Networks") or {}).values()
+    return any(
+        any((settings.get("IPAMConfig") or {}).get(k) for k in ("IPv4Address", "IPv6Address"))
+        for settings in networks
+        if settings
+    ) or bool((container.get("Config") or {}).get("MacAddress"))
+
+
+def twice_held(container: dict[str, Any], *, careful: bool) -> str | None:
+    """What of `container` (an inspect document) two containers could not hold at once, or None: a
+    published host port (or -P), the host's or another container's network namespace, a fixed IP or MAC;
+    `careful` (for `auto`) adds devices and writable mounts (two processes on one device or one data
+    directory, such as a database and its lock file)."""
+    host = container.get("HostConfig") or {}
+    mode = str(host.get("NetworkMode") or "")
+    if _host_ports(host):
+        return "it publishes host ports"
+    if mode == "host" or mode.startswith("container:"):
+        return f"it uses network mode {mode}"
+    if _fixed_address(container):
+        return "it has a fixed IP or MAC address"
+    if careful and host.get("Devices"):
+        return "it uses host devices"
+    writable = [
+        m for m in container.get("Mounts") or [] if m.get("Type") in ("bind", "volume") and m.get("RW")
+    ]
+    if careful and writable:
+        return f"it mounts {writable[0].get('Destination')} writable"
+    return None
+
+
+def strategy_for(wanted: Strategy, mode: Mode, container: dict[str, Any]) -> tuple[Strategy, str | None]:
+    """The strategy an upgrade uses for `container` found in `mode`, and why it is not start-first when
+    `wanted` (start-first or auto) hoped for it (None otherwise): start-first only replaces a running
+    container (`Mode.RUNNING`) holding nothing two containers could not hold at once (`twice_held`)."""
+    if wanted is Strategy.STOP_FIRST:
+        return Strategy.STOP_FIRST, None
+    careful = wanted is Strategy.AUTO
+    reason: str | None
+    if mode is not Mode.RUNNING:
+        reason = f"start-first needs a running container without --rm; this one is {mode}"
+    else:
+        reason = twice_held(container, careful=careful)
+    if reason is None:
+        return Strategy.START_FIRST, None
+    return Strategy.STOP_FIRST, reason
+
+
 class Result(StrEnum):
     """How a service's turn in a cycle, or a rollback, ended (`update --json`'s and history's `result`)."""
 
@@ -185,6 +263,8 @@ class Target:
     # Legacy links (`--link`) of this container to `relink`, whatever set-aside name they followed it to,
     # are pointed back at `relink` (a container linking to one that was replaced).
     relink: str | None = None
+    strategy: Strategy = Strategy.STOP_FIRST  # the service's; `strategy_for` decides at plan
+    drain: float = 10.0  # seconds, start-first: the old container serves beside the new one
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -269,6 +349,9 @@ class Hooks:
     # Called with the old container's ID just before it is renamed aside, under its lock: the record that
     # proves a set-aside container ours while no successor holds its name yet (`not_ours`).
     set_aside: Callable[[str], None] | None = None
+    # Called with a container's ID right after the transaction or its undo started it (the runner refreshes
+    # the host's neighbour entry for it: `neighbours`); it must not raise.
+    started: Callable[[str], None] | None = None
 
 
 def image_string(container: dict[str, Any], ref: ImageRef) -> str:
@@ -317,6 +400,11 @@ class TransactionEngine(gate.Inspector, Protocol):
 
     def connect_network(self, container_id: str, network: str, endpoint: dict[str, Any]) -> None:
         """Connect a container to `network` with an EndpointConfig (Aliases, IPAMConfig, Links, ...)."""
+        ...
+
+    def disconnect_network(self, container_id: str, network: str) -> None:
+        """Disconnect a container from `network` (`POST /networks/{id}/disconnect`): its endpoint there goes,
+        with its address and DNS records (aliases); EngineError if it is not connected."""
         ...
 
     def stop(self, container_id: str, timeout: int) -> None:
@@ -382,6 +470,8 @@ class Upgrade:
         self.defaults = recreate.BUILTIN  # replaced by the engine's own, read at plan
         self.lent: frozenset[str] = frozenset()  # paths its --volumes-from containers lend it
         self.held = False  # a crash-looping old container was stopped at SET_ASIDE
+        self.strategy = Strategy.STOP_FIRST  # decided at plan (`strategy_for`)
+        self.new_id: str | None = None  # the successor, once created
 
     def _enter(self, step: Step) -> None:
         self._leave()
@@ -436,6 +526,8 @@ class Upgrade:
             self._leave()
             return self._outcome(prepared.result, started, prepared.reason, prepared.step)
         plan, image_text, switching = prepared
+        if self.strategy is Strategy.START_FIRST:
+            return self._start_first(plan, image_text, switching, started)
 
         self._enter(Step.SET_ASIDE)
         aside = self._set_aside()
@@ -446,21 +538,7 @@ class Upgrade:
             self._enter(Step.TAG)
             self.engine.tag(self.new_image["Id"], image_text)
 
-        self._enter(Step.CREATE)
-        new_id = self.engine.create(plan.body, t.container)
-        for path in plan.files:  # what the creating client wrote in after its create, as it did
-            if not self.engine.copy_file(self.old["Id"], new_id, path):
-                self.log.info("upgrade.file_absent", path=path)
-
-        self._enter(Step.CONNECT)
-        for network, endpoint in plan.connect.items():
-            self.engine.connect_network(new_id, network, endpoint)
-
-        self._enter(Step.VERIFY)
-        problems = recreate.differences(plan, self.engine.inspect_container(new_id))
-        if problems:
-            raise StepFailed(Step.VERIFY, "the new container differs from the old: " + "; ".join(problems))
-
+        new_id = self._create(plan, t.container)
         if self.mode.starts_new:
             self._switch(new_id)
         else:
@@ -475,15 +553,38 @@ class Upgrade:
         self._leave()
         return self._outcome(Result.UPGRADED, started)
 
+    def _create(self, plan: recreate.CreatePlan, name: str) -> str:
+        """CREATE, CONNECT, VERIFY: the successor as `plan` says, under `name`; returns its ID."""
+        self._enter(Step.CREATE)
+        self.new_id = new_id = self.engine.create(plan.body, name)
+        for path in plan.files:  # what the creating client wrote in after its create, as it did
+            if not self.engine.copy_file(self.old["Id"], new_id, path):
+                self.log.info("upgrade.file_absent", path=path)
+
+        self._enter(Step.CONNECT)
+        for network, endpoint in plan.connect.items():
+            self.engine.connect_network(new_id, network, endpoint)
+
+        self._enter(Step.VERIFY)
+        problems = recreate.differences(plan, self.engine.inspect_container(new_id))
+        if problems:
+            raise StepFailed(Step.VERIFY, "the new container differs from the old: " + "; ".join(problems))
+        return new_id
+
     def _switch(self, new_id: str) -> None:
         """STOP_OLD, START, GATE: the outage, then the proof that the successor is good enough to keep."""
         # Only now does the service stop: everything that can be prepared while the old version
         # serves (tag, create, connect, verify) is done, so the outage is stop + start.
         if self.mode is not Mode.AUTO_REMOVE:  # that one was stopped before create
             self._stop_old()
+        self._start_and_gate(new_id)
 
+    def _start_and_gate(self, new_id: str) -> None:
+        """START (then the `started` hook: the neighbour refresh) and GATE."""
         self._enter(Step.START)
         self.engine.start(new_id)
+        if self.hooks.started is not None:
+            self.hooks.started(new_id)
 
         self._enter(Step.GATE)
         verdict = gate.wait(self.engine, new_id, self.t.policy, 0, self.hooks.cancel)
@@ -491,6 +592,67 @@ class Upgrade:
             raise StepFailed(Step.GATE, verdict.reason, verdict.cause)
         self.verdict = verdict.reason
         self._leave(verdict=verdict.reason)
+
+    def _start_first(
+        self, plan: recreate.CreatePlan, image_text: str, switching: bool, started: float
+    ) -> Outcome:
+        """The start-first transaction: the successor is created, started and gated as NAME--dockwarden-new
+        without the service's aliases while the old container serves untouched; a failure up to there
+        only removes it. Then the old one is set aside (as in stop-first, and still serving), the successor
+        takes the name and the aliases, and the commit comes while both serve; the old one drains and
+        stops. Every state between is one `converge` knows (see `not_ours`)."""
+        t = self.t
+        if switching:
+            self._enter(Step.TAG)
+            self.engine.tag(self.new_image["Id"], image_text)
+        new_id = self._create(recreate.without_aliases(plan), t.container + NEW_SUFFIX)
+        self._start_and_gate(new_id)
+
+        self._enter(Step.SET_ASIDE)
+        aside = self._set_aside()
+        self._enter(Step.TAKE_NAME)
+        self.engine.rename(new_id, t.container)
+        self._enter(Step.MOVE_ALIASES)
+        self._move_aliases(plan, new_id)
+
+        self._enter(Step.COMMIT)
+        # The old one still serves: a `-done` container beside a successor naming it is finished by
+        # recovery (stopped, then removed), so from here on a restart finishes instead of undoing.
+        self.engine.rename(aside, t.container + DONE_SUFFIX)
+        self._enter(Step.DRAIN)
+        if self.hooks.cancel is not None:
+            self.hooks.cancel.wait(t.drain)  # dockwarden stopping: no reason to drain any longer
+        else:
+            time.sleep(t.drain)
+        self._enter(Step.STOP_OLD)
+        # Stopped, not disconnected first: its StopSignal lets it finish what it serves, and a client (or a
+        # proxy) still sending to it meanwhile is refused at once; a disconnect would drop its in-flight
+        # connections silently, leaving their clients to time out.
+        self.engine.stop(aside, stop_timeout(self.old))
+        self._enter(Step.REMOVE_OLD)
+        self.engine.remove(aside)
+        self._leave()
+        return self._outcome(Result.UPGRADED, started)
+
+    def _move_aliases(self, plan: recreate.CreatePlan, new_id: str) -> None:
+        """MOVE_ALIASES: reconnect the successor to each network where the service has aliases, now with
+        them (the engine cannot add aliases to an endpoint), check it is what `plan` says, and refresh the
+        host's neighbour entries of its new endpoints. Both containers answer the aliases now."""
+        endpoints = {
+            **plan.connect,
+            **((plan.body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}),
+        }
+        for network, endpoint in endpoints.items():
+            if endpoint.get("Aliases"):
+                self.engine.disconnect_network(new_id, network)
+                self.engine.connect_network(new_id, network, endpoint)
+        problems = recreate.differences(plan, self.engine.inspect_container(new_id))
+        if problems:
+            raise StepFailed(
+                Step.MOVE_ALIASES, "the new container differs from the old: " + "; ".join(problems)
+            )
+        if self.hooks.started is not None:
+            self.hooks.started(new_id)
 
     def _stop_old(self) -> None:
         """STOP_OLD, honouring StopSignal and StopTimeout (with AutoRemove: until the engine deleted it)."""
@@ -593,6 +755,9 @@ class Upgrade:
             return _Final(result=Result.SKIPPED, reason=refusal)
         auto_remove = bool((self.old.get("HostConfig") or {}).get("AutoRemove"))
         self.mode = mode_for(state, auto_remove=auto_remove, stopped_ok=t.stopped_ok)
+        self.strategy, why = strategy_for(t.strategy, self.mode, self.old)
+        if t.strategy is not Strategy.STOP_FIRST:
+            self.log.info("upgrade.strategy", wanted=t.strategy, strategy=self.strategy, reason=why)
         self.new_image = new_image
         # Read now, while the old version serves: HostConfig values equal to these follow the engine.
         self.defaults = defaults = recreate.EngineDefaults.from_probe(self.engine.defaults(old_image["Id"]))
@@ -611,14 +776,17 @@ class Upgrade:
     def _failed(self, exc: Exception, started: float) -> Outcome:
         failed_at = exc.step if isinstance(exc, StepFailed) else self.step
         self._leave(failed=True)
-        if failed_at == Step.REMOVE_OLD:
+        if self.step_reached(Step.COMMIT) and failed_at != Step.COMMIT:
             # Committed: the new container passed and holds the name. The old one stays as
-            # NAME--dockwarden-done, which the next start's recovery removes.
+            # NAME--dockwarden-done, which the next start's recovery (stops and) removes.
             self.log.warning("upgrade.cleanup_failed", step=failed_at, error=str(exc))
             return self._outcome(Result.UPGRADED, started, str(exc), failed_at)
         cause = failure_cause(exc, failed_at)
         self.log.warning("upgrade.failed", step=failed_at, error=str(exc) or type(exc).__name__, cause=cause)
-        if failed_at in (Step.PULL, Step.PLAN) or (failed_at == Step.SET_ASIDE and self._untouched()):
+        first = self.strategy is Strategy.START_FIRST
+        if failed_at in (Step.PULL, Step.PLAN) or (
+            failed_at == Step.SET_ASIDE and not first and self._untouched()
+        ):
             return self._outcome(Result.ERROR, started, str(exc), failed_at, cause=cause)
         return self._roll_back(started, str(exc), failed_at, cause)
 
@@ -643,17 +811,10 @@ class Upgrade:
         self.log.warning("rollback.started", step=step)
         undo_started = time.monotonic()
         try:
-            undo(
-                self.engine,
-                self.t.container,
-                self._aside_document(),
-                self.t.policy,
-                self.hooks.checkpoint,
-                self.mode.restores_running,
-                # A crash loop comes back as it was: crash-looping, which no check would pass.
-                check=self.mode is not Mode.CRASH_LOOP,
-                live=True,
-            )
+            if self.strategy is Strategy.START_FIRST:
+                self._undo_start_first()
+            else:
+                self._undo()
         except Exception as exc:  # any failure here is reported as rollback-failed, with its message
             cause = undo_cause(cause, exc)
             self.log.error("rollback.failed", error=str(exc), duration_ms=_ms(undo_started), cause=cause)
@@ -662,6 +823,33 @@ class Upgrade:
             )
         self.log.warning("rollback.finished", duration_ms=_ms(undo_started))
         return self._outcome(Result.ROLLED_BACK, started, error, step, cause=cause)
+
+    def _undo(self) -> None:
+        undo(
+            self.engine,
+            self.t.container,
+            self._aside_document(),
+            self.t.policy,
+            self.hooks.checkpoint,
+            self.mode.restores_running,
+            # A crash loop comes back as it was: crash-looping, which no check would pass.
+            check=self.mode is not Mode.CRASH_LOOP,
+            live=True,
+            started=self.hooks.started,
+        )
+
+    def _undo_start_first(self) -> None:
+        """Undo a start-first transaction before its commit: remove the successor (whatever its name), then
+        give the old container, which never stopped, its name back if it was set aside."""
+        step = self.hooks.checkpoint or (lambda _step: None)
+        if self.new_id is not None:
+            step(UndoStep.REMOVE_NEW)
+            _remove_successor(self.engine, self.new_id, live=True)
+        current = self.engine.inspect_container(self.old["Id"])
+        if _name(current) == self.t.container:
+            _retag(self.engine, current)  # only the tag moved
+            return
+        self._undo()
 
     def _aside_document(self) -> dict[str, Any]:
         """What an undo puts back: the old container, or its stand-in if one was made and still exists."""
@@ -780,13 +968,15 @@ def undo(
     *,
     check: bool = True,
     live: bool = False,
+    started: Callable[[str], None] | None = None,
 ) -> None:
     """Put `old` (the set-aside container, or a stand-in for it) back as `name`: remove our successor if it
     holds the name, start the old one, rename it back, check it runs (healthy if it has a HEALTHCHECK).
     With `restart` False (it was not running before), only rename it back; with `check` False (it was
     crash-looping), do not expect it to come back well. `live`: the transaction that created the successor
     undoes it, so it is known ours and is removed at once (the service is down until the old version
-    starts); recovery, which only proved it ours, stops it gracefully first and never forces.
+    starts); recovery, which only proved it ours, stops it gracefully first and never forces. `started` is
+    called with the old container's ID once it started again (`Hooks.started`).
 
     Started before it is renamed back, so that a kill in between leaves a running container that still
     carries the set-aside name, which the next recovery finds; the reverse order could leave the old one
@@ -804,6 +994,8 @@ def undo(
         return
     step(UndoStep.START_OLD)
     _start_with_retries(engine, old["Id"])
+    if started is not None:
+        started(old["Id"])
     if _name(current) != name:
         step(UndoStep.RENAME_OLD)
         _rename_back(engine, current, name)
@@ -916,18 +1108,37 @@ def not_ours(
     in for, in `dockwarden.replaces`; or a stand-in sits beside its original, which still holds NAME. With
     nothing holding NAME (killed after set-aside, before create; or during an undo, after the successor
     went): a stand-in's own label, or the state_dir record naming this very ID. A `-done` container is
-    ours only beside its successor, and only stopped: the commit rename comes after the old one stopped.
+    ours only beside its successor (running, it is a start-first upgrade's, committed while both served).
+
+    A start-first successor, NAME--dockwarden-new, is ours when its own `dockwarden.replaces` names the
+    container holding NAME (killed before the set-aside) or, with nothing holding NAME (killed between
+    the set-aside and the successor's rename), the container the state_dir record names.
     """
+    if suffix == NEW_SUFFIX:
+        return _new_not_ours(aside, holder, recorded)
     claims = {aside.get("Id"), _replaces(aside)} - {None}
     if holder is not None:
         if _replaces(holder) in claims:
-            if suffix == DONE_SUFFIX and (aside.get("State") or {}).get("Running"):
-                return "it is running, and a committed upgrade stopped it before the commit"
             return None
         if suffix == OLD_SUFFIX and holder.get("Id") == _replaces(aside):
             return None  # a stand-in made beside its original, which was never stopped
         return f"the container named {_name(holder) or 'NAME'} does not name it in {recreate.REPLACES_LABEL}"
     return _alone_not_ours(suffix, aside, recorded)
+
+
+def _new_not_ours(new: dict[str, Any], holder: dict[str, Any] | None, recorded: str | None) -> str | None:
+    replaced = _replaces(new)
+    if replaced is None:
+        return f"it has no {recreate.REPLACES_LABEL} label"
+    if holder is not None:
+        if holder.get("Id") == replaced:
+            return None
+        return (
+            f"it does not name the container holding {_name(holder) or 'NAME'} in {recreate.REPLACES_LABEL}"
+        )
+    if recorded is not None and recorded == replaced:
+        return None
+    return "nothing holds the service's name and state_dir records no set-aside of what it replaces"
 
 
 def _alone_not_ours(suffix: str, aside: dict[str, Any], recorded: str | None) -> str | None:
@@ -960,6 +1171,19 @@ def converge(engine: TransactionEngine, name: str, policy: gate.Policy, recorded
             log.warning("recovery.not_ours", name=name + suffix, id=str(aside.get("Id"))[:12], reason=reason)
     if found:
         _converge_one(engine, name, holder, *found[0], policy)
+    staged = _find(engine, name + NEW_SUFFIX)
+    if staged is not None:
+        # After the old one is back under NAME (or was never moved): the successor it never handed over to.
+        holder = _find(engine, name)
+        reason = not_ours(NEW_SUFFIX, staged, holder, recorded)
+        if reason is not None:
+            log.warning("recovery.not_ours", name=name + NEW_SUFFIX, id=str(staged["Id"])[:12], reason=reason)
+            return
+        try:
+            _remove_successor(engine, staged["Id"])  # stopped gracefully, never forced
+            log.warning("recovery.undone", new=staged["Id"][:12])
+        except EngineError as exc:
+            log.error("recovery.failed", error=str(exc))
 
 
 def _converge_one(
@@ -980,7 +1204,9 @@ def _converge_one(
                 if not (current.get("State") or {}).get("Running") and _has_run(current):
                     engine.start(current["Id"])
                 _retag(engine, current)
-            engine.remove(aside["Id"], force=False)  # proved stopped: never forced
+            if (aside.get("State") or {}).get("Running"):  # start-first: committed while it drained
+                engine.stop(aside["Id"], stop_timeout(aside))
+            engine.remove(aside["Id"], force=False)  # stopped: never forced
             log.warning("recovery.finished", old=aside["Id"][:12])
         else:
             undo(engine, name, aside, policy, restart=suffix == OLD_SUFFIX)

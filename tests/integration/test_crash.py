@@ -20,6 +20,8 @@ from dockwarden.locks import ContainerLock
 from dockwarden.upgrade import Hooks, Result
 from tests.integration.conftest import ENGINES
 from tests.integration.helpers import spawn, wait_for_text
+from tests.integration.test_start_first import run_aliased
+from tests.integration.test_upgrade import Sandbox
 from tests.integration.upgrade_lab import (
     APP,
     Side,
@@ -202,6 +204,45 @@ def test_killed_during_a_rollback_converges_on_restart(
     assert names_like(side.client, name) == [name]
     assert side.client.api.inspect_container(name)["State"]["Running"]
     assert fetch(port) == before
+
+
+@pytest.mark.parametrize("step", upgrade.START_FIRST_STEPS)
+def test_start_first_killed_before_each_step_converges_on_restart(
+    step: str,
+    docker_client: docker.DockerClient,
+    images: ImageFactory,
+    registry: Registry,
+    run_label: str,
+    tmp_path: Path,
+) -> None:
+    """SIGKILL before any start-first step, then a fresh start: one container holds the name, with the
+    service's alias, and runs: the old one, never stopped, up to the commit; the new one after it. No
+    `-new`, `-old` or `-done` container is left."""
+    side = Side(docker_client, images, None)
+    box = Sandbox(docker_client, run_label)
+    try:
+        tag, _, _ = push_version(side, registry, "sfcrash")
+        network = box.network("net")
+        name = f"{box.prefix}-web"
+        old_id = run_aliased(side, box, network, tag, name)
+        started_at = docker_client.api.inspect_container(old_id)["State"]["StartedAt"]
+        _, marker, _ = push_version(side, registry, "sfcrash")
+        spec = {"container": name, "strategy": "start-first", "drain": "1s"}
+        cfg_path = config(tmp_path, {"web": spec})
+        _kill_update_before(step, cfg_path, tmp_path / "update.log")
+
+        recover(configuration.load(cfg_path))
+
+        assert names_like(docker_client, name) == [name]
+        holder = docker_client.api.inspect_container(name)
+        assert holder["State"]["Running"]
+        assert "app" in holder["NetworkSettings"]["Networks"][network]["Aliases"]
+        if step in (upgrade.Step.DRAIN, upgrade.Step.STOP_OLD, upgrade.Step.REMOVE_OLD):
+            assert holder["Config"]["Labels"]["marker"] == marker
+        else:
+            assert (holder["Id"], holder["State"]["StartedAt"]) == (old_id, started_at)
+    finally:
+        box.close()
 
 
 def test_a_live_lock_holder_makes_update_skip_the_service(

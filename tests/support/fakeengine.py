@@ -50,6 +50,7 @@ class Op(StrEnum):
     RENAME = "rename"
     CREATE = "create"
     CONNECT_NETWORK = "connect_network"
+    DISCONNECT_NETWORK = "disconnect_network"
     STOP = "stop"
     START = "start"
     REMOVE = "remove"
@@ -248,6 +249,14 @@ class FakeEngine:
         if network in networks:
             raise EngineError(f"{what}: endpoint with name {container_id[:12]} already exists in network")
         networks[network] = _endpoint(endpoint)
+
+    def disconnect_network(self, container_id: str, network: str) -> None:
+        self._called(Op.DISCONNECT_NETWORK, container_id, network)
+        what = f"disconnecting {container_id[:12]} from {network}"
+        networks = self._container(container_id, what)["NetworkSettings"]["Networks"]
+        if network not in networks:
+            raise EngineError(f"{what}: container {container_id[:12]} is not connected to network {network}")
+        del networks[network]
 
     def stop(self, container_id: str, timeout: int) -> None:
         self._called(Op.STOP, container_id, timeout)

@@ -18,7 +18,13 @@ import docker
 import docker.errors
 
 BUSYBOX = Path("/bin/busybox")
-APPLETS = ("sh", "sleep", "httpd", "wget", "cat", "echo", "true", "false", "ls", "test", "env")
+# nslookup, nc, printf: a client resolving a network alias and sending GET (tests/support/nginx.py). Busybox's
+# wget crashed (SIGSEGV) in a FROM-scratch image given an alias or another container's IP address (it
+# resolves through glibc, whose NSS a static binary cannot load there); nslookup has a DNS client of its own.
+APPLETS = (
+    *("sh", "sleep", "httpd", "wget", "cat", "echo", "true", "false", "ls", "test", "env"),
+    *("nslookup", "nc", "printf"),
+)
 LABEL = "dockwarden.test"
 
 

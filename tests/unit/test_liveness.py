@@ -16,6 +16,7 @@ from dockwarden import config as configuration
 from dockwarden import liveness
 from dockwarden.check import Checker
 from dockwarden.daemon import Daemon
+from dockwarden.engine import DEFAULT_TIMEOUT
 from dockwarden.liveness import Liveness
 from dockwarden.notify import Notifier
 from dockwarden.upgrade import Step, UndoStep
@@ -97,3 +98,12 @@ def test_watchdog_starves_while_the_cycle_is_stuck(tmp_path: Path, monkeypatch: 
                 server.join(5)
     starved = [e for e in logs if e["event"] == "watchdog.starved"]
     assert [e["stuck_in"] for e in starved] == ["check cycle"]
+
+
+def test_the_drain_step_is_bounded_by_the_longest_drain(tmp_path: Path) -> None:
+    """A start-first drain may last its service's `drain`: the DRAIN step's bound is the longest one plus
+    an engine call, so the watchdog never reads a long drain as a stuck cycle."""
+    path = tmp_path / "dw.yaml"
+    path.write_text(f"state_dir: {tmp_path}\nservices:\n  a: {{drain: 2m}}\n  b: {{strategy: start-first}}\n")
+    limits = liveness.bounds(configuration.load(path))
+    assert liveness.step_bound(Step.DRAIN, limits) == pytest.approx(120 + DEFAULT_TIMEOUT)

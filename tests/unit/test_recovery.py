@@ -111,3 +111,31 @@ def test_set_aside_records_are_read_back_per_container(tmp_path: Path) -> None:
     (tmp_path / "locks" / "db.aside").write_text("not an id\n")
     assert recovery.recorded(tmp_path, ["web", "db", "job"]) == {"web": "a" * 64}
     assert oct((tmp_path / "locks" / "web.aside").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_start_first_successor_beside_what_it_replaces_is_a_leftover(rec: Recorded) -> None:
+    """NAME--dockwarden-new whose dockwarden.replaces names the container holding NAME is listed to undo
+    (removed by converge); one naming another container is not."""
+    web = rec.container("recorded-web")
+    labels = {k: v for k, v in web.labels.items() if k != REPLACES_LABEL}
+    staged = [
+        {
+            **web.raw,
+            "Id": "n1",
+            "Names": ["/recorded-web--dockwarden-new"],
+            "Labels": {**labels, REPLACES_LABEL: web.id},
+        },
+        {
+            **web.raw,
+            "Id": "n2",
+            "Names": ["/recorded-db--dockwarden-new"],
+            "Labels": {**labels, REPLACES_LABEL: "x"},
+        },
+    ]
+    db = {**web.raw, "Id": "d1", "Names": ["/recorded-db"], "Labels": labels}
+    containers = [*rec.containers, *(ContainerView.from_list(item) for item in (*staged, db))]
+    services = (Service(name="web", container="recorded-web"), Service(name="db", container="recorded-db"))
+    found = recovery.leftovers(services, containers, [])
+    assert [(f.kind, f.name, f.id) for f in found] == [
+        (LeftoverKind.UNDO, "recorded-web--dockwarden-new", "n1")
+    ]

@@ -481,7 +481,7 @@ def _doc(container_id: str, *, replaces: str | None = None, running: bool = Fals
     [
         (upgrade.DONE_SUFFIX, _doc("A"), _doc("S", replaces="A"), None, True),
         (upgrade.DONE_SUFFIX, _doc("A", replaces="O"), _doc("S", replaces="O"), None, True),
-        (upgrade.DONE_SUFFIX, _doc("A", running=True), _doc("S", replaces="A"), None, False),
+        (upgrade.DONE_SUFFIX, _doc("A", running=True), _doc("S", replaces="A"), None, True),
         (upgrade.DONE_SUFFIX, _doc("A"), _doc("S"), "A", False),
         (upgrade.DONE_SUFFIX, _doc("A"), None, "A", False),
         (upgrade.OLD_SUFFIX, _doc("A", running=True), _doc("S", replaces="A"), None, True),
@@ -495,11 +495,17 @@ def _doc(container_id: str, *, replaces: str | None = None, running: bool = Fals
         (upgrade.STOPPED_SUFFIX, _doc("A"), None, "A", True),
         (upgrade.STOPPED_SUFFIX, _doc("A", replaces="O"), None, None, False),
         (upgrade.STOPPED_SUFFIX, _doc("A", replaces="O"), _doc("O"), None, False),
+        (upgrade.NEW_SUFFIX, _doc("N", replaces="A"), _doc("A", running=True), None, True),
+        (upgrade.NEW_SUFFIX, _doc("N", replaces="A"), _doc("B", running=True), "A", False),
+        (upgrade.NEW_SUFFIX, _doc("N", replaces="A"), None, "A", True),
+        (upgrade.NEW_SUFFIX, _doc("N", replaces="A"), None, "B", False),
+        (upgrade.NEW_SUFFIX, _doc("N", replaces="A"), None, None, False),
+        (upgrade.NEW_SUFFIX, _doc("N"), _doc("A", running=True), "A", False),
     ],
     ids=[
         "done-named-by-successor",
         "done-stand-in-whose-original-the-successor-names",
-        "done-running",
+        "done-running-start-first-drain",
         "done-beside-a-stranger",
         "done-alone",
         "old-named-by-successor",
@@ -513,6 +519,12 @@ def _doc(container_id: str, *, replaces: str | None = None, running: bool = Fals
         "stopped-alone-recorded",
         "stopped-labelled-alone",
         "stopped-beside-its-labelled-original",
+        "new-beside-what-it-replaces",
+        "new-beside-a-stranger-even-if-recorded",
+        "new-alone-what-it-replaces-recorded",
+        "new-alone-another-recorded",
+        "new-alone-unrecorded",
+        "new-unlabelled",
     ],
 )
 def test_not_ours_proves_each_leftover_kind(
@@ -570,3 +582,33 @@ def test_converge_never_forces_a_removal(scene: Scene) -> None:
     upgrade.converge(scene.fake, NAME, POLICY)
     removes = [c for c in scene.fake.calls if c.op is Op.REMOVE]
     assert [c.args for c in removes] == [(scene.old_id, False, False)]
+
+
+def _starts(scene: Scene) -> tuple[list[tuple[str, bool]], Callable[[str], None]]:
+    """A `Hooks.started` that records each ID it gets and whether that container runs at that moment."""
+    seen: list[tuple[str, bool]] = []
+
+    def started(container_id: str) -> None:
+        seen.append((container_id, bool(scene.fake.containers[container_id]["State"]["Running"])))
+
+    return seen, started
+
+
+def test_started_hook_follows_the_successors_start(scene: Scene) -> None:
+    """`Hooks.started` (the neighbour refresh) gets the successor's ID once, right after its start."""
+    seen, started = _starts(scene)
+    assert _run(scene, started=started).result == "upgraded"
+    new = scene.fake.named(NAME)
+    assert new is not None
+    assert seen == [(new["Id"], True)]
+
+
+def test_started_hook_follows_the_old_versions_restart_in_a_rollback(scene: Scene) -> None:
+    """On a rollback `Hooks.started` gets the successor's ID, then the old container's right after the undo
+    started it again."""
+    _new_version_exits(scene.fake)
+    seen, started = _starts(scene)
+    assert _run(scene, started=started).result == "rolled-back"
+    assert len(seen) == 2
+    assert seen[0][0] != scene.old_id
+    assert seen[1] == (scene.old_id, True)
