@@ -8,6 +8,7 @@ already implements `auths`, `credsStore` and `credHelpers` faithfully.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import ipaddress
 import json
@@ -25,7 +26,9 @@ from typing import Any
 import docker
 import docker.auth
 import docker.errors
+import docker.utils
 import requests
+from docker.utils.json_stream import json_stream
 
 DEFAULT_TIMEOUT = 60.0
 PROBE_LABEL = "dockwarden.probe"  # on the throwaway container `Engine.defaults` creates and removes
@@ -395,17 +398,39 @@ class Engine:
         return sorted(view.name for view in self.containers() if view.network_mode in modes and view.name)
 
     def pull(self, reference: str, progress: Callable[[dict[str, Any]], None] | None = None) -> None:
-        """Pull `reference` with the streaming API; an error inside the 200 stream raises too."""
+        """Pull `reference` with the streaming API (`POST /images/create`); an error inside the 200 stream
+        raises too. Each read of the stream waits at most the call timeout, so an engine that stops
+        answering mid-pull is Unreachable: docker-py's own `APIClient.pull` streams with no timeout at
+        all, and hangs forever on such an engine. Sends what `APIClient.pull` sends: `fromImage`, `tag`
+        (a tag or a digest) and the registry's `X-Registry-Auth` from the Docker config."""
         what = f"pulling {reference}"
+        api = self._client.api
         try:
-            for message in self._client.api.pull(reference, stream=True, decode=True):
-                if "error" in message or "errorDetail" in message:
-                    detail = (message.get("errorDetail") or {}).get("message") or message.get("error")
-                    raise EngineError(f"{what}: {detail}")
-                if progress is not None:
-                    progress(message)
+            repository, tag = docker.utils.parse_repository_tag(reference)
+            registry, _ = docker.auth.resolve_repository_name(repository)
+            header = docker.auth.get_config_header(api, registry)
+            response = api.post(
+                f"{api.base_url}/v{api.api_version}/images/create",
+                params={"fromImage": repository, "tag": tag or "latest"},
+                headers={"X-Registry-Auth": header} if header else {},
+                stream=True,
+                timeout=api.timeout,
+            )
+            with contextlib.closing(response):
+                try:
+                    response.raise_for_status()
+                except requests.exceptions.HTTPError as exc:
+                    raise docker.errors.create_api_error_from_http_exception(exc) from exc
+                for message in json_stream(response.iter_content(chunk_size=None, decode_unicode=True)):
+                    if "error" in message or "errorDetail" in message:
+                        detail = (message.get("errorDetail") or {}).get("message") or message.get("error")
+                        raise EngineError(f"{what}: {detail}")
+                    if progress is not None:
+                        progress(message)
         except docker.errors.NotFound as exc:
             raise NotFound(f"{what}: {_explain(exc)}") from exc
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise Unreachable(f"{what}: {_explain(exc)}") from exc
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise EngineError(f"{what}: {_explain(exc)}") from exc
 

@@ -47,6 +47,8 @@ DONE_SUFFIX = "--dockwarden-done"
 SUFFIXES = (OLD_SUFFIX, STOPPED_SUFFIX, DONE_SUFFIX)
 START_ATTEMPTS = 5  # for the old container during an undo
 START_RETRY_DELAY = 1.0
+UNDO_ATTEMPTS = 3  # a live undo that met an engine error is made again from where it stopped
+UNDO_RETRY_DELAY = 1.0
 DEFAULT_STOP_TIMEOUT = 10  # the engine's own default when a container sets no StopTimeout
 GONE_TIMEOUT = 30.0  # seconds for the engine to delete an AutoRemove container once it stopped
 GONE_POLL = 0.1
@@ -637,26 +639,57 @@ class Upgrade:
     ) -> Outcome:
         self.log.warning("rollback.started", step=step)
         undo_started = time.monotonic()
-        try:
-            undo(
-                self.engine,
-                self.t.container,
-                self._aside_document(),
-                self.t.policy,
-                self.hooks.checkpoint,
-                self.mode.restores_running,
-                # A crash loop comes back as it was: crash-looping, which no check would pass.
-                check=self.mode is not Mode.CRASH_LOOP,
-                live=True,
-            )
-        except Exception as exc:  # any failure here is reported as rollback-failed, with its message
-            cause = undo_cause(cause, exc)
-            self.log.error("rollback.failed", error=str(exc), duration_ms=_ms(undo_started), cause=cause)
-            return self._outcome(
-                Result.ROLLBACK_FAILED, started, error, step, rollback_error=str(exc), cause=cause
-            )
-        self.log.warning("rollback.finished", duration_ms=_ms(undo_started))
+        away: list[EngineError] = []  # each time the engine did not answer the undo at all
+        for attempt in range(1, UNDO_ATTEMPTS + 1):
+            try:
+                undo(
+                    self.engine,
+                    self.t.container,
+                    self._aside_document(),
+                    self.t.policy,
+                    self.hooks.checkpoint,
+                    self.mode.restores_running,
+                    # A crash loop comes back as it was: crash-looping, which no check would pass.
+                    check=self.mode is not Mode.CRASH_LOOP,
+                    live=True,
+                    away=away,
+                )
+                break
+            except (EngineError, StepFailed) as exc:
+                # The undo starts from whatever it finds, so a failed attempt is simply made again: one
+                # engine error must not leave the service down until the next cycle. A container that is
+                # not ours, or an old version that does not come back, is not the engine's doing.
+                if isinstance(exc, StepFailed) and exc.cause is not gate.Cause.ENGINE:
+                    return self._rollback_failed(started, error, step, cause, exc, undo_started)
+                if isinstance(exc, Unreachable):
+                    away.append(exc)
+                if attempt == UNDO_ATTEMPTS:
+                    return self._rollback_failed(started, error, step, cause, exc, undo_started)
+                self.log.warning("rollback.retrying", error=str(exc), attempt=attempt)
+                time.sleep(UNDO_RETRY_DELAY)
+            except Exception as exc:  # any other failure is reported as rollback-failed, with its message
+                return self._rollback_failed(started, error, step, cause, exc, undo_started)
+        if away:
+            # The engine went away during the undo and came back: it restarted (or lost its socket) while
+            # the transaction ran, which is what the gate saw, not the image failing.
+            cause = gate.Cause.ENGINE
+        self.log.warning("rollback.finished", duration_ms=_ms(undo_started), cause=cause)
         return self._outcome(Result.ROLLED_BACK, started, error, step, cause=cause)
+
+    def _rollback_failed(
+        self,
+        started: float,
+        error: str,
+        step: Step | UndoStep | None,
+        cause: gate.Cause,
+        exc: BaseException,
+        undo_started: float,
+    ) -> Outcome:
+        cause = undo_cause(cause, exc)
+        self.log.error("rollback.failed", error=str(exc), duration_ms=_ms(undo_started), cause=cause)
+        return self._outcome(
+            Result.ROLLBACK_FAILED, started, error, step, rollback_error=str(exc), cause=cause
+        )
 
     def _aside_document(self) -> dict[str, Any]:
         """What an undo puts back: the old container, or its stand-in if one was made and still exists."""
@@ -775,13 +808,15 @@ def undo(
     *,
     check: bool = True,
     live: bool = False,
+    away: list[EngineError] | None = None,
 ) -> None:
     """Put `old` (the set-aside container, or a stand-in for it) back as `name`: remove our successor if it
     holds the name, start the old one, rename it back, check it runs (healthy if it has a HEALTHCHECK).
     With `restart` False (it was not running before), only rename it back; with `check` False (it was
     crash-looping), do not expect it to come back well. `live`: the transaction that created the successor
     undoes it, so it is known ours and is removed at once (the service is down until the old version
-    starts); recovery, which only proved it ours, stops it gracefully first and never forces.
+    starts); recovery, which only proved it ours, stops it gracefully first and never forces. `away`
+    collects each Unreachable the start's retries absorbed (the engine was away, and came back).
 
     Started before it is renamed back, so that a kill in between leaves a running container that still
     carries the set-aside name, which the next recovery finds; the reverse order could leave the old one
@@ -798,7 +833,7 @@ def undo(
             engine.rename(old["Id"], name)
         return
     step(UndoStep.START_OLD)
-    _start_with_retries(engine, old["Id"])
+    _start_with_retries(engine, old["Id"], away)
     if _name(current) != name:
         step(UndoStep.RENAME_OLD)
         _rename_back(engine, current, name)
@@ -887,14 +922,19 @@ def _rename_back(engine: TransactionEngine, container: dict[str, Any], name: str
             engine.start(container["Id"])
 
 
-def _start_with_retries(engine: TransactionEngine, container_id: str) -> None:
+def _start_with_retries(
+    engine: TransactionEngine, container_id: str, away: list[EngineError] | None = None
+) -> None:
     # What made the successor fail (a port grabbed by another process, a dying predecessor still holding
-    # it) can be transient; the old version is the one thing that must come back, so try a few times.
+    # it, an engine restarting) can be transient; the old version is the one thing that must come back,
+    # so try a few times.
     for attempt in range(START_ATTEMPTS):
         try:
             engine.start(container_id)
             return
-        except EngineError:
+        except EngineError as exc:
+            if isinstance(exc, Unreachable) and away is not None:
+                away.append(exc)
             if attempt == START_ATTEMPTS - 1:
                 raise
             time.sleep(START_RETRY_DELAY)
