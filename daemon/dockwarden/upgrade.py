@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import structlog
 
@@ -639,11 +639,12 @@ class Upgrade:
     ) -> Outcome:
         self.log.warning("rollback.started", step=step)
         undo_started = time.monotonic()
-        away: list[EngineError] = []  # each time the engine did not answer the undo at all
+        # Notes each time the engine does not answer, whoever absorbs the error (a retried start).
+        witness = _Witness(self.engine)
         for attempt in range(1, UNDO_ATTEMPTS + 1):
             try:
                 undo(
-                    self.engine,
+                    cast(TransactionEngine, witness),
                     self.t.container,
                     self._aside_document(),
                     self.t.policy,
@@ -652,7 +653,6 @@ class Upgrade:
                     # A crash loop comes back as it was: crash-looping, which no check would pass.
                     check=self.mode is not Mode.CRASH_LOOP,
                     live=True,
-                    away=away,
                 )
                 break
             except (EngineError, StepFailed) as exc:
@@ -661,15 +661,13 @@ class Upgrade:
                 # not ours, or an old version that does not come back, is not the engine's doing.
                 if isinstance(exc, StepFailed) and exc.cause is not gate.Cause.ENGINE:
                     return self._rollback_failed(started, error, step, cause, exc, undo_started)
-                if isinstance(exc, Unreachable):
-                    away.append(exc)
                 if attempt == UNDO_ATTEMPTS:
                     return self._rollback_failed(started, error, step, cause, exc, undo_started)
                 self.log.warning("rollback.retrying", error=str(exc), attempt=attempt)
                 time.sleep(UNDO_RETRY_DELAY)
             except Exception as exc:  # any other failure is reported as rollback-failed, with its message
                 return self._rollback_failed(started, error, step, cause, exc, undo_started)
-        if away:
+        if witness.away:
             # The engine went away during the undo and came back: it restarted (or lost its socket) while
             # the transaction ran, which is what the gate saw, not the image failing.
             cause = gate.Cause.ENGINE
@@ -731,6 +729,29 @@ class Upgrade:
 
     def step_reached(self, step: Step) -> bool:
         return step in self._entered
+
+
+class _Witness:
+    """An engine that counts the calls it did not answer at all (Unreachable), whoever catches the error:
+    evidence that it went away (restarted) while a transaction ran."""
+
+    def __init__(self, engine: TransactionEngine) -> None:
+        self._engine = engine
+        self.away = 0
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._engine, name)
+        if not callable(found):
+            return found
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return found(*args, **kwargs)
+            except Unreachable:
+                self.away += 1
+                raise
+
+        return call
 
 
 def _ms(since: float) -> float:
@@ -808,15 +829,13 @@ def undo(
     *,
     check: bool = True,
     live: bool = False,
-    away: list[EngineError] | None = None,
 ) -> None:
     """Put `old` (the set-aside container, or a stand-in for it) back as `name`: remove our successor if it
     holds the name, start the old one, rename it back, check it runs (healthy if it has a HEALTHCHECK).
     With `restart` False (it was not running before), only rename it back; with `check` False (it was
     crash-looping), do not expect it to come back well. `live`: the transaction that created the successor
     undoes it, so it is known ours and is removed at once (the service is down until the old version
-    starts); recovery, which only proved it ours, stops it gracefully first and never forces. `away`
-    collects each Unreachable the start's retries absorbed (the engine was away, and came back).
+    starts); recovery, which only proved it ours, stops it gracefully first and never forces.
 
     Started before it is renamed back, so that a kill in between leaves a running container that still
     carries the set-aside name, which the next recovery finds; the reverse order could leave the old one
@@ -833,7 +852,7 @@ def undo(
             engine.rename(old["Id"], name)
         return
     step(UndoStep.START_OLD)
-    _start_with_retries(engine, old["Id"], away)
+    _start_with_retries(engine, old["Id"])
     if _name(current) != name:
         step(UndoStep.RENAME_OLD)
         _rename_back(engine, current, name)
@@ -922,9 +941,7 @@ def _rename_back(engine: TransactionEngine, container: dict[str, Any], name: str
             engine.start(container["Id"])
 
 
-def _start_with_retries(
-    engine: TransactionEngine, container_id: str, away: list[EngineError] | None = None
-) -> None:
+def _start_with_retries(engine: TransactionEngine, container_id: str) -> None:
     # What made the successor fail (a port grabbed by another process, a dying predecessor still holding
     # it, an engine restarting) can be transient; the old version is the one thing that must come back,
     # so try a few times.
@@ -932,9 +949,7 @@ def _start_with_retries(
         try:
             engine.start(container_id)
             return
-        except EngineError as exc:
-            if isinstance(exc, Unreachable) and away is not None:
-                away.append(exc)
+        except EngineError:
             if attempt == START_ATTEMPTS - 1:
                 raise
             time.sleep(START_RETRY_DELAY)
@@ -980,21 +995,44 @@ def _alone_not_ours(suffix: str, aside: dict[str, Any], recorded: str | None) ->
 def converge(engine: TransactionEngine, name: str, policy: gate.Policy, recorded: str | None = None) -> None:
     """Finish or undo a half-done upgrade of container `name` that `not_ours` proves ours (each outcome is
     logged); any other container with a set-aside name is reported (`recovery.not_ours`) and left alone.
-    `recorded`: the ID in state_dir's set-aside record, if any."""
+    `recorded`: the ID in state_dir's set-aside record, if any. An engine error is met by looking again
+    and going on from what is there (up to UNDO_ATTEMPTS times): one failed call must not leave the
+    service down, or half undone, until the next run."""
+    log = structlog.get_logger("dockwarden.upgrade").bind(container=name)
+    for attempt in range(1, UNDO_ATTEMPTS + 1):
+        try:
+            found = _provably_ours(engine, name, recorded, report=attempt == 1)
+            if found is not None:
+                _converge_one(engine, name, *found, policy)
+            return
+        except (EngineError, StepFailed) as exc:
+            if (
+                isinstance(exc, StepFailed) and exc.cause is not gate.Cause.ENGINE
+            ) or attempt == UNDO_ATTEMPTS:
+                log.error("recovery.failed", error=str(exc))
+                return
+            log.warning("recovery.retrying", error=str(exc), attempt=attempt)
+            time.sleep(UNDO_RETRY_DELAY)
+
+
+def _provably_ours(
+    engine: TransactionEngine, name: str, recorded: str | None, *, report: bool
+) -> tuple[dict[str, Any] | None, str, dict[str, Any]] | None:
+    """(the container holding `name`, the suffix, the set-aside container) of the first leftover that
+    `not_ours` proves ours, or None; with `report`, the others are logged as `recovery.not_ours`."""
     log = structlog.get_logger("dockwarden.upgrade").bind(container=name)
     holder = _find(engine, name)
-    found = []
+    found = None
     for suffix in (DONE_SUFFIX, OLD_SUFFIX, STOPPED_SUFFIX):
         aside = _find(engine, name + suffix)
         if aside is None:
             continue
         reason = not_ours(suffix, aside, holder, recorded)
         if reason is None:
-            found.append((suffix, aside))
-        else:
+            found = found or (holder, suffix, aside)
+        elif report:
             log.warning("recovery.not_ours", name=name + suffix, id=str(aside.get("Id"))[:12], reason=reason)
-    if found:
-        _converge_one(engine, name, holder, *found[0], policy)
+    return found
 
 
 def _converge_one(
@@ -1007,18 +1045,15 @@ def _converge_one(
 ) -> None:
     """Finish (`-done`) or undo (`-old`, `-old-stopped`) the upgrade `aside` was set aside by."""
     log = structlog.get_logger("dockwarden.upgrade").bind(container=name)
-    try:
-        if suffix == DONE_SUFFIX:
-            # The successor passed its gate (or, created stopped, its verification) before the process
-            # died: finish the commit.
-            if current is not None:
-                if not (current.get("State") or {}).get("Running") and _has_run(current):
-                    engine.start(current["Id"])
-                _retag(engine, current)
-            engine.remove(aside["Id"], force=False)  # proved stopped: never forced
-            log.warning("recovery.finished", old=aside["Id"][:12])
-        else:
-            undo(engine, name, aside, policy, restart=suffix == OLD_SUFFIX)
-            log.warning("recovery.undone", old=aside["Id"][:12])
-    except (EngineError, StepFailed) as exc:
-        log.error("recovery.failed", error=str(exc))
+    if suffix == DONE_SUFFIX:
+        # The successor passed its gate (or, created stopped, its verification) before the process
+        # died: finish the commit.
+        if current is not None:
+            if not (current.get("State") or {}).get("Running") and _has_run(current):
+                engine.start(current["Id"])
+            _retag(engine, current)
+        engine.remove(aside["Id"], force=False)  # proved stopped: never forced
+        log.warning("recovery.finished", old=aside["Id"][:12])
+    else:
+        undo(engine, name, aside, policy, restart=suffix == OLD_SUFFIX)
+        log.warning("recovery.undone", old=aside["Id"][:12])

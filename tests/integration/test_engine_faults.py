@@ -9,7 +9,9 @@ healthy container, and a good digest is never skip-listed.
 
 Fault kinds per site (a representative subset, to keep the matrix near a minute of suite time): a call
 that changes something gets `timeout` (the engine does it, the answer never comes: the case a caller cannot
-tell from a failure), reads alternate `503`, `drop` and `500`. Refusals (`EngineError` at every step) are
+tell from a failure), reads alternate `503`, `drop` and `500`. Every site of the transaction and its undo
+is faulted; of the read-only calls before the transaction (which all end the run with nothing touched)
+and after its commit, a sample (`UPGRADE_CASES`). Refusals (`EngineError` at every step) are
 also covered in milliseconds by the fake engine's unit tests (tests/unit/test_transaction.py).
 """
 
@@ -38,7 +40,8 @@ pytestmark = pytest.mark.engine
 
 ENGINE_SOCKET = "/var/run/docker.sock"
 REGISTRY = "127.0.0.1:5000"  # the lab's registry (scripts/lab.sh)
-ENGINE_TIMEOUT = "2s"  # short, so that a withheld answer costs seconds, not a minute
+ENGINE_TIMEOUT = "5s"  # short, so that a withheld answer costs seconds, not a minute (not shorter: a
+# loaded engine can take seconds to start a container)
 
 CONNECT = ["GET /version", "GET /_ping", "GET /version", "GET /info"]
 RECOVERY_LISTS = ["GET /containers/json", "GET /images/json"]
@@ -94,6 +97,44 @@ UNDO = [
     "GET /containers/NAME/json",  # the namespace follow-up
     "GET /containers/json",
 ]
+# What `update` finds after a kill in the gate: the successor (never gated) holds NAME, the old container
+# is NAME--dockwarden-old. Recovery undoes it (as a recovery: the successor is stopped, never forced), drops
+# the -pulled tag, and then the run checks and upgrades as usual.
+CONVERGE = [
+    "GET /containers/NAME/json",
+    "GET /containers/NAME--dockwarden-done/json",
+    "GET /containers/NAME--dockwarden-old/json",
+    "GET /containers/NAME--dockwarden-old-stopped/json",
+]
+RECOVERY_UNDO = [
+    "GET /containers/NAME/json",  # who holds the name: our successor?
+    "GET /containers/{id}/json",
+    "POST /containers/{id}/stop",  # the successor, gracefully
+    "DELETE /containers/{id}",
+    "GET /containers/{id}/json",
+    "POST /images/{ref}/tag",
+    "POST /containers/{id}/start",  # the old version
+    "POST /containers/{id}/rename",
+    "GET /containers/{id}/json",  # its quick gate
+    "GET /containers/NAME--dockwarden-old/json",  # resolved: the set-aside name is gone
+    "DELETE /images/{ref}",  # the -pulled tag
+]
+RECOVERY_SITES = (
+    CONNECT + RECOVERY_LISTS + CONVERGE + RECOVERY_UNDO + UPGRADE_SITES[len(CONNECT + RECOVERY_LISTS) :]
+)
+# What `gc` finds after a kill before remove-old: NAME--dockwarden-done beside the successor, and the tag.
+GC_SITES = [
+    "GET /version",
+    "GET /containers/json",
+    "GET /images/json",
+    "GET /system/df",
+    *CONVERGE,
+    "POST /images/{ref}/tag",
+    "DELETE /containers/{id}",  # the committed-away old container
+    "GET /containers/NAME--dockwarden-done/json",
+    "DELETE /images/{ref}",  # the -pulled tag
+    "GET /system/df",
+]
 GATE_SITE = len(CONNECT + RECOVERY_LISTS + CHECK) + TRANSACTION.index("GET /containers/{id}/json", 13) + 1
 UNDO_SITES = UPGRADE_SITES[:GATE_SITE] + UNDO
 READS = (FaultKind.ERROR_503, FaultKind.DROP, FaultKind.ERROR_500)
@@ -104,11 +145,28 @@ def kind_for(key: str, site: int) -> FaultKind:
     return FaultKind.TIMEOUT if not key.startswith("GET ") else READS[site % len(READS)]
 
 
-def cases(sites: list[str], first: int = 1) -> list[Any]:
+def cases(sites: list[str], chosen: list[int] | range) -> list[Any]:
     return [
         pytest.param(site, kind_for(sites[site - 1], site), id=f"{site:02d}-{sites[site - 1]}")
-        for site in range(first, len(sites) + 1)
+        for site in chosen
     ]
+
+
+# Every site of the transaction; of the reads before it (connect, recovery's lists, the check), which all
+# end the run before anything is touched, one of each phase; of what follows the commit, a read and a write.
+BEFORE = len(CONNECT + RECOVERY_LISTS + CHECK)
+# Recovery: its lists, the proof (a read of the set-aside name), and every call of its undo.
+RECOVERY_CASES = [
+    5,
+    6,
+    9,
+    *range(
+        len(CONNECT + RECOVERY_LISTS + CONVERGE) + 1,
+        len(CONNECT + RECOVERY_LISTS + CONVERGE + RECOVERY_UNDO) + 1,
+    ),
+]
+GC_CASES = range(2, len(GC_SITES) + 1)
+UPGRADE_CASES = [2, len(CONNECT) + 1, BEFORE - 1, *range(BEFORE + 1, BEFORE + len(TRANSACTION) + 1), 35, 37]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -265,9 +323,12 @@ def converges(client: docker.DockerClient, lab: Lab, marker: str) -> None:
     assert leaked(client, lab) == []
 
 
-def faulted_run(lab: Lab, site: int, kind: FaultKind, expected: list[str]) -> tuple[int, str]:
+def faulted_run(
+    lab: Lab, site: int, kind: FaultKind, expected: list[str], command: str = "update"
+) -> tuple[int, str]:
+    """`dockwarden COMMAND` through the proxy with `kind` injected at `site`, which must be `expected`'s."""
     lab.proxy.arm(Fault(kind=kind, site=site))
-    code, _, err = dockwarden("update", lab.faulted)
+    code, _, err = dockwarden(command, lab.faulted)
     assert lab.proxy.fired is not None, lab.proxy.sites()
     assert lab.proxy.fired.key == expected[site - 1], (lab.proxy.fired, lab.proxy.sites())
     return code, err
@@ -304,7 +365,7 @@ def test_undo_sites_are_the_recorded_ones(
 # -- the matrix ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("site", "kind"), cases(UPGRADE_SITES))
+@pytest.mark.parametrize(("site", "kind"), cases(UPGRADE_SITES, UPGRADE_CASES))
 def test_engine_fault_during_a_good_upgrade(
     site: int, kind: FaultKind, lab_for: Any, versions: Versions, docker_client: docker.DockerClient
 ) -> None:
@@ -319,7 +380,7 @@ def test_engine_fault_during_a_good_upgrade(
     assert versions.new_digest not in skip_listed(lab)
 
 
-@pytest.mark.parametrize(("site", "kind"), cases(UNDO_SITES, first=GATE_SITE + 1))
+@pytest.mark.parametrize(("site", "kind"), cases(UNDO_SITES, range(GATE_SITE + 1, len(UNDO_SITES) + 1)))
 def test_engine_fault_during_an_undo(
     site: int, kind: FaultKind, lab_for: Any, versions: Versions, docker_client: docker.DockerClient
 ) -> None:
@@ -340,3 +401,68 @@ def _kill_before(step: str, cfg: Path, log: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_recovery_sites_are_the_recorded_ones(
+    lab_for: Any, versions: Versions, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """After a kill in the gate, `update` makes exactly the calls of RECOVERY_SITES: undo, then upgrade."""
+    lab = lab_for(versions.good)
+    _kill_before("gate", lab.direct, tmp_path / "kill.log")
+    lab.proxy.arm(None)
+    code, rows, err = dockwarden("update", lab.faulted)
+    assert (code, rows[0]["result"]) == (0, "upgraded"), err[-3000:]
+    assert lab.proxy.sites() == RECOVERY_SITES
+    converges(docker_client, lab, versions.new_marker)
+
+
+def test_gc_sites_are_the_recorded_ones(
+    lab_for: Any, versions: Versions, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """After a kill before remove-old, `gc` makes exactly the calls of GC_SITES."""
+    lab = lab_for(versions.good)
+    _kill_before("remove-old", lab.direct, tmp_path / "kill.log")
+    lab.proxy.arm(None)
+    code, _, err = dockwarden("gc", lab.faulted)
+    assert code == 0, err[-3000:]
+    assert lab.proxy.sites() == GC_SITES
+    converges(docker_client, lab, versions.new_marker)
+
+
+@pytest.mark.parametrize(("site", "kind"), cases(RECOVERY_SITES, RECOVERY_CASES))
+def test_engine_fault_during_recovery(
+    site: int,
+    kind: FaultKind,
+    lab_for: Any,
+    versions: Versions,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    """One engine fault at a call of recovery (undoing an upgrade killed in its gate): the service serves,
+    the good digest is not skip-listed, and the next run upgrades it with nothing left over."""
+    lab = lab_for(versions.good)
+    _kill_before("gate", lab.direct, tmp_path / "kill.log")
+    code, err = faulted_run(lab, site, kind, RECOVERY_SITES)
+    assert code in (0, 1), err[-3000:]
+    serving(docker_client, lab, {versions.old_marker, versions.new_marker})
+    assert versions.new_digest not in skip_listed(lab), err[-3000:]
+    converges(docker_client, lab, versions.new_marker)
+
+
+@pytest.mark.parametrize(("site", "kind"), cases(GC_SITES, GC_CASES))
+def test_engine_fault_during_gc(
+    site: int,
+    kind: FaultKind,
+    lab_for: Any,
+    versions: Versions,
+    docker_client: docker.DockerClient,
+    tmp_path: Path,
+) -> None:
+    """One engine fault at a call of `gc` finishing an upgrade killed before remove-old: the new version
+    serves throughout, and the next run leaves it alone, healthy, with nothing left over."""
+    lab = lab_for(versions.good)
+    _kill_before("remove-old", lab.direct, tmp_path / "kill.log")
+    code, err = faulted_run(lab, site, kind, GC_SITES, "gc")
+    assert code in (0, 1), err[-3000:]
+    serving(docker_client, lab, {versions.new_marker})
+    converges(docker_client, lab, versions.new_marker)
