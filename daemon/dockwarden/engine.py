@@ -17,6 +17,7 @@ import posixpath
 import re
 import subprocess
 import tarfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -429,6 +430,37 @@ class Engine:
                         progress(message)
         except docker.errors.NotFound as exc:
             raise NotFound(f"{what}: {_explain(exc)}") from exc
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise Unreachable(f"{what}: {_explain(exc)}") from exc
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise EngineError(f"{what}: {_explain(exc)}") from exc
+
+    def stopped_by_request(self, container_id: str, since: float) -> bool:
+        """Whether the engine's events since `since` (Unix seconds) hold a `kill` or `stop` of the container:
+        something asked the engine to stop it (the engine's own shutdown, or someone's `docker stop`), which
+        a container that exits by itself, crashes or is OOM-killed never shows (moby daemon/kill.go logs
+        `kill` with the signal; the events API serves the engine's in-memory log, the last 256 events of
+        the running process). Each read waits at most the call timeout (docker-py's `events` has none).
+        Raises Unreachable or EngineError as any call."""
+        api = self._client.api
+        what = f"reading the events of {container_id[:12]}"
+        params = {
+            "since": f"{since:.9f}",
+            "until": f"{time.time():.9f}",  # now: the engine answers from its log and ends the stream
+            "filters": json.dumps({"container": [container_id], "event": ["kill", "stop"]}),
+        }
+        try:
+            response = api.get(
+                f"{api.base_url}/v{api.api_version}/events", params=params, stream=True, timeout=api.timeout
+            )
+            with contextlib.closing(response):
+                try:
+                    response.raise_for_status()
+                except requests.exceptions.HTTPError as exc:
+                    raise docker.errors.create_api_error_from_http_exception(exc) from exc
+                return any(
+                    True for _ in json_stream(response.iter_content(chunk_size=None, decode_unicode=True))
+                )
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
             raise Unreachable(f"{what}: {_explain(exc)}") from exc
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:

@@ -31,15 +31,15 @@ import pytest
 
 from dockwarden import retention
 from dockwarden.locks import ContainerLock
+from tests.integration.conftest import Versions
 from tests.integration.helpers import cli, spawn, wait_for_text, write_config
-from tests.integration.upgrade_lab import APP, HEALTHY, free_port, names_like, wait_serving
+from tests.integration.upgrade_lab import free_port, names_like, wait_serving
 from tests.support.engineproxy import EngineProxy, Fault, FaultKind
-from tests.support.images import LABEL, ImageFactory
+from tests.support.images import LABEL
 
 pytestmark = pytest.mark.engine
 
 ENGINE_SOCKET = "/var/run/docker.sock"
-REGISTRY = "127.0.0.1:5000"  # the lab's registry (scripts/lab.sh)
 ENGINE_TIMEOUT = "5s"  # short, so that a withheld answer costs seconds, not a minute (not shorter: a
 # loaded engine can take seconds to start a container)
 
@@ -86,6 +86,7 @@ AFTER_COMMIT = [
 UPGRADE_SITES = CONNECT + RECOVERY_LISTS + CHECK + TRANSACTION + AFTER_COMMIT
 # A successor that exits at once: after the gate's first poll, the undo.
 UNDO = [
+    "GET /events",  # was it stopped from outside (a restarting engine), or did it exit by itself?
     "GET /containers/NAME/json",  # who holds the name: our successor?
     "DELETE /containers/{id}",  # undo-remove-new (live: at once)
     "GET /containers/{id}/json",
@@ -167,45 +168,6 @@ RECOVERY_CASES = [
 ]
 GC_CASES = range(2, len(GC_SITES) + 1)
 UPGRADE_CASES = [2, len(CONNECT) + 1, BEFORE - 1, *range(BEFORE + 1, BEFORE + len(TRANSACTION) + 1), 35, 37]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Versions:
-    """One worker's images, pushed once: `repo:latest` is the version the service should move to."""
-
-    good: str  # repository whose :latest is a good new version
-    bad: str  # repository whose :latest exits at once
-    old_id: str  # the image the services start on (pushed to both repositories as :v1)
-    old_marker: str
-    new_marker: str
-    new_digest: str
-    bad_digest: str
-
-
-@pytest.fixture(scope="session")
-def versions(images: ImageFactory, run_label: str) -> Versions:
-    """v1, a good v2 and a bad v2, built once per worker (FROM scratch, busybox) and pushed to the lab's
-    registry under repositories of this run."""
-    base = f"{REGISTRY}/dwfault-{run_label}"
-    good, bad = f"{base}-good", f"{base}-bad"
-    old, new = f"v1-{uuid.uuid4().hex[:6]}", f"v2-{uuid.uuid4().hex[:6]}"
-    old_id = images.build(f"{good}:v1", old, cmd=APP, healthcheck=HEALTHY)
-    images.push(f"{good}:v1")
-    images.client.api.tag(old_id, bad, "v1")
-    images.push(f"{bad}:v1")
-    images.build(f"{good}:latest", new, cmd=APP, healthcheck=HEALTHY)
-    new_digest = images.push(f"{good}:latest")
-    images.build(f"{bad}:latest", "bad", cmd=["false"], healthcheck=HEALTHY)
-    bad_digest = images.push(f"{bad}:latest")
-    return Versions(
-        good=good,
-        bad=bad,
-        old_id=old_id,
-        old_marker=old,
-        new_marker=new,
-        new_digest=new_digest,
-        bad_digest=bad_digest,
-    )
 
 
 @dataclass(frozen=True, kw_only=True)
