@@ -9,9 +9,10 @@ healthy container, and a good digest is never skip-listed.
 
 Fault kinds per site (a representative subset, to keep the matrix near a minute of suite time): a call
 that changes something gets `timeout` (the engine does it, the answer never comes: the case a caller cannot
-tell from a failure), reads alternate `503`, `drop` and `500`. Every site of the transaction and its undo
-is faulted; of the read-only calls before the transaction (which all end the run with nothing touched)
-and after its commit, a sample (`UPGRADE_CASES`). Refusals (`EngineError` at every step) are
+tell from a failure), reads alternate `503`, `drop` and `500`. Faulted are every call that changes
+something, and the reads whose answer decides what happens next (`faulted`); a read elsewhere fails the
+same way as its neighbour (the run ends, or the step fails, with nothing touched), and the tables still
+enumerate it. Refusals (`EngineError` at every step) are
 also covered in milliseconds by the fake engine's unit tests (tests/unit/test_transaction.py).
 """
 
@@ -153,21 +154,26 @@ def cases(sites: list[str], chosen: list[int] | range) -> list[Any]:
     ]
 
 
-# Every site of the transaction; of the reads before it (connect, recovery's lists, the check), which all
-# end the run before anything is touched, one of each phase; of what follows the commit, a read and a write.
+def faulted(sites: list[str], span: range, reads: tuple[int, ...]) -> list[int]:
+    """The sites of `span` that are faulted: every call that changes something, and the `reads` whose
+    answer decides what happens next (other reads fail the same way as a neighbour: the run ends, or the
+    step fails, before anything else is touched)."""
+    return sorted({site for site in span if not sites[site - 1].startswith("GET ")} | set(reads))
+
+
 BEFORE = len(CONNECT + RECOVERY_LISTS + CHECK)
-# Recovery: its lists, the proof (a read of the set-aside name), and every call of its undo.
-RECOVERY_CASES = [
-    5,
-    6,
-    9,
-    *range(
-        len(CONNECT + RECOVERY_LISTS + CONVERGE) + 1,
-        len(CONNECT + RECOVERY_LISTS + CONVERGE + RECOVERY_UNDO) + 1,
-    ),
-]
-GC_CASES = range(2, len(GC_SITES) + 1)
-UPGRADE_CASES = [2, len(CONNECT) + 1, BEFORE - 1, *range(BEFORE + 1, BEFORE + len(TRANSACTION) + 1), 35, 37]
+# The transaction and what follows its commit; reads: recovery's list, the check's inspect, plan, verify,
+# the gate.
+UPGRADE_CASES = faulted(UPGRADE_SITES, range(BEFORE + 1, len(UPGRADE_SITES) + 1), (5, 10, 15, 24, GATE_SITE))
+# The undo; reads: the events that decide the cause, the old version's quick gate.
+UNDO_CASES = faulted(UNDO_SITES, range(GATE_SITE + 1, len(UNDO_SITES) + 1), (GATE_SITE + 1, GATE_SITE + 8))
+# Recovery's undo; reads: its list, the proof of the set-aside container.
+RECOVERY_START = len(CONNECT + RECOVERY_LISTS + CONVERGE)
+RECOVERY_CASES = faulted(
+    RECOVERY_SITES, range(RECOVERY_START + 1, RECOVERY_START + len(RECOVERY_UNDO) + 1), (5, 9)
+)
+# GC's finish of a committed upgrade; reads: its list, the proof of the -done container.
+GC_CASES = faulted(GC_SITES, range(2, len(GC_SITES) + 1), (2, 6))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -342,7 +348,7 @@ def test_engine_fault_during_a_good_upgrade(
     assert versions.new_digest not in skip_listed(lab)
 
 
-@pytest.mark.parametrize(("site", "kind"), cases(UNDO_SITES, range(GATE_SITE + 1, len(UNDO_SITES) + 1)))
+@pytest.mark.parametrize(("site", "kind"), cases(UNDO_SITES, UNDO_CASES))
 def test_engine_fault_during_an_undo(
     site: int, kind: FaultKind, lab_for: Any, versions: Versions, docker_client: docker.DockerClient
 ) -> None:
