@@ -34,7 +34,6 @@ DEFAULT_RETRIES = 3
 # From Engine 25 (API 1.44) the engine probes every StartInterval during the start period, 5 s when unset;
 # older engines ignore the field and probe at Interval throughout.
 DEFAULT_START_INTERVAL = 5.0
-
 START_INTERVAL_API = (1, 44)
 
 

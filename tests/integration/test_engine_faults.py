@@ -42,8 +42,8 @@ from tests.support.images import LABEL
 pytestmark = pytest.mark.engine
 
 ENGINE_SOCKET = "/var/run/docker.sock"
-ENGINE_TIMEOUT = "5s"  # short, so that a withheld answer costs seconds, not a minute (not shorter: a
-# loaded engine can take seconds to start a container)
+ENGINE_TIMEOUT = "10s"  # what a withheld answer costs; not shorter: on a loaded machine a shared engine
+# takes seconds to start a container or to answer /system/df, and any such call would fail the run early
 
 CONNECT = ["GET /version", "GET /_ping", "GET /version", "GET /info"]
 RECOVERY_LISTS = ["GET /containers/json", "GET /images/json"]
