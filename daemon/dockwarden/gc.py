@@ -284,7 +284,7 @@ def collect(
     try:
         containers = engine.containers()
         images = engine.images()
-        before, sizes = engine.disk_usage()  # one df: the engine sizes every image and container for it
+        before, sizes = _disk_usage(engine)  # never raises: the sizes only go into the report
         records = recovery.recorded(cfg.state_dir, [s.container for s in cfg.services])
         todo = plan(
             cfg, containers, images, sizes, _stopped_at(engine, containers, cfg), datetime.now(UTC), records
@@ -296,10 +296,10 @@ def collect(
         return Result(removals=todo, dry_run=True)
     journal = History.of(cfg)
     done = [_carry_out(engine, cfg, removal, journal, cancel) for removal in todo]
-    try:
-        reclaimed: int | None = max(0, before - engine.disk_usage()[0])
-    except EngineError:
-        reclaimed = None
+    reclaimed: int | None = None
+    if before is not None:
+        after, _ = _disk_usage(engine)
+        reclaimed = None if after is None else max(0, before - after)
     log.info(
         "gc.finished",
         removed=sum(1 for r in done if r.done),
@@ -307,6 +307,18 @@ def collect(
         reclaimed_bytes=reclaimed,
     )
     return Result(removals=done, reclaimed=reclaimed)
+
+
+def _disk_usage(engine: Engine) -> tuple[int | None, dict[str, int]]:
+    """One df (the engine sizes every image and container for it): the bytes all layers take, and each
+    image's own. The sizes are estimates for the report only, so a refusal does not stop the collection:
+    the engine runs one df at a time and refuses another meanwhile ("a disk usage operation is already
+    running", moby daemon/disk_usage.go), which any `docker system df` on the host can cause."""
+    try:
+        return engine.disk_usage()
+    except EngineError as exc:
+        structlog.get_logger("dockwarden.gc").warning("gc.sizes_unknown", error=str(exc))
+        return None, {}
 
 
 def _carry_out(

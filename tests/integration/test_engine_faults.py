@@ -174,8 +174,8 @@ UNDO_CASES = faulted(UNDO_SITES, range(GATE_SITE + 1, len(UNDO_SITES) + 1), (GAT
 # Recovery's undo is the live undo's code (`upgrade.undo`, stopping the successor instead of forcing it):
 # its list, the successor's stop, the retag and the old version's start; the rest is faulted in the undo.
 RECOVERY_CASES = [5, 13, 16, 17]
-# GC's finish of a committed upgrade: its three writes.
-GC_CASES = faulted(GC_SITES, range(2, len(GC_SITES) + 1), ())
+# GC's finish of a committed upgrade: its three writes, and its disk usage (only for the report's sizes).
+GC_CASES = faulted(GC_SITES, range(2, len(GC_SITES) + 1), (4,))
 
 
 @dataclass(frozen=True, kw_only=True)
