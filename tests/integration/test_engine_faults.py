@@ -12,7 +12,7 @@ that changes something gets `timeout` (the engine does it, the answer never come
 tell from a failure), reads alternate `503`, `drop` and `500`. Faulted are every call that changes
 something, and the reads whose answer decides what happens next (`faulted`); a read elsewhere fails the
 same way as its neighbour (the run ends, or the step fails, with nothing touched), and the tables still
-enumerate it. Recovery's undo is sampled (it is the live undo's code). 30 faulted cases in all.
+enumerate it. Recovery's undo is sampled (it is the live undo's code). 31 faulted cases in all.
 Refusals (`EngineError` at every step) are also covered in milliseconds by the fake engine's unit tests
 (tests/unit/test_transaction.py).
 """
