@@ -516,7 +516,7 @@ def _registry_config(engine: Engine) -> RegistryConfig:
 def connect(cfg: Config) -> Iterator[Checker]:
     """Open the engine named by the config (or the environment) and a registry client, and yield a
     Checker on them; close all three on exit. Raises EngineError if the engine cannot be used."""
-    engine = Engine.connect(cfg.docker_host)
+    engine = Engine.connect(cfg.docker_host, cfg.engine_timeout.total_seconds())
     try:
         engine.ping()
         platform = engine.platform()

@@ -133,7 +133,7 @@ def _service(cfg: configuration.Config, name: str) -> configuration.Service:
 @contextlib.contextmanager
 def _engine(cfg: configuration.Config) -> Iterator[Engine]:
     """The engine alone, for the commands that need no registry; closed on exit."""
-    engine = Engine.connect(cfg.docker_host)
+    engine = Engine.connect(cfg.docker_host, cfg.engine_timeout.total_seconds())
     try:
         yield engine
     finally:

@@ -141,6 +141,16 @@ def _short_enough(value: timedelta) -> timedelta:
     return value
 
 
+# docker-py takes its timeout in whole seconds; below one second every engine call would time out.
+MIN_ENGINE_TIMEOUT = timedelta(seconds=1)
+
+
+def _engine_timeout(value: timedelta) -> timedelta:
+    if value < MIN_ENGINE_TIMEOUT:
+        raise ValueError(f"{schedule.format_duration(value)} is too short for an engine call: at least 1s")
+    return _short_enough(value)
+
+
 def _long_enough(value: timedelta) -> timedelta:
     try:
         return schedule.check_interval(value)
@@ -272,6 +282,7 @@ def _check_listen(value: str) -> str:
 
 Duration = Annotated[timedelta, PlainValidator(_duration)]  # `90s`, `5m`, `1h30m`, `7d`
 RequestTimeout = Annotated[timedelta, PlainValidator(_duration), AfterValidator(_short_enough)]
+EngineTimeout = Annotated[timedelta, PlainValidator(_duration), AfterValidator(_engine_timeout)]
 Interval = Annotated[timedelta, PlainValidator(_duration), AfterValidator(_long_enough)]  # at least 10 s
 Image = Annotated[imageref.ImageRef, PlainValidator(_image)]
 UpdateMode = Annotated[Update, PlainValidator(_choice(Update))]
@@ -426,6 +437,7 @@ class Config(_Model):
     schedule: Cron | None = None
     state_dir: StateDir = Path("/var/lib/dockwarden")
     docker_host: str | None = None  # None: $DOCKER_HOST, else the local socket
+    engine_timeout: EngineTimeout = timedelta(seconds=60)  # one engine call (a read of its answer)
     check_concurrency: int = Field(default=32, ge=1, le=256)
     registry_timeout: RequestTimeout = timedelta(seconds=10)
     stability_window: Duration = STABILITY_WINDOW

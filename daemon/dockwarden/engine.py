@@ -8,6 +8,7 @@ already implements `auths`, `credsStore` and `credHelpers` faithfully.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import ipaddress
 import json
@@ -16,6 +17,7 @@ import posixpath
 import re
 import subprocess
 import tarfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,7 +27,9 @@ from typing import Any
 import docker
 import docker.auth
 import docker.errors
+import docker.utils
 import requests
+from docker.utils.json_stream import json_stream
 
 DEFAULT_TIMEOUT = 60.0
 PROBE_LABEL = "dockwarden.probe"  # on the throwaway container `Engine.defaults` creates and removes
@@ -483,17 +487,70 @@ class Engine:
         return sorted(view.name for view in self.containers() if view.network_mode in modes and view.name)
 
     def pull(self, reference: str, progress: Callable[[dict[str, Any]], None] | None = None) -> None:
-        """Pull `reference` with the streaming API; an error inside the 200 stream raises too."""
+        """Pull `reference` with the streaming API (`POST /images/create`); an error inside the 200 stream
+        raises too. Each read of the stream waits at most the call timeout, so an engine that stops
+        answering mid-pull is Unreachable: docker-py's own `APIClient.pull` streams with no timeout at
+        all, and hangs forever on such an engine. Sends what `APIClient.pull` sends: `fromImage`, `tag`
+        (a tag or a digest) and the registry's `X-Registry-Auth` from the Docker config."""
         what = f"pulling {reference}"
+        api = self._client.api
         try:
-            for message in self._client.api.pull(reference, stream=True, decode=True):
-                if "error" in message or "errorDetail" in message:
-                    detail = (message.get("errorDetail") or {}).get("message") or message.get("error")
-                    raise EngineError(f"{what}: {detail}")
-                if progress is not None:
-                    progress(message)
+            repository, tag = docker.utils.parse_repository_tag(reference)
+            registry, _ = docker.auth.resolve_repository_name(repository)
+            header = docker.auth.get_config_header(api, registry)
+            response = api.post(
+                f"{api.base_url}/v{api.api_version}/images/create",
+                params={"fromImage": repository, "tag": tag or "latest"},
+                headers={"X-Registry-Auth": header} if header else {},
+                stream=True,
+                timeout=api.timeout,
+            )
+            with contextlib.closing(response):
+                try:
+                    response.raise_for_status()
+                except requests.exceptions.HTTPError as exc:
+                    raise docker.errors.create_api_error_from_http_exception(exc) from exc
+                for message in json_stream(response.iter_content(chunk_size=None, decode_unicode=True)):
+                    if "error" in message or "errorDetail" in message:
+                        detail = (message.get("errorDetail") or {}).get("message") or message.get("error")
+                        raise EngineError(f"{what}: {detail}")
+                    if progress is not None:
+                        progress(message)
         except docker.errors.NotFound as exc:
             raise NotFound(f"{what}: {_explain(exc)}") from exc
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise Unreachable(f"{what}: {_explain(exc)}") from exc
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise EngineError(f"{what}: {_explain(exc)}") from exc
+
+    def stopped_by_request(self, container_id: str, since: float) -> bool:
+        """Whether the engine's events since `since` (Unix seconds) hold a `kill` or `stop` of the container:
+        something asked the engine to stop it (the engine's own shutdown, or someone's `docker stop`), which
+        a container that exits by itself, crashes or is OOM-killed never shows (moby daemon/kill.go logs
+        `kill` with the signal; the events API serves the engine's in-memory log, the last 256 events of
+        the running process). Each read waits at most the call timeout (docker-py's `events` has none).
+        Raises Unreachable or EngineError as any call."""
+        api = self._client.api
+        what = f"reading the events of {container_id[:12]}"
+        params = {
+            "since": f"{since:.9f}",
+            "until": f"{time.time():.9f}",  # now: the engine answers from its log and ends the stream
+            "filters": json.dumps({"container": [container_id], "event": ["kill", "stop"]}),
+        }
+        try:
+            response = api.get(
+                f"{api.base_url}/v{api.api_version}/events", params=params, stream=True, timeout=api.timeout
+            )
+            with contextlib.closing(response):
+                try:
+                    response.raise_for_status()
+                except requests.exceptions.HTTPError as exc:
+                    raise docker.errors.create_api_error_from_http_exception(exc) from exc
+                return any(
+                    True for _ in json_stream(response.iter_content(chunk_size=None, decode_unicode=True))
+                )
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise Unreachable(f"{what}: {_explain(exc)}") from exc
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise EngineError(f"{what}: {_explain(exc)}") from exc
 

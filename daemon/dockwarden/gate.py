@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -43,6 +43,11 @@ class Inspector(Protocol):
     def inspect_container(self, name: str) -> dict[str, Any]:
         """The container's inspect document (`GET /containers/{name}/json`); `name` is a name, an ID or a
         unique ID prefix. Raises NotFound if there is no such container, EngineError if the engine fails."""
+        ...
+
+    def stopped_by_request(self, container_id: str, since: float) -> bool:
+        """Whether the engine's events since `since` (Unix seconds) show a `kill` or `stop` of the
+        container (`GET /events`): it was stopped, by the engine shutting down or by hand, not by itself."""
         ...
 
 
@@ -212,10 +217,47 @@ class Watch:
         return None
 
 
+def _started_at(data: dict[str, Any]) -> float | None:
+    """When the container last started (`State.StartedAt`, RFC 3339 with nanoseconds, the engine's clock),
+    in Unix seconds; None if it never did or the text does not parse. A stop asked for before that cannot
+    explain how it is now (dockwarden's own stop of an old version it starts again in an undo)."""
+    text = str((data.get("State") or {}).get("StartedAt") or "")
+    head, _, fraction = text.rstrip("Z").partition(".")
+    try:
+        started = datetime.fromisoformat(head + (f".{fraction[:6]}" if fraction else "")).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return started.timestamp() if started.year > 1 else None
+
+
+def _stopped(data: dict[str, Any], restarts: int) -> bool:
+    """Whether a failed verdict is about the container not running, or having restarted, which a stop
+    from outside would explain (an OOM kill, an unhealthy status or a failed probe would not)."""
+    state = data.get("State") or {}
+    if state.get("OOMKilled"):
+        return False
+    return state.get("Status") != "running" or int(data.get("RestartCount") or 0) != restarts
+
+
 def _cause(exc: EngineError) -> Cause:
     # A container that is gone was most likely removed by the engine after it exited (AutoRemove): that is
     # the container's doing. Any other failure to inspect is the engine's.
     return Cause.CONTAINER if isinstance(exc, NotFound) else Cause.ENGINE
+
+
+def _about_the_container(engine: Inspector, container_id: str, verdict: Verdict, since: float) -> Verdict:
+    """`verdict` (a failure of the container itself), unless the engine's events show the container was
+    stopped rather than exiting by itself: an engine shutting down for a restart stops every container
+    first (and a keep-alive connection still sees that), and a `docker stop` by hand says nothing about the
+    image either. Then, or when the engine cannot be asked, the failure is the engine's."""
+    try:
+        stopped = engine.stopped_by_request(container_id, since)
+    except EngineError as exc:
+        return Verdict(passed=False, reason=f"{verdict.reason}; then {exc}", cause=Cause.ENGINE)
+    if not stopped:
+        return verdict
+    reason = f"{verdict.reason}: stopped from outside (the engine's events show a kill or a stop)"
+    return Verdict(passed=False, reason=reason, cause=Cause.ENGINE)
 
 
 def wait(
@@ -249,6 +291,9 @@ def wait(
         if policy.probe and watch.probe_error is not None:
             watch.probe_error = _probe_once(policy.probe, POLL * 5)
         verdict = watch.observe(data, time.monotonic())
+        since = _started_at(data)
+        if verdict is not None and not verdict.passed and since is not None and _stopped(data, restarts):
+            return _about_the_container(engine, container_id, verdict, since)
         if verdict is not None:
             return verdict
         time.sleep(POLL)

@@ -280,8 +280,10 @@ def _disk_usage(
 
     One `GET /system/df`: the engine sizes every image for it. That call fails now and then on the
     containerd image store while containers are being created (a snapshot it lists is gone before it
-    sizes it: "snapshot ... not found"); then each image's own `Size` from the list stands in (shared
-    layers counted in each image, so an over-estimate) and the collection goes on. Raises nothing."""
+    sizes it: "snapshot ... not found"), and on every store while another df runs (the engine runs one
+    at a time: "a disk usage operation is already running", moby daemon/disk_usage.go; any `docker system
+    df` on the host is enough); then each image's own `Size` from the list stands in (shared layers
+    counted in each image, so an over-estimate) and the collection goes on. Raises nothing."""
     try:
         total, sizes = engine.disk_usage()
     except EngineError as exc:

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dockwarden.config import Config
-from dockwarden.engine import DEFAULT_TIMEOUT as ENGINE_TIMEOUT
 from dockwarden.upgrade import Step, UndoStep
 
 # Requests one image's check may make in sequence: HEAD, a token, HEAD again, then an index, a token and its
@@ -50,16 +49,17 @@ def bounds(cfg: Config) -> Bounds:
     )
     longest_window = max((s.stability_window.total_seconds() for s in cfg.services), default=0.0)
     longest_probe = max((s.probe.timeout.total_seconds() for s in cfg.services if s.probe), default=0.0)
-    engine = ENGINE_CALLS_PER_PHASE * ENGINE_TIMEOUT
+    call = cfg.engine_timeout.total_seconds()
+    engine = ENGINE_CALLS_PER_PHASE * call
     gate = cfg.health_timeout_max.total_seconds() + longest_window + longest_probe + engine
     return Bounds(
         # Recovery may undo a killed upgrade first, which gates the old version again.
         check=engine + registry + gate,
         step=engine,
-        stop=LONGEST_STOP + ENGINE_TIMEOUT,
+        stop=LONGEST_STOP + call,
         gate=gate,
         pull=engine,
-        drain=max((s.drain.total_seconds() for s in cfg.services), default=0.0) + ENGINE_TIMEOUT,
+        drain=max((s.drain.total_seconds() for s in cfg.services), default=0.0) + call,
     )
 
 

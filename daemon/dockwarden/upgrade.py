@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import structlog
 
@@ -48,6 +48,8 @@ NEW_SUFFIX = "--dockwarden-new"  # start-first: the successor, until it takes th
 SUFFIXES = (OLD_SUFFIX, STOPPED_SUFFIX, DONE_SUFFIX, NEW_SUFFIX)
 START_ATTEMPTS = 5  # for the old container during an undo
 START_RETRY_DELAY = 1.0
+UNDO_ATTEMPTS = 3  # a live undo that met an engine error is made again from where it stopped
+UNDO_RETRY_DELAY = 1.0
 DEFAULT_STOP_TIMEOUT = 10  # the engine's own default when a container sets no StopTimeout
 GONE_TIMEOUT = 30.0  # seconds for the engine to delete an AutoRemove container once it stopped
 GONE_POLL = 0.1
@@ -810,23 +812,52 @@ class Upgrade:
     ) -> Outcome:
         self.log.warning("rollback.started", step=step)
         undo_started = time.monotonic()
-        try:
-            if self.strategy is Strategy.START_FIRST:
-                self._undo_start_first()
-            else:
-                self._undo()
-        except Exception as exc:  # any failure here is reported as rollback-failed, with its message
-            cause = undo_cause(cause, exc)
-            self.log.error("rollback.failed", error=str(exc), duration_ms=_ms(undo_started), cause=cause)
-            return self._outcome(
-                Result.ROLLBACK_FAILED, started, error, step, rollback_error=str(exc), cause=cause
-            )
-        self.log.warning("rollback.finished", duration_ms=_ms(undo_started))
+        # Notes each time the engine does not answer, whoever absorbs the error (a retried start).
+        witness = _Witness(self.engine)
+        for attempt in range(1, UNDO_ATTEMPTS + 1):
+            try:
+                if self.strategy is Strategy.START_FIRST:
+                    self._undo_start_first(cast(TransactionEngine, witness))
+                else:
+                    self._undo(cast(TransactionEngine, witness))
+                break
+            except (EngineError, StepFailed) as exc:
+                # The undo starts from whatever it finds, so a failed attempt is simply made again: one
+                # engine error must not leave the service down until the next cycle. A container that is
+                # not ours, or an old version that does not come back, is not the engine's doing.
+                if isinstance(exc, StepFailed) and exc.cause is not gate.Cause.ENGINE:
+                    return self._rollback_failed(started, error, step, cause, exc, undo_started)
+                if attempt == UNDO_ATTEMPTS:
+                    return self._rollback_failed(started, error, step, cause, exc, undo_started)
+                self.log.warning("rollback.retrying", error=str(exc), attempt=attempt)
+                time.sleep(UNDO_RETRY_DELAY)
+            except Exception as exc:  # any other failure is reported as rollback-failed, with its message
+                return self._rollback_failed(started, error, step, cause, exc, undo_started)
+        if witness.away:
+            # The engine went away during the undo and came back: it restarted (or lost its socket) while
+            # the transaction ran, which is what the gate saw, not the image failing.
+            cause = gate.Cause.ENGINE
+        self.log.warning("rollback.finished", duration_ms=_ms(undo_started), cause=cause)
         return self._outcome(Result.ROLLED_BACK, started, error, step, cause=cause)
 
-    def _undo(self) -> None:
+    def _rollback_failed(
+        self,
+        started: float,
+        error: str,
+        step: Step | UndoStep | None,
+        cause: gate.Cause,
+        exc: BaseException,
+        undo_started: float,
+    ) -> Outcome:
+        cause = undo_cause(cause, exc)
+        self.log.error("rollback.failed", error=str(exc), duration_ms=_ms(undo_started), cause=cause)
+        return self._outcome(
+            Result.ROLLBACK_FAILED, started, error, step, rollback_error=str(exc), cause=cause
+        )
+
+    def _undo(self, engine: TransactionEngine) -> None:
         undo(
-            self.engine,
+            engine,
             self.t.container,
             self._aside_document(),
             self.t.policy,
@@ -838,18 +869,18 @@ class Upgrade:
             started=self.hooks.started,
         )
 
-    def _undo_start_first(self) -> None:
+    def _undo_start_first(self, engine: TransactionEngine) -> None:
         """Undo a start-first transaction before its commit: remove the successor (whatever its name), then
         give the old container, which never stopped, its name back if it was set aside."""
         step = self.hooks.checkpoint or (lambda _step: None)
         if self.new_id is not None:
             step(UndoStep.REMOVE_NEW)
-            _remove_successor(self.engine, self.new_id, live=True)
-        current = self.engine.inspect_container(self.old["Id"])
+            _remove_successor(engine, self.new_id, live=True)
+        current = engine.inspect_container(self.old["Id"])
         if _name(current) == self.t.container:
-            _retag(self.engine, current)  # only the tag moved
+            _retag(engine, current)  # only the tag moved
             return
-        self._undo()
+        self._undo(engine)
 
     def _aside_document(self) -> dict[str, Any]:
         """What an undo puts back: the old container, or its stand-in if one was made and still exists."""
@@ -891,6 +922,29 @@ class Upgrade:
 
     def step_reached(self, step: Step) -> bool:
         return step in self._entered
+
+
+class _Witness:
+    """An engine that counts the calls it did not answer at all (Unreachable), whoever catches the error:
+    evidence that it went away (restarted) while a transaction ran."""
+
+    def __init__(self, engine: TransactionEngine) -> None:
+        self._engine = engine
+        self.away = 0
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._engine, name)
+        if not callable(found):
+            return found
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return found(*args, **kwargs)
+            except Unreachable:
+                self.away += 1
+                raise
+
+        return call
 
 
 def _ms(since: float) -> float:
@@ -1086,7 +1140,8 @@ def _rename_back(engine: TransactionEngine, container: dict[str, Any], name: str
 
 def _start_with_retries(engine: TransactionEngine, container_id: str) -> None:
     # What made the successor fail (a port grabbed by another process, a dying predecessor still holding
-    # it) can be transient; the old version is the one thing that must come back, so try a few times.
+    # it, an engine restarting) can be transient; the old version is the one thing that must come back,
+    # so try a few times.
     for attempt in range(START_ATTEMPTS):
         try:
             engine.start(container_id)
@@ -1156,34 +1211,61 @@ def _alone_not_ours(suffix: str, aside: dict[str, Any], recorded: str | None) ->
 def converge(engine: TransactionEngine, name: str, policy: gate.Policy, recorded: str | None = None) -> None:
     """Finish or undo a half-done upgrade of container `name` that `not_ours` proves ours (each outcome is
     logged); any other container with a set-aside name is reported (`recovery.not_ours`) and left alone.
-    `recorded`: the ID in state_dir's set-aside record, if any."""
+    `recorded`: the ID in state_dir's set-aside record, if any. An engine error is met by looking again
+    and going on from what is there (up to UNDO_ATTEMPTS times): one failed call must not leave the
+    service down, or half undone, until the next run."""
+    log = structlog.get_logger("dockwarden.upgrade").bind(container=name)
+    for attempt in range(1, UNDO_ATTEMPTS + 1):
+        try:
+            found = _provably_ours(engine, name, recorded, report=attempt == 1)
+            if found is not None:
+                _converge_one(engine, name, *found, policy)
+            _remove_staged(engine, name, recorded, report=attempt == 1)
+            return
+        except (EngineError, StepFailed) as exc:
+            if (
+                isinstance(exc, StepFailed) and exc.cause is not gate.Cause.ENGINE
+            ) or attempt == UNDO_ATTEMPTS:
+                log.error("recovery.failed", error=str(exc))
+                return
+            log.warning("recovery.retrying", error=str(exc), attempt=attempt)
+            time.sleep(UNDO_RETRY_DELAY)
+
+
+def _remove_staged(engine: TransactionEngine, name: str, recorded: str | None, *, report: bool) -> None:
+    """Remove a start-first successor that never took over (`NAME--dockwarden-new`), once the old one is
+    back under NAME (or was never moved), if `not_ours` proves it ours; else report it (with `report`)."""
+    staged = _find(engine, name + NEW_SUFFIX)
+    if staged is None:
+        return
+    log = structlog.get_logger("dockwarden.upgrade").bind(container=name)
+    reason = not_ours(NEW_SUFFIX, staged, _find(engine, name), recorded)
+    if reason is not None:
+        if report:
+            log.warning("recovery.not_ours", name=name + NEW_SUFFIX, id=str(staged["Id"])[:12], reason=reason)
+        return
+    _remove_successor(engine, staged["Id"])  # stopped gracefully, never forced
+    log.warning("recovery.undone", new=staged["Id"][:12])
+
+
+def _provably_ours(
+    engine: TransactionEngine, name: str, recorded: str | None, *, report: bool
+) -> tuple[dict[str, Any] | None, str, dict[str, Any]] | None:
+    """(the container holding `name`, the suffix, the set-aside container) of the first leftover that
+    `not_ours` proves ours, or None; with `report`, the others are logged as `recovery.not_ours`."""
     log = structlog.get_logger("dockwarden.upgrade").bind(container=name)
     holder = _find(engine, name)
-    found = []
+    found = None
     for suffix in (DONE_SUFFIX, OLD_SUFFIX, STOPPED_SUFFIX):
         aside = _find(engine, name + suffix)
         if aside is None:
             continue
         reason = not_ours(suffix, aside, holder, recorded)
         if reason is None:
-            found.append((suffix, aside))
-        else:
+            found = found or (holder, suffix, aside)
+        elif report:
             log.warning("recovery.not_ours", name=name + suffix, id=str(aside.get("Id"))[:12], reason=reason)
-    if found:
-        _converge_one(engine, name, holder, *found[0], policy)
-    staged = _find(engine, name + NEW_SUFFIX)
-    if staged is not None:
-        # After the old one is back under NAME (or was never moved): the successor it never handed over to.
-        holder = _find(engine, name)
-        reason = not_ours(NEW_SUFFIX, staged, holder, recorded)
-        if reason is not None:
-            log.warning("recovery.not_ours", name=name + NEW_SUFFIX, id=str(staged["Id"])[:12], reason=reason)
-            return
-        try:
-            _remove_successor(engine, staged["Id"])  # stopped gracefully, never forced
-            log.warning("recovery.undone", new=staged["Id"][:12])
-        except EngineError as exc:
-            log.error("recovery.failed", error=str(exc))
+    return found
 
 
 def _converge_one(
@@ -1196,20 +1278,17 @@ def _converge_one(
 ) -> None:
     """Finish (`-done`) or undo (`-old`, `-old-stopped`) the upgrade `aside` was set aside by."""
     log = structlog.get_logger("dockwarden.upgrade").bind(container=name)
-    try:
-        if suffix == DONE_SUFFIX:
-            # The successor passed its gate (or, created stopped, its verification) before the process
-            # died: finish the commit.
-            if current is not None:
-                if not (current.get("State") or {}).get("Running") and _has_run(current):
-                    engine.start(current["Id"])
-                _retag(engine, current)
-            if (aside.get("State") or {}).get("Running"):  # start-first: committed while it drained
-                engine.stop(aside["Id"], stop_timeout(aside))
-            engine.remove(aside["Id"], force=False)  # stopped: never forced
-            log.warning("recovery.finished", old=aside["Id"][:12])
-        else:
-            undo(engine, name, aside, policy, restart=suffix == OLD_SUFFIX)
-            log.warning("recovery.undone", old=aside["Id"][:12])
-    except (EngineError, StepFailed) as exc:
-        log.error("recovery.failed", error=str(exc))
+    if suffix == DONE_SUFFIX:
+        # The successor passed its gate (or, created stopped, its verification) before the process
+        # died: finish the commit.
+        if current is not None:
+            if not (current.get("State") or {}).get("Running") and _has_run(current):
+                engine.start(current["Id"])
+            _retag(engine, current)
+        if (aside.get("State") or {}).get("Running"):  # start-first: committed while it drained
+            engine.stop(aside["Id"], stop_timeout(aside))
+        engine.remove(aside["Id"], force=False)  # proved stopped (or stopped just now): never forced
+        log.warning("recovery.finished", old=aside["Id"][:12])
+    else:
+        undo(engine, name, aside, policy, restart=suffix == OLD_SUFFIX)
+        log.warning("recovery.undone", old=aside["Id"][:12])

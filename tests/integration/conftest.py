@@ -6,13 +6,22 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import docker
 import docker.errors
 import pytest
 
 from tests.conftest import ENGINE26, ENGINE28
-from tests.integration.upgrade_lab import Side, free_port, names_like, push_version, wait_serving
+from tests.integration.upgrade_lab import (
+    APP,
+    HEALTHY,
+    Side,
+    free_port,
+    names_like,
+    push_version,
+    wait_serving,
+)
 from tests.support.images import LABEL, ImageFactory
 from tests.support.registry import Registry
 
@@ -82,3 +91,45 @@ def side_containers(side: Side) -> Iterator[list[str]]:
 def side(request: pytest.FixtureRequest) -> Side:
     """Each engine in turn: its client, its image factory and its docker_host for the config."""
     return _side(request, str(request.param))
+
+
+REGISTRY = "127.0.0.1:5000"  # the lab's registry (scripts/lab.sh)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Versions:
+    """One worker's images, pushed once: `repo:latest` is the version the service should move to."""
+
+    good: str  # repository whose :latest is a good new version
+    bad: str  # repository whose :latest exits at once
+    old_id: str  # the image the services start on (pushed to both repositories as :v1)
+    old_marker: str
+    new_marker: str
+    new_digest: str
+    bad_digest: str
+
+
+@pytest.fixture(scope="session")
+def versions(images: ImageFactory, run_label: str) -> Versions:
+    """v1, a good v2 and a bad v2, built once per worker (FROM scratch, busybox) and pushed to the lab's
+    registry under repositories of this run."""
+    base = f"{REGISTRY}/dwfault-{run_label}"
+    good, bad = f"{base}-good", f"{base}-bad"
+    old, new = f"v1-{uuid.uuid4().hex[:6]}", f"v2-{uuid.uuid4().hex[:6]}"
+    old_id = images.build(f"{good}:v1", old, cmd=APP, healthcheck=HEALTHY)
+    images.push(f"{good}:v1")
+    images.client.api.tag(old_id, bad, "v1")
+    images.push(f"{bad}:v1")
+    images.build(f"{good}:latest", new, cmd=APP, healthcheck=HEALTHY)
+    new_digest = images.push(f"{good}:latest")
+    images.build(f"{bad}:latest", "bad", cmd=["false"], healthcheck=HEALTHY)
+    bad_digest = images.push(f"{bad}:latest")
+    return Versions(
+        good=good,
+        bad=bad,
+        old_id=old_id,
+        old_marker=old,
+        new_marker=new,
+        new_digest=new_digest,
+        bad_digest=bad_digest,
+    )

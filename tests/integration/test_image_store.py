@@ -22,7 +22,7 @@ from dockwarden.upgrade import Result, Target, Upgrade
 from tests.conftest import ENGINE28
 from tests.integration.helpers import cli
 from tests.integration.upgrade_lab import Side, config, push_version, update
-from tests.support.engineproxy import FailingDf
+from tests.support.dfproxy import FailingDf
 from tests.support.images import LABEL, load_untagged
 from tests.support.registry import Registry
 

@@ -1,104 +1,224 @@
-"""An HTTP proxy on 127.0.0.1 in front of one lab engine's unix socket that makes `GET /system/df` fail.
+"""An Engine API proxy on a unix socket: forwards to a real engine's socket, records every call, and
+injects one fault at a chosen call site.
 
-Engine 28.5's containerd image store fails that call now and then while containers are being created (a
-snapshot it lists is gone before it sizes it); this makes the failure certain, with the engine's own
-words, and forwards everything else unchanged to the real engine. Whole answers only (no streams): enough
-for the list, inspect and delete calls of garbage collection.
+A *call* is one HTTP request, keyed by method and a normalised path (API version prefix and query
+dropped, IDs and the service's container name replaced by placeholders). A *site* is a run of
+consecutive calls with the same key (the gate's polls of one container are one site), so the site
+sequence of a run does not depend on how many polls a gate happened to make. `Fault(kind, site=N)`
+fires at the first call of the N-th site:
+
+- `500`, `503`: answered with that status and an engine-style JSON message, never forwarded;
+- `drop`: the connection is closed as soon as the request is read, never forwarded (the engine never
+  saw it: a crash or a reset socket);
+- `timeout`: forwarded (the engine does it) but the answer is withheld until the client gives up (its
+  engine timeout) or `hold` seconds pass: the call happened, and the caller cannot know.
+
+Every forwarded request is sent upstream with `Connection: close`, so each answer ends with its
+connection and the proxy never parses response framing (chunked pull progress streams through as is).
+Byte-level and asyncio in a background thread; it only ever connects to the one socket it was given.
 """
 
 from __future__ import annotations
 
-import http.client
+import asyncio
+import contextlib
 import json
+import os
 import re
-import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
 
-DF_ERROR = "failed to get disk usage: snapshot sha256:0000 does not exist: not found"
-_DF = re.compile(r"^(/v[0-9.]+)?/system/df(\?|$)")
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=60)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(60)
-        self.sock.connect(self._path)
+HEAD_LIMIT = 64 * 1024  # an engine request head is a few hundred bytes
+HOLD = 60.0  # seconds a withheld answer is held at most (the client gives up long before)
+_VERSION = re.compile(r"^/v\d+\.\d+")
+_HEX_ID = re.compile(r"\b[0-9a-f]{64}\b|\b[0-9a-f]{12}\b")
+_IMAGE_REF = re.compile(
+    r"^/images/(?!json$|create$|prune$|load$|get$|search$)(.+?)(/json|/tag|/push|/history)?$"
+)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class FaultKind(StrEnum):
+    ERROR_500 = "500"
+    ERROR_503 = "503"
+    DROP = "drop"
+    TIMEOUT = "timeout"
 
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # a client that went away is not news here
+
+@dataclass(frozen=True, kw_only=True)
+class Fault:
+    kind: FaultKind
+    site: int  # 1-based index into the run's site sequence
 
 
-class FailingDf:
-    """`with FailingDf("/var/run/dwlab-docker28.sock") as proxy:` then `docker_host: proxy.url`;
-    `proxy.df_calls` counts the refused calls."""
+@dataclass(frozen=True, kw_only=True)
+class Call:
+    method: str
+    path: str  # as sent, with its query
+    key: str  # method and normalised path
+    site: int  # the site it belongs to
+    fault: FaultKind | None = None  # the fault injected at this call
 
-    def __init__(self, socket_path: str) -> None:
-        self.socket_path = socket_path
-        self.df_calls = 0
-        proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+def normalise(method: str, target: str, name: str) -> str:
+    """`METHOD /path` with the API version and query dropped, `name` (the service's container) written
+    NAME, hex IDs written {id} and image references {ref}."""
+    path = _VERSION.sub("", target.split("?", 1)[0])
+    if name:
+        path = path.replace(name, "NAME")
+    path = _HEX_ID.sub("{id}", path)
+    image = _IMAGE_REF.match(path)
+    if image:
+        path = "/images/{ref}" + (image.group(2) or "")
+    return f"{method} {path}"
 
-            def log_message(self, *_: object) -> None:
-                pass
 
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                if _DF.match(self.path):
-                    proxy.df_calls += 1
-                    self._answer(500, json.dumps({"message": DF_ERROR}).encode(), {})
-                    return
-                conn = _UnixConnection(proxy.socket_path)
-                try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
-                    conn.request(self.command, self.path, body=body, headers=headers)
-                    answer = conn.getresponse()
-                    data = answer.read()
-                    kept = {
-                        k: v
-                        for k, v in answer.getheaders()
-                        if k.lower() not in ("connection", "transfer-encoding", "content-length")
-                    }
-                    self._answer(answer.status, data, kept)
-                finally:
-                    conn.close()
+class EngineProxy:
+    """`EngineProxy(upstream_socket, listen_socket, name).start()`; `docker_host` is what to configure."""
 
-            def _answer(self, status: int, data: bytes, headers: dict[str, Any]) -> None:
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                if status == 500:
-                    self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-
-            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _handle
-
-        self._server = _Server(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+    def __init__(self, upstream: str | Path, listen: str | Path, name: str = "") -> None:
+        self.upstream = str(upstream)
+        self.listen = str(listen)
+        self.name = name
+        self.calls: list[Call] = []
+        self.fault: Fault | None = None
+        self.fired: Call | None = None
+        self._last_key: str | None = None
+        self._sites = 0
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.AbstractServer | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     @property
-    def url(self) -> str:
-        return f"tcp://127.0.0.1:{self._server.server_address[1]}"
+    def docker_host(self) -> str:
+        return f"unix://{self.listen}"
 
-    def __enter__(self) -> FailingDf:
+    def start(self) -> EngineProxy:
         self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self._serve(), self._loop)
+        future.result(10)
         return self
 
-    def __exit__(self, *_: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    def stop(self) -> None:
+        async def close() -> None:
+            if self._server is not None:
+                self._server.close()
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.listen)
+
+    def arm(self, fault: Fault | None) -> None:
+        """Inject `fault` during the next run (counting sites from zero again); None: record only."""
+        with self._lock:
+            self.fault, self.fired = fault, None
+            self.calls, self._last_key, self._sites = [], None, 0
+
+    def sites(self) -> list[str]:
+        """The run's site sequence: one key per run of consecutive calls with the same key."""
+        with self._lock:
+            calls = list(self.calls)
+        keys: list[str] = []
+        for call in calls:
+            if len(keys) < call.site:
+                keys.append(call.key)
+        return keys
+
+    def _record(self, method: str, target: str) -> FaultKind | None:
+        key = normalise(method, target, self.name)
+        with self._lock:
+            if key != self._last_key:
+                self._sites += 1
+                self._last_key = key
+            kind = None
+            if self.fault is not None and self.fired is None and self._sites == self.fault.site:
+                kind = self.fault.kind
+            call = Call(method=method, path=target, key=key, site=self._sites, fault=kind)
+            self.calls.append(call)
+            if kind is not None:
+                self.fired = call
+            return kind
+
+    async def _serve(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.listen)
+        self._server = await asyncio.start_unix_server(self._handle, path=self.listen, limit=HEAD_LIMIT)
+        os.chmod(self.listen, 0o600)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            writer.close()
+            return
+        lines = head.decode("latin-1").split("\r\n")
+        method, target, _ = [*lines[0].split(" ", 2), "", ""][:3]
+        kind = self._record(method, target)
+        try:
+            if kind in (FaultKind.ERROR_500, FaultKind.ERROR_503):
+                await _answer_error(writer, int(kind))
+            elif kind is FaultKind.DROP:
+                pass  # closed below, unanswered and never forwarded
+            else:
+                await self._forward(lines, reader, writer, withhold=kind is FaultKind.TIMEOUT)
+        except (ConnectionError, OSError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _forward(
+        self, lines: list[str], reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, withhold: bool
+    ) -> None:
+        up_reader, up_writer = await asyncio.open_unix_connection(self.upstream)
+        kept = [line for line in lines[1:] if line and not line.lower().startswith("connection:")]
+        up_writer.write(("\r\n".join([lines[0], *kept, "Connection: close", "", ""])).encode("latin-1"))
+        await up_writer.drain()
+        # The request's body (Content-Length or chunked) flows on while the answer comes back.
+        upload = asyncio.ensure_future(_pipe(reader, up_writer))
+        try:
+            if withhold:
+                # The engine does what was asked; the client hears nothing until it gives up.
+                # Read to its end first, so the engine is not interrupted; then wait for the client to hang
+                # up (the upload pipe ends at its EOF).
+                await asyncio.wait_for(_drain(up_reader), HOLD)
+                await asyncio.wait({upload}, timeout=HOLD)
+            else:
+                await _pipe(up_reader, writer)
+        finally:
+            upload.cancel()
+            with contextlib.suppress(Exception):
+                up_writer.close()
+
+
+async def _answer_error(writer: asyncio.StreamWriter, status: int) -> None:
+    body = json.dumps({"message": f"injected fault: {status}"}).encode()
+    reason = {500: "Internal Server Error", 503: "Service Unavailable"}[status]
+    writer.write(
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError, OSError):
+        while data := await src.read(65536):
+            dst.write(data)
+            await dst.drain()
+
+
+async def _drain(src: asyncio.StreamReader) -> None:
+    with contextlib.suppress(ConnectionError, OSError):
+        while await src.read(65536):
+            pass

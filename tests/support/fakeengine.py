@@ -57,6 +57,7 @@ class Op(StrEnum):
     REMOVE_IMAGE = "remove_image"
     DEFAULTS = "defaults"
     COPY_FILE = "copy_file"
+    EVENTS = "stopped_by_request"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,6 +111,7 @@ class FakeEngine:
         self.anonymous: dict[str, set[str]] = {}  # container ID -> the volumes made for it (no Source given)
         self.calls: list[Call] = []
         self._faults: list[Fault] = []
+        self.stop_requested: set[str] = set()  # IDs of containers `stop` was called for (kill events)
         self._serial = itertools.count(1)
 
     # -- seeding and looking, outside the engine API: no call is recorded, no fault fires ------------
@@ -258,9 +260,15 @@ class FakeEngine:
             raise EngineError(f"{what}: container {container_id[:12]} is not connected to network {network}")
         del networks[network]
 
+    def stopped_by_request(self, container_id: str, since: float) -> bool:
+        """Whether `stop` was asked for this container since it last started (the engine logs a `kill`)."""
+        self._called(Op.EVENTS, container_id, since)
+        return container_id in self.stop_requested
+
     def stop(self, container_id: str, timeout: int) -> None:
         self._called(Op.STOP, container_id, timeout)
         container = self._container(container_id, f"stopping {container_id[:12]}")
+        self.stop_requested.add(container["Id"])
         if container["State"]["Running"]:  # a stopped one: 304, which docker-py does not raise
             container["State"] = _state("exited", started=container["State"]["StartedAt"])
             self._removed_if_auto(container)
@@ -269,6 +277,7 @@ class FakeEngine:
         self._called(Op.START, container_id)
         container = self._container(container_id, f"starting {container_id[:12]}")
         if not container["State"]["Running"]:  # a running one: 304, which docker-py does not raise
+            self.stop_requested.discard(container["Id"])  # only a stop since its last start is asked of it
             self._run(container)
 
     def remove(self, container_id: str, force: bool = True, volumes: bool = False) -> None:

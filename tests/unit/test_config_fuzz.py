@@ -107,6 +107,7 @@ def test_structured_mutations_of_the_example_never_crash(text: str) -> None:
 DURATION_KEYS = [
     ("interval",),
     ("registry_timeout",),
+    ("engine_timeout",),
     ("stability_window",),
     ("health_timeout_max",),
     ("gc", "min_age"),

@@ -10,7 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from dockwarden import config as configuration
-from dockwarden import schedule, upgrade, yamlsource
+from dockwarden import liveness, schedule, upgrade, yamlsource
 from dockwarden.check import Checker
 from dockwarden.daemon import Daemon
 from dockwarden.notify import Notifier
@@ -41,6 +41,31 @@ def test_a_request_timeout_past_an_hour_is_a_config_problem(tmp_path: Path) -> N
     assert _problems(tmp_path, "registry_timeout: 2d\nservices: {}\n") == [
         "1:19: 2d is too long for one request: at most 1h"
     ]
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("0s", "0s is too short for an engine call: at least 1s"),
+        ("2h", "2h is too long for one request"),
+    ],
+)
+def test_an_engine_timeout_out_of_range_is_a_config_problem(tmp_path: Path, value: str, problem: str) -> None:
+    """engine_timeout is docker-py's whole-second socket wait: from 1s to 1h, else a positioned problem."""
+    problems = _problems(tmp_path, f"engine_timeout: {value}\nservices: {{}}\n")
+    assert len(problems) == 1
+    assert problems[0].startswith("1:17: " + problem)
+
+
+def test_the_engine_timeout_bounds_the_watchdog(tmp_path: Path) -> None:
+    """A longer engine_timeout gives each engine-bound place of a cycle a longer bound before it is stuck."""
+    path = tmp_path / "dw.yaml"
+    path.write_text("engine_timeout: 1s\nservices: {}\n")
+    short = liveness.bounds(configuration.load(path))
+    path.write_text("services: {}\n")
+    default = configuration.load(path)
+    assert default.engine_timeout.total_seconds() == 60
+    assert liveness.bounds(default).step == 60 * short.step
 
 
 def test_the_bounds_themselves_are_accepted(tmp_path: Path) -> None:

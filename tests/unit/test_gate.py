@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from dockwarden import gate
-from dockwarden.engine import EngineError, NotFound
+from dockwarden.engine import EngineError, NotFound, Unreachable
 
 NS = 1_000_000_000
 POLICY = gate.Policy(stability=10.0, health_timeout_max=300.0)
@@ -20,7 +20,13 @@ def _inspect(
     status: str = "running", health: str | None = None, restarts: int = 0, **state: Any
 ) -> dict[str, Any]:
     config: dict[str, Any] = {"Healthcheck": HEALTHCHECK} if health is not None else {}
-    full_state: dict[str, Any] = {"Status": status, "ExitCode": 0, "OOMKilled": False, **state}
+    full_state: dict[str, Any] = {
+        "Status": status,
+        "ExitCode": 0,
+        "OOMKilled": False,
+        "StartedAt": "2026-11-30T06:00:00.123456789Z",
+        **state,
+    }
     if health is not None:
         full_state["Health"] = {"Status": health}
     return {"Config": config, "State": full_state, "RestartCount": restarts}
@@ -87,10 +93,62 @@ def test_engine_errors_in_the_gate_are_about_the_engine() -> None:
                 raise self.error
             return _inspect(health="starting")
 
+        def stopped_by_request(self, container_id: str, since: float) -> bool:
+            return False
+
     engine_down = gate.wait(Gone(EngineError("500 Internal Server Error")), "c1", POLICY)
     assert (engine_down.passed, engine_down.cause) == (False, gate.Cause.ENGINE)
     removed = gate.wait(Gone(NotFound("no such container")), "c1", POLICY)
     assert (removed.passed, removed.cause) == (False, gate.Cause.CONTAINER)
+
+
+class Exits:
+    """An engine whose container has exited at the first poll; its events say whether it was stopped."""
+
+    def __init__(self, stopped: bool | Exception, **state: Any) -> None:
+        self.stopped, self.state = stopped, state
+
+    def inspect_container(self, name: str) -> dict[str, Any]:
+        return _inspect(status="exited", **self.state)
+
+    def stopped_by_request(self, container_id: str, since: float) -> bool:
+        if isinstance(self.stopped, Exception):
+            raise self.stopped
+        return self.stopped
+
+
+def test_a_stop_is_looked_for_since_the_containers_last_start() -> None:
+    """The events are read from State.StartedAt (nanoseconds cut to microseconds), the engine's own clock;
+    a container that never started is not asked about."""
+    asked: list[float] = []
+
+    class Recording(Exits):
+        def stopped_by_request(self, container_id: str, since: float) -> bool:
+            asked.append(since)
+            return False
+
+    gate.wait(Recording(False), "c1", POLICY)
+    assert asked == [1796018400.123456]
+    gate.wait(Recording(False, StartedAt="0001-01-01T00:00:00Z"), "c1", POLICY)
+    assert len(asked) == 1
+
+
+@pytest.mark.parametrize(
+    ("engine", "cause"),
+    [
+        (Exits(False), gate.Cause.CONTAINER),
+        (Exits(True), gate.Cause.ENGINE),
+        (Exits(Unreachable("cannot connect")), gate.Cause.ENGINE),
+        (Exits(True, OOMKilled=True), gate.Cause.CONTAINER),
+    ],
+    ids=["exited-by-itself", "stopped-from-outside", "engine-gone-since", "oom-killed"],
+)
+def test_an_exit_is_the_containers_unless_something_stopped_it(engine: Exits, cause: gate.Cause) -> None:
+    """A successor that is not running is a verdict on it, unless the engine's events show a kill or stop
+    (an engine shutting down for a restart, a docker stop by hand) or the engine cannot say: then the
+    engine's; an OOM kill is the container's whatever the events say."""
+    verdict = gate.wait(engine, "c1", POLICY)
+    assert (verdict.passed, verdict.cause) == (False, cause)
 
 
 def test_healthcheck_none_counts_as_no_healthcheck() -> None:

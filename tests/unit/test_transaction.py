@@ -343,6 +343,51 @@ def test_undo_retries_a_start_of_the_old_version(scene: Scene, monkeypatch: pyte
     _assert_old_one_back(scene)
 
 
+@pytest.mark.parametrize(
+    ("error", "cause"),
+    [(EngineError("503: injected"), gate.Cause.CONTAINER), (Unreachable("injected"), gate.Cause.ENGINE)],
+    ids=["answered-5xx", "unreachable"],
+)
+def test_undo_is_made_again_after_an_engine_error(
+    scene: Scene, monkeypatch: pytest.MonkeyPatch, error: EngineError, cause: gate.Cause
+) -> None:
+    """An undo that meets one engine error (its rename back) is made again and puts the old version back;
+    an engine that did not answer at all makes the failure the engine's, one that answered 5xx does not."""
+    monkeypatch.setattr(upgrade, "UNDO_RETRY_DELAY", 0.0)
+    _new_version_exits(scene.fake)
+    scene.fake.fail(Op.RENAME, error, nth=2)  # the first rename is the set-aside, the second the undo's
+    outcome = _run(scene)
+    assert (outcome.result, outcome.rollback_error, outcome.cause) == ("rolled-back", None, cause)
+    assert blamed(outcome) is (cause is gate.Cause.CONTAINER)
+    _assert_old_one_back(scene)
+
+
+def test_undo_that_the_engine_never_answers_is_rollback_failed(
+    scene: Scene, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attempts are bounded: an engine that never answers the undo ends it as rollback-failed, the
+    engine's, which the next run's recovery takes from where it stopped."""
+    monkeypatch.setattr(upgrade, "UNDO_RETRY_DELAY", 0.0)
+    _new_version_exits(scene.fake)
+    scene.fake.fail(Op.RENAME, Unreachable("injected"), when=lambda call: call.args[1] == NAME)
+    outcome = _run(scene)
+    assert (outcome.result, outcome.cause) == ("rollback-failed", gate.Cause.ENGINE)
+    renames = [c for c in scene.fake.calls if c.op is Op.RENAME and c.args[1] == NAME]
+    assert len(renames) == 2 * upgrade.UNDO_ATTEMPTS  # each undo's rename back tries twice
+
+
+def test_converge_goes_on_after_an_engine_error(scene: Scene, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recovery that meets one engine error in its undo looks again and finishes the undo in the same run."""
+    monkeypatch.setattr(upgrade, "UNDO_RETRY_DELAY", 0.0)
+    scene.fake.fail(Op.RENAME, Killed(), nth=2)  # killed at the commit: NAME--dockwarden-old is left
+    with pytest.raises(Killed):
+        _run(scene)
+    scene.fake.fail(Op.TAG, Unreachable("injected"), nth=3)  # the undo's retag of the old image
+    upgrade.converge(scene.fake, NAME, POLICY, scene.old_id)
+    _assert_old_one_back(scene)
+    assert _interrupted(scene.fake) == []
+
+
 # -- recovery of what a killed process left ---------------------------------------------------------
 
 
@@ -579,9 +624,10 @@ def test_converge_never_forces_a_removal(scene: Scene) -> None:
     _fault(Op.REMOVE, 1)(scene.fake)
     assert _run(scene).result == "upgraded"
     scene.fake.calls.clear()
-    upgrade.converge(scene.fake, NAME, POLICY)
+    upgrade.converge(scene.fake, NAME, POLICY)  # its first removal fails again (the count restarted)
     removes = [c for c in scene.fake.calls if c.op is Op.REMOVE]
-    assert [c.args for c in removes] == [(scene.old_id, False, False)]
+    assert [c.args for c in removes] == [(scene.old_id, False, False)] * 2  # retried, never forced
+    assert scene.fake.named(NAME + upgrade.DONE_SUFFIX) is None
 
 
 def _starts(scene: Scene) -> tuple[list[tuple[str, bool]], Callable[[str], None]]:
