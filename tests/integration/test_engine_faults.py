@@ -58,6 +58,7 @@ CHECK = [
 TRANSACTION = [
     "POST /images/create",  # pull
     "GET /images/{ref}/json",
+    "GET /containers/NAME/json",  # does it run that image already? (then no -pulled tag)
     "POST /images/{ref}/tag",  # the -pulled tag
     "GET /containers/NAME/json",  # plan
     "GET /images/{ref}/json",
@@ -71,6 +72,8 @@ TRANSACTION = [
     "GET /containers/{id}/json",  # verify
     "POST /containers/{id}/stop",  # stop-old
     "POST /containers/{id}/start",  # start
+    "GET /containers/{id}/json",  # the neighbour refresh: the container's addresses...
+    "GET /networks/{id}",  # ... and its bridge
     "GET /containers/{id}/json",  # the gate's polls
     "POST /containers/{id}/rename",  # commit
     "DELETE /containers/{id}",  # remove-old
@@ -94,6 +97,8 @@ UNDO = [
     "GET /containers/{id}/json",
     "POST /images/{ref}/tag",  # the old container's tag points at its image again
     "POST /containers/{id}/start",  # undo-start-old
+    "GET /containers/{id}/json",  # the neighbour refresh for the old version
+    "GET /networks/{id}",
     "POST /containers/{id}/rename",  # undo-rename-old
     "GET /containers/{id}/json",  # the old version's quick gate
     "DELETE /images/{ref}",  # the -pulled tag, and the image that failed
@@ -119,6 +124,7 @@ RECOVERY_UNDO = [
     "POST /containers/{id}/start",  # the old version
     "POST /containers/{id}/rename",
     "GET /containers/{id}/json",  # its quick gate
+    "GET /containers/NAME--dockwarden-new/json",  # no start-first successor left
     "GET /containers/NAME--dockwarden-old/json",  # resolved: the set-aside name is gone
     "DELETE /images/{ref}",  # the -pulled tag
 ]
@@ -134,11 +140,17 @@ GC_SITES = [
     *CONVERGE,
     "POST /images/{ref}/tag",
     "DELETE /containers/{id}",  # the committed-away old container
+    "GET /containers/NAME--dockwarden-new/json",  # no start-first successor left
     "GET /containers/NAME--dockwarden-done/json",
     "DELETE /images/{ref}",  # the -pulled tag
+    "GET /images/json",  # the sizes to fall back on, should the second df fail
     "GET /system/df",
 ]
-GATE_SITE = len(CONNECT + RECOVERY_LISTS + CHECK) + TRANSACTION.index("GET /containers/{id}/json", 13) + 1
+GATE_SITE = (
+    len(CONNECT + RECOVERY_LISTS + CHECK)
+    + TRANSACTION.index("GET /containers/{id}/json", TRANSACTION.index("GET /networks/{id}"))
+    + 1
+)
 UNDO_SITES = UPGRADE_SITES[:GATE_SITE] + UNDO
 READS = (FaultKind.ERROR_503, FaultKind.DROP, FaultKind.ERROR_500)
 
@@ -167,10 +179,10 @@ BEFORE = len(CONNECT + RECOVERY_LISTS + CHECK)
 # The transaction and what follows its commit (but the probe container's removal, a twin of its
 # create); reads: recovery's list, plan, verify, the gate.
 UPGRADE_CASES = faulted(
-    UPGRADE_SITES, range(BEFORE + 1, len(UPGRADE_SITES) + 1), (5, 15, 24, GATE_SITE), skip=(19,)
+    UPGRADE_SITES, range(BEFORE + 1, len(UPGRADE_SITES) + 1), (5, 16, 25, GATE_SITE), skip=(20,)
 )
 # The undo; reads: the events that decide the cause, the old version's quick gate.
-UNDO_CASES = faulted(UNDO_SITES, range(GATE_SITE + 1, len(UNDO_SITES) + 1), (GATE_SITE + 1, GATE_SITE + 8))
+UNDO_CASES = faulted(UNDO_SITES, range(GATE_SITE + 1, len(UNDO_SITES) + 1), (GATE_SITE + 1, GATE_SITE + 10))
 # Recovery's undo is the live undo's code (`upgrade.undo`, stopping the successor instead of forcing it):
 # its list, the successor's stop, the retag and the old version's start; the rest is faulted in the undo.
 RECOVERY_CASES = [5, 13, 16, 17]
