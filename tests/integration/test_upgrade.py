@@ -6,6 +6,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,11 +71,25 @@ class Sandbox:
                 container.remove(force=True, v=True)
                 self.volumes.extend(m for m in mounts if m not in self.volumes)
         for name in self.networks:
-            with contextlib.suppress(docker.errors.NotFound):
-                self.client.networks.get(name).remove()
+            self._remove_network(name)
         for name in self.volumes:
             with contextlib.suppress(docker.errors.NotFound):
                 self.client.volumes.get(name).remove(force=True)
+
+    def _remove_network(self, name: str) -> None:
+        """Remove a network of the sandbox; Engine 20.10 under load may still hold the endpoint of a
+        container it removed a moment ago ("has active endpoints"), so it is asked again, 20 times at most."""
+        for attempt in range(20):
+            try:
+                self.client.networks.get(name).remove()
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as exc:
+                if "active endpoints" not in str(exc) or attempt == 19:
+                    attached = self.client.api.inspect_network(name).get("Containers") or {}
+                    raise AssertionError(f"network {name} still has {attached}") from exc
+                time.sleep(0.25)
 
 
 @pytest.fixture
