@@ -104,15 +104,21 @@ class EngineDefaults:
     # API 1.44+ creates a container on several networks at once, with a MAC each; before, create takes
     # one and the others are connected after it (Engine 26.1 also ignores a MAC given at connect).
     networks_at_create: bool = False
+    # API 1.46+ (Engine 27+): the bridge driver gives an endpoint without a configured MAC a random one, no
+    # longer one derived from its IPv4 address, so inspect cannot tell a generated MAC from a
+    # `--mac-address` on any network but the primary one (which `Config.MacAddress` still names).
+    random_macs: bool = False
 
     @classmethod
     def from_probe(cls, probe: Mapping[str, Any]) -> EngineDefaults:
         """From `Engine.defaults`: `{"HostConfig": {...}, "Name": host name, "ApiVersion": "1.45"}`."""
         major, _, minor = str(probe.get("ApiVersion") or "1.41").partition(".")
+        version = (int(major), int(minor or 0))
         return cls(
             host=dict(probe.get("HostConfig") or {}),
             host_name=probe.get("Name") or None,
-            networks_at_create=(int(major), int(minor or 0)) >= (1, 44),
+            networks_at_create=version >= (1, 44),
+            random_macs=version >= (1, 46),
         )
 
     def is_default_paths(self, key: str, paths: Iterable[str]) -> bool:
@@ -495,7 +501,11 @@ def generated_mac(ipv4: str) -> str:
 
 
 def _endpoint(
-    container: Mapping[str, Any], network: str, settings: Mapping[str, Any], notes: list[str]
+    container: Mapping[str, Any],
+    network: str,
+    settings: Mapping[str, Any],
+    notes: list[str],
+    random_macs: bool,
 ) -> dict[str, Any]:
     endpoint: dict[str, Any] = {}
     ipam = {k: v for k, v in (settings.get("IPAMConfig") or {}).items() if v}
@@ -515,21 +525,30 @@ def _endpoint(
     # API 1.44+ sets a MAC per network (EndpointSettings.MacAddress); inspect shows the one in use, so one
     # the engine derived from the address is not the user's.
     mac = str(settings.get("MacAddress") or "")
-    if mac and mac != generated_mac(str(settings.get("IPAddress") or "")):
+    if mac and random_macs:
+        # Not copied: it may be the engine's random one (the primary network's own, if the user set it,
+        # comes from Config.MacAddress in `_networking`); copying it would pin it, and a start-first
+        # successor would carry the running container's MAC.
+        notes.append(f"MAC {mac} on {network} not copied (this engine generates random MACs)")
+    elif mac and mac != generated_mac(str(settings.get("IPAddress") or "")):
         endpoint["MacAddress"] = mac
     return endpoint
 
 
 def _networking(
-    container: Mapping[str, Any], mode: str, body: dict[str, Any], at_create: bool, notes: list[str]
+    container: Mapping[str, Any], mode: str, body: dict[str, Any], defaults: EngineDefaults, notes: list[str]
 ) -> dict[str, dict[str, Any]]:
-    """Put the primary network's endpoint into `body` (every endpoint if `at_create`); returns the ones to
-    connect after create."""
+    """Put the primary network's endpoint into `body` (every endpoint if the engine takes them at create);
+    returns the ones to connect after create."""
     if shares_namespace(mode):
         return {}
     networks = (container.get("NetworkSettings") or {}).get("Networks") or {}
     primary = _DEFAULT_BRIDGE if mode == "default" else mode
-    endpoints = {net: _endpoint(container, net, settings, notes) for net, settings in networks.items()}
+    endpoints = {
+        net: _endpoint(container, net, settings, notes, defaults.random_macs)
+        for net, settings in networks.items()
+    }
+    at_create = defaults.networks_at_create
     if primary not in endpoints and endpoints:
         primary = next(iter(endpoints))
     if body.get("MacAddress") and primary in endpoints:
@@ -569,7 +588,7 @@ def plan(
     if mode_override is not None:
         body["HostConfig"]["NetworkMode"] = mode_override
         notes.append(f"network mode {mode} -> {mode_override}")
-    connect = _networking(container, mode, body, defaults.networks_at_create, notes)
+    connect = _networking(container, mode, body, defaults, notes)
     return CreatePlan(
         name=str(container["Name"]).lstrip("/"),
         body=body,

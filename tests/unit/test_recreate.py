@@ -451,3 +451,42 @@ def test_dry_run_description_names_what_changes(recorded: dict[str, Any]) -> Non
     assert "Env from the old image not copied: PATH, APP_MARKER" in text
     assert "anonymous volume" in text
     assert "networks connected before start: bridge" in text
+
+
+def test_on_an_engine_with_random_macs_only_the_primary_networks_configured_mac_is_copied() -> None:
+    """On API 1.46+ (Engine 27+: random MACs, as Engine 28.5 shows) a MAC in use on a network is not copied,
+    since inspect cannot tell it from a generated one; the primary network's `--mac-address`
+    (Config.MacAddress) still is, and on 26.1 (MACs derived from the address) both set ones are."""
+    cli = json.loads((DATA / "fidelity-engine26.json").read_text())
+    container = copy.deepcopy(cli["containers"]["networks"])
+    random = recreate.EngineDefaults.from_probe({**cli["defaults"], "ApiVersion": "1.51"})
+    plan = recreate.plan(
+        container,
+        cli["old_image"],
+        cli["new_image"],
+        "reg/fid:new",
+        defaults=random,
+    )
+    endpoints = plan.body["NetworkingConfig"]["EndpointsConfig"]
+    assert endpoints["dwrecord-a"]["MacAddress"] == "02:00:00:0b:00:01"
+    assert "MacAddress" not in endpoints["dwrecord-b"]
+    assert any("02:00:00:0b:00:02" in note for note in plan.notes)
+    container["Config"].pop("MacAddress")  # nothing set by the user: the engine's random MAC stays behind
+    plan = recreate.plan(
+        container,
+        cli["old_image"],
+        cli["new_image"],
+        "reg/fid:new",
+        defaults=random,
+    )
+    assert all("MacAddress" not in e for e in plan.body["NetworkingConfig"]["EndpointsConfig"].values())
+    older = recreate.plan(
+        copy.deepcopy(cli["containers"]["networks"]),
+        cli["old_image"],
+        cli["new_image"],
+        "reg/fid:new",
+        defaults=recreate.EngineDefaults.from_probe(cli["defaults"]),
+    )
+    assert (
+        older.body["NetworkingConfig"]["EndpointsConfig"]["dwrecord-b"]["MacAddress"] == "02:00:00:0b:00:02"
+    )
