@@ -28,6 +28,8 @@ from wsgiref.types import StartResponse, WSGIEnvironment
 
 import structlog
 
+from dockwarden import config
+
 MAX_BODY = 64 * 1024  # bytes: a list of service names, or a login form
 COOKIE = "dockwarden_session"
 _COOKIE_PURPOSE = b"dockwarden status page session v1"
@@ -76,12 +78,9 @@ class HttpError(Exception):
 
 
 def read_token(path: Path) -> str:
-    """The token in `path`, without surrounding whitespace (a trailing newline). Raises OSError if it
-    cannot be read, ValueError if it is empty or not printable ASCII (it goes in a header)."""
-    token = path.read_text(encoding="ascii", errors="replace").strip()
-    if not token or not token.isprintable() or not token.isascii() or " " in token:
-        raise ValueError(f"{path}: the token must be one word of printable ASCII")
-    return token
+    """The token in `path` (`config.read_token`: the one rule `validate` applies too). Raises OSError if it
+    cannot be read, ValueError if it is unusable."""
+    return config.read_token(path)
 
 
 def session_cookie(token: str) -> str:

@@ -710,9 +710,19 @@ def _container_problems(path: Path, doc: yamlsource.YamlDocument, config: Config
     return problems
 
 
+def read_token(path: Path) -> str:
+    """The API token in `path`, without surrounding whitespace (a trailing newline). Raises OSError if it
+    cannot be read, ValueError if it is empty or not one word of printable ASCII (it goes in a header)."""
+    token = path.read_text(encoding="ascii", errors="replace").strip()
+    if not token or not token.isprintable() or not token.isascii() or " " in token:
+        raise ValueError(f"{path}: the token must be one word of printable ASCII")
+    return token
+
+
 def token_file_problem(path: Path) -> str | None:
     """Why the API's token file cannot be used (missing, not a regular file, readable or writable by group
-    or others: it is a secret, like an SSH key; empty), or None. Symlinks are followed, as `open` would."""
+    or others: it is a secret, like an SSH key; empty; a token `read_token` refuses), or None. Symlinks are
+    followed, as `open` would."""
     try:
         info = path.stat()
     except OSError as exc:
@@ -724,6 +734,11 @@ def token_file_problem(path: Path) -> str | None:
         return f"token_file {str(path)!r} is open to group or others (mode {mode}): chmod 600 it"
     if info.st_size == 0:
         return f"token_file {str(path)!r} is empty"
+    try:
+        read_token(path)
+    except (OSError, ValueError) as exc:
+        # ValueError names the file already; OSError is worded as for a missing file.
+        return f"token_file {exc}" if isinstance(exc, ValueError) else f"token_file {str(path)!r}: {exc}"
     return None
 
 

@@ -67,6 +67,17 @@ def test_a_token_file_others_can_read_or_an_empty_one_is_refused_at_its_line(
     ]
 
 
+@pytest.mark.parametrize("text", ["two words", "\udcff\udcfe"])
+def test_a_token_the_api_would_refuse_is_a_located_problem(tmp_path: Path, text: str) -> None:
+    """A token that is not one word of printable ASCII fails `validate`, not only the daemon's listener."""
+    token = tmp_path / "token"
+    token.write_bytes(text.encode("utf-8", "surrogateescape"))
+    token.chmod(0o600)
+    assert problems_for(tmp_path, _config("127.0.0.1:8420", token)) == [
+        f"4:15: token_file {token}: the token must be one word of printable ASCII"
+    ]
+
+
 def test_a_missing_token_file_is_a_located_problem(tmp_path: Path) -> None:
     """A token file that does not exist is reported at its key's value."""
     missing = tmp_path / "nope"
